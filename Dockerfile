@@ -1,0 +1,23 @@
+# syntax=docker/dockerfile:1
+# Multi-stage: build with the full Rust toolchain, run on a slim Debian as a non-root user.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+# librdkafka is built from source by rdkafka-sys (needs a C toolchain, make, perl, zlib, OpenSSL).
+RUN apt-get update && apt-get install -y --no-install-recommends \
+      build-essential pkg-config libssl-dev zlib1g-dev perl \
+    && rm -rf /var/lib/apt/lists/*
+COPY . .
+RUN cargo build --release --locked --bin hookbridge \
+    && strip target/release/hookbridge
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/hookbridge --create-home hookbridge
+COPY --from=build /src/target/release/hookbridge /usr/local/bin/hookbridge
+COPY config /etc/hookbridge
+USER hookbridge
+WORKDIR /var/lib/hookbridge
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/hookbridge"]
+CMD ["serve", "--config", "/etc/hookbridge/compose.toml", "--log-format", "json"]

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Brokers for the test suite, on this machine only (127.0.0.1):
+#   RabbitMQ 127.0.0.1:5672 (Debian's rabbitmq-server; installed and started if absent)
+#   tansu    127.0.0.1:9092 (a Kafka-protocol broker from crates.io; installed once, reused)
+#
+#   scripts/brokers.sh up     start what is missing (prints what it did)
+#   scripts/brokers.sh down   stop what `up` started (the tansu it launched)
+# scripts/test.sh sources this file and calls the same functions.
+set -euo pipefail
+
+TANSU_VERSION=0.6.0
+TANSU_FEATURES=dynostore,libsql
+STATE_DIR="${HOOKBRIDGE_STATE_DIR:-${TMPDIR:-/tmp}/hookbridge-test}"
+mkdir -p "$STATE_DIR"
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port seconds name
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    port_open "$1" && return 0
+    sleep 0.1
+  done
+  echo "error: $3 did not open 127.0.0.1:$1 within $2 s" >&2
+  return 1
+}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+ensure_rabbitmq() {
+  if port_open 5672; then echo "rabbitmq: already listening on 127.0.0.1:5672"; return 0; fi
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    echo "rabbitmq: installing Debian's rabbitmq-server"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+  fi
+  echo "rabbitmq: starting"
+  as_root rabbitmq-server -detached || true
+  wait_port 5672 120 rabbitmq
+}
+
+tansu_bin() {
+  if [ -n "${TANSU_BIN:-}" ]; then echo "$TANSU_BIN"; return; fi
+  if command -v tansu >/dev/null 2>&1; then command -v tansu; return; fi
+  echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+}
+
+ensure_tansu_installed() {
+  local bin; bin=$(tansu_bin)
+  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    echo "tansu: using $bin"; return 0
+  fi
+  echo "tansu: installing $TANSU_VERSION (features $TANSU_FEATURES); the first build takes 15-30 min"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features "$TANSU_FEATURES" \
+    --target-dir "$STATE_DIR/tansu-target" --quiet
+}
+
+# start_tansu [storage-url]: memory by default; a sqlite:// URL keeps data across restarts.
+start_tansu() {
+  local storage="${1:-memory://tansu/}"
+  if port_open 9092; then echo "tansu: something already listens on 127.0.0.1:9092; using it"; return 0; fi
+  local bin; bin=$(tansu_bin)
+  (cd "$STATE_DIR" && exec "$bin" broker \
+      --listener-url tcp://127.0.0.1:9092 \
+      --advertised-listener-url tcp://127.0.0.1:9092 \
+      --storage-engine "$storage" >"$STATE_DIR/tansu.log" 2>&1) &
+  echo $! >"$STATE_DIR/tansu.pid"
+  wait_port 9092 60 tansu
+  echo "tansu: started (pid $(cat "$STATE_DIR/tansu.pid"), storage $storage, log $STATE_DIR/tansu.log)"
+}
+
+stop_tansu() {
+  [ -f "$STATE_DIR/tansu.pid" ] || return 0
+  local pid; pid=$(cat "$STATE_DIR/tansu.pid")
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 70); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$STATE_DIR/tansu.pid"
+  echo "tansu: stopped"
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  case "${1:-}" in
+    up) ensure_rabbitmq; ensure_tansu_installed; start_tansu "${2:-}" ;;
+    down) stop_tansu ;;
+    *) echo "usage: $0 up [storage-url] | down" >&2; exit 64 ;;
+  esac
+fi

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, docs, then every test tier
+# (unit, HTTP, integration, and the Kafka/RabbitMQ tests against real brokers, which this
+# script starts and stops). Works on a fresh machine: it installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/brokers.sh
+
+started=""
+cleanup() { [ -n "$started" ] && stop_tansu; }
+trap cleanup EXIT
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "brokers"
+ensure_rabbitmq
+ensure_tansu_installed
+port_open 9092 || started=yes
+start_tansu
+
+export HOOKBRIDGE_TEST_KAFKA=127.0.0.1:9092
+export HOOKBRIDGE_TEST_AMQP="amqp://guest:guest@127.0.0.1:5672/%2f"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, default features) -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo clippy --no-default-features (no broker crates)"
+cargo clippy --no-default-features --lib --locked -- -D warnings
+
+step "cargo doc -D warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --locked --quiet
+
+step "cargo nextest run"
+cargo nextest run --locked --profile ci

@@ -1,0 +1,760 @@
+//! Loads and validates the TOML config into typed, ready-to-use values: parsed keys, durations,
+//! resolved sinks. Collects every error it can find instead of stopping at the first, and never
+//! echoes a configured value (it may be a secret) in an error.
+//!
+//! Pure apart from reading key files: no network, no listeners (that is [`crate::app`]).
+
+mod env;
+mod raw;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::HeaderName;
+use serde::de::DeserializeOwned;
+
+use self::raw::{RawKind, RawLocator, RawServer, RawSink, RawSource, RawVerify, SecretEncoding};
+use crate::verify::{
+    CoboWaas1, CoboWaas2, HmacSha256, RsaSha256, Scheme, SharedSecret, Slack, SourceVerifier,
+    StandardWebhooks, Stripe,
+};
+
+/// Every problem found in a config file, each naming where it is.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} error(s) in the configuration:", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub sinks: Vec<SinkSpec>,
+    pub sources: Vec<SourceSpec>,
+    /// Things that are allowed but deserve a loud line at startup (`none` scheme, small RSA keys).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub body_timeout: Duration,
+    pub header_timeout: Duration,
+    pub max_headers: usize,
+    pub max_connections: usize,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    pub name: String,
+    pub kind: SinkKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    File { path: PathBuf },
+    Kafka(KafkaSpec),
+    RabbitMq(RabbitSpec),
+}
+
+impl SinkKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::File { .. } => "file",
+            Self::Kafka(_) => "kafka",
+            Self::RabbitMq(_) => "rabbitmq",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct KafkaSpec {
+    pub brokers: String,
+    pub topic: String,
+    pub create_topics: bool,
+    pub partitions: i32,
+    pub message_timeout: Duration,
+    /// librdkafka overrides; may hold SASL passwords, hence the redacting `Debug`.
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for KafkaSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSpec")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("librdkafka", &self.librdkafka.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+pub struct RabbitSpec {
+    /// May carry a password: never logged (see [`RabbitSpec::redacted_url`]).
+    pub url: String,
+    pub exchange: String,
+    pub declare_exchange: bool,
+    pub routing_key: String,
+    pub channels: usize,
+}
+
+impl RabbitSpec {
+    /// The URL with any password replaced, for logs and the config summary.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl fmt::Debug for RabbitSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitSpec")
+            .field("url", &self.redacted_url())
+            .field("exchange", &self.exchange)
+            .field("routing_key", &self.routing_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `scheme://user:password@host` → `scheme://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.rsplit_once('@')
+    {
+        let user = userinfo.split(':').next().unwrap_or("");
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_owned()
+}
+
+/// What a source is for: an acknowledgement (`webhook`) or, later, an approval (`callback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Webhook,
+}
+
+/// Where to find an event ID or type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Locator {
+    /// A JSON pointer into the body.
+    Body(String),
+    /// Several JSON pointers whose values are joined with `:`.
+    Joined(Vec<String>),
+    /// A request header.
+    Header(HeaderName),
+}
+
+impl fmt::Display for Locator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Body(p) => write!(f, "body:{p}"),
+            Self::Joined(ps) => write!(f, "body:{}", ps.join("+")),
+            Self::Header(h) => write!(f, "header:{h}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct SourceSpec {
+    pub name: String,
+    pub kind: SourceKind,
+    pub verifier: SourceVerifier,
+    pub event_id: Vec<Locator>,
+    pub event_type: Vec<Locator>,
+    pub default_type: String,
+    pub ce_source: String,
+    pub sink: String,
+    pub ack_deadline: Duration,
+    pub max_body_bytes: usize,
+}
+
+impl SourceSpec {
+    /// The URL path this source is served at.
+    pub fn route(&self) -> String {
+        format!("/hooks/{}", self.name)
+    }
+}
+
+/// Reads and validates a config file, substituting `${VAR}` from the process environment.
+///
+/// # Errors
+/// Every problem found, or the read error.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+    load(&text, &|name| std::env::var(name).ok())
+}
+
+/// Validates config text; `env` resolves `${VAR}` (injected so tests need no process env).
+///
+/// # Errors
+/// Every problem found.
+pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut root: toml::Table = toml::from_str(text).map_err(|e| {
+        ConfigErrors(vec![format!(
+            "not valid TOML: {}",
+            env::redact_values(e.message())
+        )])
+    })?;
+    env::substitute(&mut root, env, &mut errors);
+
+    for key in root.keys() {
+        if !matches!(key.as_str(), "server" | "sinks" | "sources") {
+            errors.push(format!(
+                "{key}: unknown section (expected server, sinks, sources)"
+            ));
+        }
+    }
+
+    let server: RawServer = match root.remove("server") {
+        Some(v) => section("server", v, &mut errors).unwrap_or_default(),
+        None => RawServer::default(),
+    };
+    if server.max_body_bytes == 0 {
+        errors.push("server.max_body_bytes: must be greater than 0".to_owned());
+    }
+    if server.max_connections == 0 {
+        errors.push("server.max_connections: must be greater than 0".to_owned());
+    }
+
+    let sinks = load_sinks(root.remove("sinks"), &mut errors);
+    let sink_names: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
+
+    let mut sources = Vec::new();
+    let mut warnings = Vec::new();
+    match root.remove("sources") {
+        Some(toml::Value::Table(table)) => {
+            for (name, value) in table {
+                let path = format!("sources.{name}");
+                if !valid_name(&name) {
+                    errors.push(format!("{path}: source names may use a-z, 0-9, '-' and '_' (it becomes the URL path)"));
+                    continue;
+                }
+                let Some(raw) = section::<RawSource>(&path, value, &mut errors) else {
+                    continue;
+                };
+                if let Some(src) =
+                    build_source(&name, raw, &server, &sink_names, &mut errors, &mut warnings)
+                {
+                    sources.push(src);
+                }
+            }
+        }
+        Some(_) => errors.push("sources: must be a table of [sources.<name>]".to_owned()),
+        None => {}
+    }
+    if sources.is_empty() && errors.is_empty() {
+        errors
+            .push("sources: no source is configured; add at least one [sources.<name>]".to_owned());
+    }
+
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Config {
+        server: ServerConfig {
+            listen: server.listen,
+            body_timeout: Duration::from_millis(server.body_timeout_ms),
+            header_timeout: Duration::from_millis(server.header_timeout_ms),
+            max_headers: server.max_headers,
+            max_connections: server.max_connections,
+            shutdown_timeout: Duration::from_millis(server.shutdown_timeout_ms),
+        },
+        sinks,
+        sources,
+        warnings,
+    })
+}
+
+/// Deserializes one section, recording an error with its path on failure.
+fn section<T: DeserializeOwned>(
+    path: &str,
+    value: toml::Value,
+    errors: &mut Vec<String>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let at = if inner == "." || inner.is_empty() {
+                path.to_owned()
+            } else {
+                format!("{path}.{inner}")
+            };
+            // toml appends "in `path`" lines; the path is already in front of the message.
+            let message = e.into_inner().to_string();
+            let first = message.lines().next().unwrap_or_default().trim();
+            errors.push(format!("{at}: {}", env::redact_values(first)));
+            None
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn load_sinks(value: Option<toml::Value>, errors: &mut Vec<String>) -> Vec<SinkSpec> {
+    let table = match value {
+        None => {
+            return vec![SinkSpec {
+                name: "default".to_owned(),
+                kind: SinkKind::File {
+                    path: PathBuf::from("data/events.jsonl"),
+                },
+            }];
+        }
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => {
+            errors.push("sinks: must be a table of [sinks.<name>]".to_owned());
+            return Vec::new();
+        }
+    };
+    let mut sinks = Vec::new();
+    for (name, value) in table {
+        let path = format!("sinks.{name}");
+        if !valid_name(&name) {
+            errors.push(format!("{path}: sink names may use a-z, 0-9, '-' and '_'"));
+            continue;
+        }
+        let Some(raw) = section::<RawSink>(&path, value, errors) else {
+            continue;
+        };
+        let kind = match raw {
+            RawSink::File { path } => SinkKind::File { path },
+            RawSink::Kafka {
+                brokers,
+                topic,
+                create_topics,
+                partitions,
+                message_timeout_ms,
+                librdkafka,
+            } => {
+                if !cfg!(feature = "kafka") {
+                    errors.push(format!(
+                        "{path}: this build of hookbridge has no Kafka support (feature \"kafka\")"
+                    ));
+                }
+                check_template(&path, "topic", &topic, errors);
+                for key in librdkafka.keys() {
+                    if matches!(
+                        key.as_str(),
+                        "acks"
+                            | "request.required.acks"
+                            | "enable.idempotence"
+                            | "bootstrap.servers"
+                            | "message.timeout.ms"
+                    ) {
+                        errors.push(format!("{path}.librdkafka.{key}: set by hookbridge (delivery guarantees depend on it); use the sink's own field if there is one"));
+                    }
+                }
+                if partitions < 1 {
+                    errors.push(format!("{path}.partitions: must be at least 1"));
+                }
+                SinkKind::Kafka(KafkaSpec {
+                    brokers,
+                    topic,
+                    create_topics,
+                    partitions,
+                    message_timeout: Duration::from_millis(message_timeout_ms),
+                    librdkafka,
+                })
+            }
+            RawSink::Rabbitmq {
+                url,
+                exchange,
+                declare_exchange,
+                routing_key,
+                channels,
+            } => {
+                if !cfg!(feature = "rabbitmq") {
+                    errors.push(format!("{path}: this build of hookbridge has no RabbitMQ support (feature \"rabbitmq\")"));
+                }
+                if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                    errors.push(format!("{path}.url: must start with amqp:// or amqps://"));
+                }
+                if channels == 0 || channels > 256 {
+                    errors.push(format!("{path}.channels: must be between 1 and 256"));
+                }
+                if exchange.is_empty() || exchange.len() > 255 {
+                    errors.push(format!("{path}.exchange: must be 1 to 255 bytes"));
+                }
+                check_template(&path, "routing_key", &routing_key, errors);
+                SinkKind::RabbitMq(RabbitSpec {
+                    url,
+                    exchange,
+                    declare_exchange,
+                    routing_key,
+                    channels,
+                })
+            }
+        };
+        sinks.push(SinkSpec { name, kind });
+    }
+    if sinks.is_empty() && errors.is_empty() {
+        errors.push("sinks: the table is empty; remove it to use the default file sink".to_owned());
+    }
+    sinks
+}
+
+fn check_template(path: &str, field: &str, template: &str, errors: &mut Vec<String>) {
+    let stripped = template.replace("{source}", "").replace("{type}", "");
+    if stripped.contains('{') || stripped.contains('}') {
+        errors.push(format!(
+            "{path}.{field}: only {{source}} and {{type}} may be used in the template"
+        ));
+    }
+    if template.is_empty() {
+        errors.push(format!("{path}.{field}: must not be empty"));
+    }
+}
+
+fn build_source(
+    name: &str,
+    raw: RawSource,
+    server: &RawServer,
+    sinks: &[&str],
+    errors: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Option<SourceSpec> {
+    let path = format!("sources.{name}");
+    let before = errors.len();
+    if raw.kind == RawKind::Callback {
+        errors.push(format!(
+            "{path}.kind: \"callback\" is not available in this version: a Cobo callback must be answered ok/deny from a decision, and no decision source exists yet; use kind = \"webhook\" for events that only need an acknowledgement"
+        ));
+    }
+    let scheme_name = scheme_name(&raw.verify);
+    let scheme = build_scheme(
+        &format!("{path}.verify"),
+        raw.verify,
+        errors,
+        warnings,
+        name,
+    );
+
+    let sink = match (&raw.sink, sinks) {
+        (Some(s), _) if sinks.contains(&s.as_str()) => s.clone(),
+        (Some(s), _) => {
+            errors.push(format!(
+                "{path}.sink: no sink named {s:?} (configured: {})",
+                sinks.join(", ")
+            ));
+            String::new()
+        }
+        (None, [only]) => (*only).to_owned(),
+        (None, _) => {
+            errors.push(format!(
+                "{path}.sink: required when several sinks are configured ({})",
+                sinks.join(", ")
+            ));
+            String::new()
+        }
+    };
+
+    let (default_id, default_type) = default_locators(scheme_name);
+    let event_id = match raw.event_id {
+        Some(l) => parse_locators(&format!("{path}.event_id"), &l, errors),
+        None => default_id,
+    };
+    let event_type = match raw.event_type {
+        Some(l) => parse_locators(&format!("{path}.event_type"), &l, errors),
+        None => default_type,
+    };
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(server.max_body_bytes);
+    if max_body_bytes == 0 {
+        errors.push(format!("{path}.max_body_bytes: must be greater than 0"));
+    }
+    if raw.ack_deadline_ms == 0 {
+        errors.push(format!("{path}.ack_deadline_ms: must be greater than 0"));
+    }
+    if errors.len() > before {
+        return None;
+    }
+    let scheme = scheme?;
+    let replay_window = match raw.replay_window_secs {
+        Some(0) => None,
+        Some(secs) => {
+            if !scheme.signs_timestamp() {
+                errors.push(format!(
+                    "{path}.replay_window_secs: scheme {} signs no timestamp",
+                    scheme.name()
+                ));
+                return None;
+            }
+            Some(Duration::from_secs(secs))
+        }
+        None => scheme.default_replay_window(),
+    };
+    Some(SourceSpec {
+        name: name.to_owned(),
+        kind: SourceKind::Webhook,
+        verifier: SourceVerifier::new(scheme, replay_window),
+        event_id,
+        event_type,
+        default_type: raw
+            .default_type
+            .unwrap_or_else(|| "hookbridge.webhook".to_owned()),
+        ce_source: raw.ce_source.unwrap_or_else(|| format!("/hooks/{name}")),
+        sink,
+        ack_deadline: Duration::from_millis(raw.ack_deadline_ms),
+        max_body_bytes,
+    })
+}
+
+fn scheme_name(raw: &RawVerify) -> &'static str {
+    match raw {
+        RawVerify::CoboWaas2 { .. } => "cobo-waas2",
+        RawVerify::CoboWaas1 { .. } => "cobo-waas1",
+        RawVerify::RsaSha256 { .. } => "rsa-sha256",
+        RawVerify::HmacSha256 { .. } => "hmac-sha256",
+        RawVerify::SharedSecret { .. } => "shared-secret",
+        RawVerify::StandardWebhooks { .. } => "standard-webhooks",
+        RawVerify::Stripe { .. } => "stripe",
+        RawVerify::Slack { .. } => "slack",
+        RawVerify::None { .. } => "none",
+    }
+}
+
+/// Per-scheme event ID and type locators, from each provider's documented payloads.
+fn default_locators(scheme: &str) -> (Vec<Locator>, Vec<Locator>) {
+    let body = |p: &str| Locator::Body(p.to_owned());
+    let header = |h: &'static str| Locator::Header(HeaderName::from_static(h));
+    let joined = |ps: &[&str]| Locator::Joined(ps.iter().map(|p| (*p).to_owned()).collect());
+    match scheme {
+        "cobo-waas2" => (vec![body("/event_id"), body("/id")], vec![body("/type")]),
+        // Pending pushes repeat `id` once per confirmation change: each is a distinct event.
+        "cobo-waas1" => (
+            vec![
+                joined(&["/id", "/status", "/confirmed_num"]),
+                joined(&["/cobo_id", "/status", "/confirmed_num"]),
+                body("/request_id"),
+            ],
+            vec![body("/side")],
+        ),
+        "standard-webhooks" => (
+            vec![header("webhook-id"), header("svix-id")],
+            vec![body("/type")],
+        ),
+        "stripe" => (vec![body("/id")], vec![body("/type")]),
+        "slack" => (
+            vec![body("/event_id")],
+            vec![body("/event/type"), body("/type")],
+        ),
+        _ => (Vec::new(), Vec::new()),
+    }
+}
+
+fn parse_locators(path: &str, raw: &[RawLocator], errors: &mut Vec<String>) -> Vec<Locator> {
+    let mut out = Vec::new();
+    for (i, l) in raw.iter().enumerate() {
+        let bad_pointer = |p: &str| !p.starts_with('/');
+        match l {
+            RawLocator::One(s) => {
+                if let Some(h) = s.strip_prefix("header:") {
+                    match HeaderName::from_bytes(h.trim().as_bytes()) {
+                        Ok(h) => out.push(Locator::Header(h)),
+                        Err(_) => {
+                            errors.push(format!("{path}[{i}]: {h:?} is not a valid header name"))
+                        }
+                    }
+                } else if bad_pointer(s) {
+                    errors.push(format!("{path}[{i}]: expected a JSON pointer starting with '/' or \"header:<name>\""));
+                } else {
+                    out.push(Locator::Body(s.clone()));
+                }
+            }
+            RawLocator::Joined(ps) => {
+                if ps.is_empty() || ps.iter().any(|p| bad_pointer(p)) {
+                    errors.push(format!(
+                        "{path}[{i}]: a joined locator is a non-empty list of JSON pointers"
+                    ));
+                } else {
+                    out.push(Locator::Joined(ps.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn build_scheme(
+    path: &str,
+    raw: RawVerify,
+    errors: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+    source: &str,
+) -> Option<Scheme> {
+    let prefixed = |errs: Vec<String>| {
+        errs.into_iter()
+            .map(|e| format!("{path}.{e}"))
+            .collect::<Vec<_>>()
+    };
+    let result = match raw {
+        RawVerify::CoboWaas2 { public_keys } => CoboWaas2::new(&public_keys).map(Scheme::CoboWaas2),
+        RawVerify::CoboWaas1 { public_keys } => CoboWaas1::new(&public_keys).map(Scheme::CoboWaas1),
+        RawVerify::RsaSha256 {
+            header,
+            public_keys,
+            public_key_files,
+        } => {
+            let mut pems: Vec<(String, String)> = public_keys
+                .into_iter()
+                .enumerate()
+                .map(|(i, k)| (format!("public_keys[{i}]"), k))
+                .collect();
+            let mut file_errors = Vec::new();
+            for (i, f) in public_key_files.iter().enumerate() {
+                match std::fs::read_to_string(f) {
+                    Ok(pem) => pems.push((format!("public_key_files[{i}] ({})", f.display()), pem)),
+                    Err(e) => file_errors.push(format!(
+                        "public_key_files[{i}]: cannot read {}: {e}",
+                        f.display()
+                    )),
+                }
+            }
+            let built = RsaSha256::new(&header, &pems);
+            match (built, file_errors.is_empty()) {
+                (Ok(v), true) => {
+                    if v.smallest_bits() < crate::verify::RSA_WARN_BELOW_BITS {
+                        warnings.push(format!(
+                            "source {source}: an RSA key has {} bits; 2048 or more is recommended",
+                            v.smallest_bits()
+                        ));
+                    }
+                    Ok(Scheme::RsaSha256(v))
+                }
+                (Ok(_), false) => Err(file_errors),
+                (Err(mut e), _) => {
+                    e.extend(file_errors);
+                    Err(e)
+                }
+            }
+        }
+        RawVerify::HmacSha256 {
+            header,
+            encoding,
+            prefix,
+            secrets,
+            secret_encoding,
+        } => decode_secrets(&secrets, secret_encoding)
+            .and_then(|s| HmacSha256::new(&header, encoding, prefix, s))
+            .map(Scheme::HmacSha256),
+        RawVerify::SharedSecret { header, secrets } => {
+            SharedSecret::new(&header, &secrets).map(Scheme::SharedSecret)
+        }
+        RawVerify::StandardWebhooks {
+            secrets,
+            public_keys,
+        } => StandardWebhooks::new(&secrets, &public_keys).map(Scheme::StandardWebhooks),
+        RawVerify::Stripe { secrets } => {
+            Stripe::new(secrets.into_iter().map(String::into_bytes).collect()).map(Scheme::Stripe)
+        }
+        RawVerify::Slack { secrets } => {
+            Slack::new(secrets.into_iter().map(String::into_bytes).collect()).map(Scheme::Slack)
+        }
+        RawVerify::None {
+            accept_unsigned_requests,
+        } => {
+            if accept_unsigned_requests {
+                warnings.push(format!("source {source}: scheme \"none\" accepts UNSIGNED requests from anyone who can reach it"));
+                Ok(Scheme::None)
+            } else {
+                Err(vec!["accept_unsigned_requests: scheme \"none\" accepts anything; set accept_unsigned_requests = true to confirm".to_owned()])
+            }
+        }
+    };
+    result.map_err(|e| errors.extend(prefixed(e))).ok()
+}
+
+fn decode_secrets(
+    secrets: &[String],
+    encoding: SecretEncoding,
+) -> Result<Vec<Vec<u8>>, Vec<String>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (i, s) in secrets.iter().enumerate() {
+        let decoded = match encoding {
+            SecretEncoding::Utf8 => Some(s.clone().into_bytes()),
+            SecretEncoding::Hex => hex::decode(s.trim()).ok(),
+            SecretEncoding::Base64 => base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .ok(),
+        };
+        match decoded {
+            Some(d) => out.push(d),
+            None => errors.push(format!(
+                "secrets[{i}]: does not decode as the configured secret_encoding"
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The `check-config` summary: what would run, without any secret.
+pub fn summary(config: &Config) -> String {
+    let mut lines = vec![
+        "configuration OK".to_owned(),
+        format!("listen: {}", config.server.listen),
+        "sinks:".to_owned(),
+    ];
+    for s in &config.sinks {
+        let target = match &s.kind {
+            SinkKind::File { path } => path.display().to_string(),
+            SinkKind::Kafka(k) => format!("brokers {} topic {}", k.brokers, k.topic),
+            SinkKind::RabbitMq(r) => format!(
+                "{} exchange {} routing key {}",
+                r.redacted_url(),
+                r.exchange,
+                r.routing_key
+            ),
+        };
+        lines.push(format!("  {} ({}): {target}", s.name, s.kind.type_name()));
+    }
+    lines.push("sources:".to_owned());
+    for s in &config.sources {
+        let ids: Vec<String> = s.event_id.iter().map(ToString::to_string).collect();
+        let window = s
+            .verifier
+            .replay_window()
+            .map_or_else(|| "off".to_owned(), |w| format!("{} s", w.as_secs()));
+        lines.push(format!(
+            "  {} POST {} kind webhook, scheme {} ({} key(s)), replay window {window}, event id [{}] then sha256, sink {}, ack deadline {} ms",
+            s.name,
+            s.route(),
+            s.verifier.scheme().name(),
+            s.verifier.scheme().key_count(),
+            ids.join(", "),
+            s.sink,
+            s.ack_deadline.as_millis()
+        ));
+    }
+    lines.extend(config.warnings.iter().map(|w| format!("warning: {w}")));
+    lines.push(String::new());
+    lines.join("\n")
+}

@@ -1,0 +1,271 @@
+//! The TOML file as serde sees it. Every field's doc comment is operator documentation (mirrored
+//! in `docs/configuration.md`). These types hold secrets as plain strings only until
+//! [`super::load`] turns them into verifiers; none of them implements `Debug`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::verify::Encoding;
+
+/// `[server]`: the HTTP listener and its limits.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Default body limit for every source, in bytes. Default 1 MiB.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Time allowed to receive a whole request body, in ms. Default 10 000.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// Time allowed to receive the request line and headers, in ms. Default 5 000.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+    /// Most headers a request may carry. Default 64.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Most open client connections; further connections wait in the kernel backlog. Default 4 096.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long shutdown may take before open requests are abandoned, in ms. Default 10 000.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+            body_timeout_ms: default_body_timeout(),
+            header_timeout_ms: default_header_timeout(),
+            max_headers: default_max_headers(),
+            max_connections: default_max_connections(),
+            shutdown_timeout_ms: default_shutdown_timeout(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+const fn default_max_body() -> usize {
+    1024 * 1024
+}
+const fn default_body_timeout() -> u64 {
+    10_000
+}
+const fn default_header_timeout() -> u64 {
+    5_000
+}
+const fn default_max_headers() -> usize {
+    64
+}
+const fn default_max_connections() -> usize {
+    4096
+}
+const fn default_shutdown_timeout() -> u64 {
+    10_000
+}
+
+/// `[sinks.<name>]`: where events go. Without any `[sinks]` table a file sink named `default`
+/// writes `data/events.jsonl`.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RawSink {
+    /// Append-only JSON Lines file, fsync'd before the 2xx.
+    File {
+        /// File to append to; created with its parent directories.
+        path: PathBuf,
+    },
+    /// Kafka through librdkafka: idempotent producer, `acks=all`.
+    Kafka {
+        /// `bootstrap.servers`, comma-separated `host:port`.
+        brokers: String,
+        /// Topic template: `{source}` and `{type}` are replaced. Default `hookbridge.{source}`.
+        #[serde(default = "default_topic")]
+        topic: String,
+        /// Create missing topics at startup for every source using this sink. Default false:
+        /// production clusters usually manage topics themselves.
+        #[serde(default)]
+        create_topics: bool,
+        /// Partitions for topics created by `create_topics`. Default 3.
+        #[serde(default = "default_partitions")]
+        partitions: i32,
+        /// librdkafka `message.timeout.ms`: how long a message may wait for delivery. Default 30 000.
+        #[serde(default = "default_message_timeout")]
+        message_timeout_ms: u64,
+        /// Extra librdkafka properties (security.protocol, sasl.*, ssl.*, linger.ms, …).
+        /// Settings that would weaken delivery (acks, enable.idempotence) are refused.
+        #[serde(default)]
+        librdkafka: BTreeMap<String, String>,
+    },
+    /// RabbitMQ through lapin: publisher confirms, persistent messages, mandatory routing.
+    Rabbitmq {
+        /// AMQP URI, e.g. `amqp://user:pass@host:5672/%2f` (`amqps://` for TLS).
+        url: String,
+        /// Topic exchange to publish to. Default `hookbridge`.
+        #[serde(default = "default_exchange")]
+        exchange: String,
+        /// Declare the exchange (durable, topic) at connect; when false it must already exist
+        /// and is checked with a passive declare. Default true.
+        #[serde(default = "default_true")]
+        declare_exchange: bool,
+        /// Routing key template: `{source}` and `{type}` are replaced. Default `{source}.{type}`.
+        #[serde(default = "default_routing_key")]
+        routing_key: String,
+        /// Channels in the publishing pool; confirms are pipelined on each. Default 4.
+        #[serde(default = "default_channels")]
+        channels: usize,
+    },
+}
+
+fn default_topic() -> String {
+    "hookbridge.{source}".to_owned()
+}
+const fn default_partitions() -> i32 {
+    3
+}
+const fn default_message_timeout() -> u64 {
+    30_000
+}
+fn default_exchange() -> String {
+    "hookbridge".to_owned()
+}
+fn default_routing_key() -> String {
+    "{source}.{type}".to_owned()
+}
+const fn default_channels() -> usize {
+    4
+}
+const fn default_true() -> bool {
+    true
+}
+
+/// Where a source's requests come from and how to prove it.
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawKind {
+    /// Answered 200 once the event is durable.
+    #[default]
+    Webhook,
+    /// Answered `ok`/`deny` from a decision (not available yet: refused at load).
+    Callback,
+}
+
+/// An event-ID or event-type locator: `"/json/pointer"`, `"header:Name"`, or a list of
+/// pointers whose values are joined with `:` (e.g. Cobo WaaS 1.0 `["/id", "/status", "/confirmed_num"]`).
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawLocator {
+    One(String),
+    Joined(Vec<String>),
+}
+
+/// `[sources.<name>]`: one provider endpoint, served at `POST /hooks/<name>`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// `webhook` (default) or `callback`.
+    #[serde(default)]
+    pub kind: RawKind,
+    /// The signature scheme and its keys.
+    pub verify: RawVerify,
+    /// Reject signed timestamps further than this from now, in seconds; 0 turns it off.
+    /// Default: 300 for standard-webhooks, stripe and slack; off for the Cobo schemes.
+    pub replay_window_secs: Option<u64>,
+    /// Event ID locators, tried in order; the first non-empty value wins. Default per scheme;
+    /// when none yields a value the ID is the hex SHA-256 of the raw body.
+    pub event_id: Option<Vec<RawLocator>>,
+    /// Event type locators, tried in order. Default per scheme.
+    pub event_type: Option<Vec<RawLocator>>,
+    /// CloudEvents `type` when no locator yields one. Default `hookbridge.webhook`.
+    pub default_type: Option<String>,
+    /// CloudEvents `source` attribute. Default `/hooks/<name>`.
+    pub ce_source: Option<String>,
+    /// Sink name; may be omitted when exactly one sink exists.
+    pub sink: Option<String>,
+    /// Longest wait for the sink's confirmation before answering 503, in ms. Default 1 500
+    /// (Cobo gives up after 2 s).
+    #[serde(default = "default_ack_deadline")]
+    pub ack_deadline_ms: u64,
+    /// Body limit for this source, in bytes. Default `server.max_body_bytes`.
+    pub max_body_bytes: Option<usize>,
+}
+
+const fn default_ack_deadline() -> u64 {
+    1_500
+}
+
+/// `verify = { scheme = "…", … }`. Unknown schemes are a load error.
+#[derive(Deserialize)]
+#[serde(tag = "scheme", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum RawVerify {
+    /// Cobo WaaS 2.0: Ed25519. `public_keys`: `"dev"`, `"prod"` or 64 hex characters.
+    CoboWaas2 { public_keys: Vec<String> },
+    /// Cobo WaaS 1.0: ECDSA secp256k1. `public_keys`: `"dev"`, `"prod"`, `"sandbox-legacy"`
+    /// or compressed SEC1 hex.
+    CoboWaas1 { public_keys: Vec<String> },
+    /// RSA PKCS#1 v1.5 SHA-256 over the body, base64 in `header` (default `X-Signature`).
+    RsaSha256 {
+        #[serde(default = "default_rsa_header")]
+        header: String,
+        /// Inline PEM keys (PKCS#1 or SPKI).
+        #[serde(default)]
+        public_keys: Vec<String>,
+        /// PEM key files.
+        #[serde(default)]
+        public_key_files: Vec<PathBuf>,
+    },
+    /// HMAC-SHA256 over the body.
+    HmacSha256 {
+        header: String,
+        #[serde(default)]
+        encoding: Encoding,
+        /// Text before the signature in the header, e.g. `sha256=`.
+        prefix: Option<String>,
+        secrets: Vec<String>,
+        /// How the secrets are written: `utf8` (as-is, default), `hex` or `base64`.
+        #[serde(default)]
+        secret_encoding: SecretEncoding,
+    },
+    /// A header that must equal one of the secrets.
+    SharedSecret {
+        header: String,
+        secrets: Vec<String>,
+    },
+    /// Standard Webhooks / Svix: `secrets` (`whsec_…`, v1) and/or `public_keys` (`whpk_…`, v1a).
+    StandardWebhooks {
+        #[serde(default)]
+        secrets: Vec<String>,
+        #[serde(default)]
+        public_keys: Vec<String>,
+    },
+    /// Stripe `Stripe-Signature` (v1 only). `secrets`: the `whsec_…` endpoint secrets.
+    Stripe { secrets: Vec<String> },
+    /// Slack `X-Slack-Signature` (v0). `secrets`: signing secrets.
+    Slack { secrets: Vec<String> },
+    /// No verification. Only with `accept_unsigned_requests = true`, and logged at startup.
+    None {
+        #[serde(default)]
+        accept_unsigned_requests: bool,
+    },
+}
+
+fn default_rsa_header() -> String {
+    "X-Signature".to_owned()
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretEncoding {
+    #[default]
+    Utf8,
+    Hex,
+    Base64,
+}

@@ -1,0 +1,114 @@
+//! The only place where an outcome becomes an HTTP status and body. Bodies are small JSON with a
+//! stable `error` code and a short message; details (which header, which check) go to the log and
+//! metrics only, so a caller learns nothing that helps forge a request.
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use warp::reply::Response;
+
+use crate::normalize::{EventId, NormalizeError};
+use crate::sink::PublishError;
+use crate::verify::VerifyError;
+
+/// Why a request was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("no source is configured at this path")]
+    UnknownSource,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("body larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("body not received within the read timeout")]
+    BodyTimeout,
+    #[error("body could not be read: {0}")]
+    BodyRead(String),
+    #[error(transparent)]
+    Unverified(#[from] VerifyError),
+    #[error(transparent)]
+    Malformed(#[from] NormalizeError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("sink did not confirm within the ack deadline")]
+    AckTimeout,
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownSource => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyRead(_) | Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::Unverified(_) => StatusCode::UNAUTHORIZED,
+            Self::Publish(_) | Self::AckTimeout => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Stable reason code: the `outcome` metric label, the log field and the body's `error`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownSource => "unknown_source",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::TooLarge { .. } => "too_large",
+            Self::BodyTimeout => "body_timeout",
+            Self::BodyRead(_) => "body_read_error",
+            Self::Unverified(e) => e.reason(),
+            Self::Malformed(_) => "malformed_event",
+            Self::Publish(e) => e.reason(),
+            Self::AckTimeout => "ack_timeout",
+        }
+    }
+
+    /// What the caller is told: deliberately the same for every signature failure.
+    fn public_message(&self) -> &'static str {
+        match self {
+            Self::UnknownSource => "no source is configured at this path",
+            Self::MethodNotAllowed => "only POST is accepted",
+            Self::TooLarge { .. } => "request body too large",
+            Self::BodyTimeout => "request body not received in time",
+            Self::BodyRead(_) => "request body could not be read",
+            Self::Unverified(_) => "request signature could not be verified",
+            Self::Malformed(_) => "event id or type in the request is unusable",
+            Self::Publish(_) | Self::AckTimeout => "event not stored, retry later",
+        }
+    }
+
+    /// Seconds the provider should wait, for answers that invite a retry.
+    fn retry_after(&self) -> Option<u32> {
+        matches!(self, Self::Publish(_) | Self::AckTimeout).then_some(5)
+    }
+
+    pub fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.reason(), "message": self.public_message() });
+        let mut resp = json_response(self.status(), &body);
+        if let Some(secs) = self.retry_after() {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(self, Self::MethodNotAllowed) {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        resp
+    }
+}
+
+/// 200 with the event ID: Cobo accepts only 200/201, so no other success status is used.
+pub fn accepted(id: &EventId) -> Response {
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "status": "accepted", "id": id.as_str() }),
+    )
+}
+
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut resp = Response::new(Bytes::from(body.to_string()).into());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

@@ -1,0 +1,24 @@
+//! hookbridge: verified webhook and callback ingress that publishes CloudEvents to Kafka or
+//! RabbitMQ, answering the provider only once the event is durable.
+//!
+//! # Layout
+//! In data-flow order:
+//! - [`server`]: accept loop, connection limits, peer address, graceful drain.
+//! - [`ingress`]: routes, body limits, the per-request pipeline, status mapping, audit line.
+//! - [`verify`]: signature schemes over the raw body; the only maker of `VerifiedWebhook`.
+//! - [`normalize`]: event ID/type and the CloudEvents envelope.
+//! - [`sink`]: file, Kafka and RabbitMQ backends behind one contract (durable before `Ok`).
+//!
+//! Around them: [`config`] (load + validate, all errors at once), [`app`] (wiring),
+//! [`metrics`] (every metric name), [`telemetry`] (logging), [`shutdown`] (signals).
+
+pub mod app;
+pub mod config;
+pub mod ingress;
+pub mod metrics;
+pub mod normalize;
+pub mod server;
+pub mod shutdown;
+pub mod sink;
+pub mod telemetry;
+pub mod verify;

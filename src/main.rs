@@ -1,0 +1,94 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hookbridge::{app::App, config, shutdown, telemetry};
+
+/// Verified webhook ingress: signature-checked, normalized to CloudEvents, durable before 2xx.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        env = "HOOKBRIDGE_LOG_FORMAT",
+        global = true
+    )]
+    log_format: telemetry::LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve {
+        #[arg(long, short, env = "HOOKBRIDGE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file: print every error, or a summary of sources and sinks.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// EX_CONFIG from sysexits.h: the configuration is wrong.
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match config::load_file(&config) {
+            Ok(cfg) => {
+                print!("{}", config::summary(&cfg));
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprint!("{}: {errors}", config.display());
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Serve { config } => {
+            telemetry::init(cli.log_format);
+            let cfg = match config::load_file(&config) {
+                Ok(cfg) => cfg,
+                Err(errors) => {
+                    tracing::error!("{}: {errors}", config.display());
+                    eprint!("{}: {errors}", config.display());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match tokio::runtime::Runtime::new() {
+                Ok(rt) => match rt.block_on(serve(cfg)) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), "hookbridge stopped");
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(cfg: config::Config) -> anyhow::Result<()> {
+    let metrics = hookbridge::metrics::install()?;
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let app = App::build(cfg, Some(metrics)).await?;
+    app.run(shutdown::signal()).await;
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! Every metric hookbridge exports, by name, and the one function per event that records it.
+//! Labels never carry secrets or payload data: only source and sink names (from config) and
+//! fixed reason codes.
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests by `source` and `outcome` (`accepted`, `bad_signature`, `too_large`, …).
+pub const REQUESTS: &str = "hookbridge_requests_total";
+/// Time from the first byte of the request to the response, for accepted requests.
+pub const ACK_LATENCY: &str = "hookbridge_ack_latency_seconds";
+/// Time a sink took to confirm an event, by `sink`.
+pub const PUBLISH_LATENCY: &str = "hookbridge_publish_latency_seconds";
+/// 1 when the sink is connected and ready, by `sink`.
+pub const SINK_READY: &str = "hookbridge_sink_ready";
+/// Requests being handled right now.
+pub const IN_FLIGHT: &str = "hookbridge_in_flight_requests";
+/// Broker (re)connections, by `sink`.
+pub const SINK_CONNECTS: &str = "hookbridge_sink_connects_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0,
+];
+
+/// Installs the global Prometheus recorder.
+///
+/// # Errors
+/// When a recorder is already installed.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .install_recorder()
+}
+
+pub fn request(source: &str, outcome: &'static str) {
+    metrics::counter!(REQUESTS, "source" => source.to_owned(), "outcome" => outcome).increment(1);
+}
+
+pub fn ack_latency(source: &str, elapsed: Duration) {
+    metrics::histogram!(ACK_LATENCY, "source" => source.to_owned()).record(elapsed.as_secs_f64());
+}
+
+pub fn publish_latency(sink: &str, elapsed: Duration) {
+    metrics::histogram!(PUBLISH_LATENCY, "sink" => sink.to_owned()).record(elapsed.as_secs_f64());
+}
+
+pub fn sink_ready(sink: &str, ready: bool) {
+    metrics::gauge!(SINK_READY, "sink" => sink.to_owned()).set(if ready { 1.0 } else { 0.0 });
+}
+
+pub fn sink_connected(sink: &str) {
+    metrics::counter!(SINK_CONNECTS, "sink" => sink.to_owned()).increment(1);
+}
+
+/// Tracks one in-flight request for as long as the guard lives.
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn enter() -> Self {
+        metrics::gauge!(IN_FLIGHT).increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(IN_FLIGHT).decrement(1.0);
+    }
+}

@@ -1,0 +1,381 @@
+//! Turns a [`VerifiedWebhook`] into an [`Envelope`]: the provider's event ID and type, and the
+//! CloudEvents 1.0 structured-mode JSON that sinks publish.
+//!
+//! The body is never re-serialized: a JSON body is spliced into `data` byte for byte, anything
+//! else goes to `data_base64`, so consumers can re-verify the signature over exactly what the
+//! provider signed (see the `hbsig*` extension attributes).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Locator, SourceSpec};
+use crate::verify::VerifiedWebhook;
+
+/// Longest event ID accepted: RabbitMQ's `message-id` is a short string (255 bytes).
+pub const MAX_EVENT_ID_LEN: usize = 255;
+
+/// The provider's event ID: the dedup key downstream and the broker message key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EventId(Arc<str>);
+
+impl EventId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where an event's ID came from, reported in logs and in the `hbidfrom` attribute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdOrigin {
+    Locator(String),
+    /// No locator yielded a value: the hex SHA-256 of the raw body.
+    BodySha256,
+}
+
+impl fmt::Display for IdOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Locator(l) => f.write_str(l),
+            Self::BodySha256 => f.write_str("sha256"),
+        }
+    }
+}
+
+/// A normalized, publishable event. Only [`Envelope::build`] makes one, from a verified request.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    id: EventId,
+    source_name: Arc<str>,
+    event_type: Arc<str>,
+    ce_source: Arc<str>,
+    id_origin: IdOrigin,
+    /// The CloudEvent, structured JSON mode.
+    json: Bytes,
+}
+
+impl Envelope {
+    pub fn id(&self) -> &EventId {
+        &self.id
+    }
+    pub fn source_name(&self) -> &str {
+        &self.source_name
+    }
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+    pub fn ce_source(&self) -> &str {
+        &self.ce_source
+    }
+    pub fn id_origin(&self) -> &IdOrigin {
+        &self.id_origin
+    }
+    /// The CloudEvent as `application/cloudevents+json`.
+    pub fn json(&self) -> &Bytes {
+        &self.json
+    }
+
+    /// # Errors
+    /// [`NormalizeError`] when a located ID or type is unusable (too long, control characters).
+    pub fn build(
+        webhook: VerifiedWebhook,
+        source: &SourceSpec,
+        received: SystemTime,
+    ) -> Result<Self, NormalizeError> {
+        let body = webhook.body();
+        // One parse serves JSON validation and every body locator. A body with surrounding
+        // whitespace is valid JSON, but splicing it would not be byte-exact: base64 it instead.
+        let parsed: Option<Value> = serde_json::from_slice(body).ok();
+        let exact_json = parsed.is_some()
+            && !body.first().is_some_and(u8::is_ascii_whitespace)
+            && !body.last().is_some_and(u8::is_ascii_whitespace);
+
+        let (id, id_origin) = match locate(&source.event_id, &webhook, parsed.as_ref(), "event_id")?
+        {
+            Some((v, origin)) => (v, IdOrigin::Locator(origin)),
+            None => (hex::encode(Sha256::digest(body)), IdOrigin::BodySha256),
+        };
+        let event_type = locate(&source.event_type, &webhook, parsed.as_ref(), "event_type")?
+            .map_or_else(|| source.default_type.clone(), |(v, _)| v);
+
+        let received_at = humantime::format_rfc3339_millis(received).to_string();
+        let proof = webhook.proof();
+        let data_base64 =
+            (!exact_json).then(|| base64::engine::general_purpose::STANDARD.encode(body));
+        let content_type = if exact_json {
+            "application/json".to_owned()
+        } else {
+            webhook
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() <= 128)
+                .unwrap_or("application/octet-stream")
+                .to_owned()
+        };
+        let attrs = Attributes {
+            specversion: "1.0",
+            id: &id,
+            source: &source.ce_source,
+            ty: &event_type,
+            time: &received_at,
+            datacontenttype: &content_type,
+            hbsource: &source.name,
+            hbscheme: proof.scheme,
+            hbidfrom: &id_origin.to_string(),
+            hbsignature: proof.signature.as_deref(),
+            hbsigtimestamp: proof.timestamp.as_deref(),
+            hbsigmsgid: proof.message_id.as_deref(),
+            data_base64: data_base64.as_deref(),
+        };
+        let mut json = Vec::with_capacity(body.len() + 512);
+        // Serializing a struct of strings into a Vec cannot fail.
+        serde_json::to_writer(&mut json, &attrs).map_err(|_| NormalizeError::Encode)?;
+        if exact_json {
+            json.pop(); // the closing brace
+            json.extend_from_slice(b",\"data\":");
+            json.extend_from_slice(body);
+            json.push(b'}');
+        }
+        Ok(Self {
+            id: EventId(id.into()),
+            source_name: source.name.as_str().into(),
+            event_type: event_type.into(),
+            ce_source: source.ce_source.as_str().into(),
+            id_origin,
+            json: Bytes::from(json),
+        })
+    }
+}
+
+/// CloudEvents context attributes plus hookbridge's extensions (lower-case, ≤ 20 characters as
+/// the spec recommends):
+/// - `hbsource`: the source name; `hbscheme`: the verification scheme;
+/// - `hbidfrom`: where `id` came from (`body:/event_id`, `header:webhook-id`, `sha256`);
+/// - `hbsignature`, `hbsigtimestamp`, `hbsigmsgid`: what the provider signed with, for re-verification.
+#[derive(Serialize)]
+struct Attributes<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    ty: &'a str,
+    time: &'a str,
+    datacontenttype: &'a str,
+    hbsource: &'a str,
+    hbscheme: &'static str,
+    hbidfrom: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hbsignature: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hbsigtimestamp: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hbsigmsgid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_base64: Option<&'a str>,
+}
+
+/// Why a verified request could not be normalized: answered 400.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NormalizeError {
+    #[error("{field} is longer than {MAX_EVENT_ID_LEN} bytes")]
+    TooLong { field: &'static str },
+    #[error("{field} contains control characters")]
+    ControlChars { field: &'static str },
+    #[error("could not encode the event")]
+    Encode,
+}
+
+/// The first locator that yields a non-empty value, and a label for where it came from.
+fn locate(
+    locators: &[Locator],
+    webhook: &VerifiedWebhook,
+    json: Option<&Value>,
+    field: &'static str,
+) -> Result<Option<(String, String)>, NormalizeError> {
+    for locator in locators {
+        let value = match locator {
+            Locator::Header(name) => webhook
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            Locator::Body(pointer) => json.and_then(|j| j.pointer(pointer)).and_then(scalar),
+            Locator::Joined(pointers) => json.and_then(|j| {
+                let parts: Option<Vec<String>> = pointers
+                    .iter()
+                    .map(|p| j.pointer(p).and_then(scalar))
+                    .collect();
+                // Every part must be present, and the first (the identifier) non-empty.
+                parts
+                    .filter(|p| p.first().is_some_and(|s| !s.is_empty()))
+                    .map(|p| p.join(":"))
+            }),
+        };
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            if v.len() > MAX_EVENT_ID_LEN {
+                return Err(NormalizeError::TooLong { field });
+            }
+            if v.chars().any(char::is_control) {
+                return Err(NormalizeError::ControlChars { field });
+            }
+            return Ok(Some((v, locator.to_string())));
+        }
+    }
+    Ok(None)
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use http::{HeaderMap, HeaderValue};
+
+    use super::*;
+    use crate::verify::IncomingWebhook;
+
+    fn source(extra: &str) -> SourceSpec {
+        let text = format!(
+            "[sources.t]\nverify = {{ scheme = \"shared-secret\", header = \"x-token\", secrets = [\"s\"] }}\n{extra}"
+        );
+        crate::config::load(&text, &|_| None)
+            .unwrap()
+            .sources
+            .remove(0)
+    }
+
+    fn envelope(
+        src: &SourceSpec,
+        body: &[u8],
+        headers: &[(&'static str, &str)],
+    ) -> Result<Envelope, NormalizeError> {
+        let mut h = HeaderMap::new();
+        h.insert("x-token", HeaderValue::from_static("s"));
+        for (k, v) in headers {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        let verified = src
+            .verifier
+            .verify(
+                IncomingWebhook {
+                    headers: h,
+                    body: Bytes::copy_from_slice(body),
+                },
+                SystemTime::now(),
+            )
+            .unwrap();
+        Envelope::build(
+            verified,
+            src,
+            UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+        )
+    }
+
+    #[test]
+    fn json_body_is_spliced_byte_for_byte() {
+        let src = source("event_id = [\"/meta/id\", \"/id\"]\nevent_type = [\"/type\"]");
+        // Key order, spacing and a big number that a round trip through f64 would change.
+        let body = br#"{"z":1,  "type":"a.b","id":"evt_1","n":123456789012345678901234567890}"#;
+        let env = envelope(&src, body, &[]).unwrap();
+        assert_eq!(env.id().as_str(), "evt_1");
+        assert_eq!(env.id_origin(), &IdOrigin::Locator("body:/id".into()));
+        assert_eq!(env.event_type(), "a.b");
+        let json = std::str::from_utf8(env.json()).unwrap();
+        assert!(json.ends_with(&format!(
+            ",\"data\":{}}}",
+            std::str::from_utf8(body).unwrap()
+        )));
+        let v: Value = serde_json::from_slice(env.json()).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["source"], "/hooks/t");
+        assert_eq!(v["time"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(v["datacontenttype"], "application/json");
+        assert_eq!(v["hbsource"], "t");
+        assert_eq!(v["hbscheme"], "shared-secret");
+        assert!(
+            v.get("hbsignature").is_none(),
+            "a shared secret is never copied into the event"
+        );
+    }
+
+    #[test]
+    fn event_conforms_to_cloudevents_sdk() {
+        let src = source("");
+        let env = envelope(&src, br#"{"hello":"world"}"#, &[]).unwrap();
+        let event: cloudevents::Event = serde_json::from_slice(env.json()).unwrap();
+        use cloudevents::AttributesReader as _;
+        assert_eq!(event.id(), env.id().as_str());
+        assert_eq!(event.ty(), "hookbridge.webhook");
+        assert_eq!(event.source().as_str(), "/hooks/t");
+        let bin = envelope(
+            &src,
+            b"\xff\x00binary",
+            &[("content-type", "application/x-thing")],
+        )
+        .unwrap();
+        let event: cloudevents::Event = serde_json::from_slice(bin.json()).unwrap();
+        assert_eq!(event.datacontenttype(), Some("application/x-thing"));
+        match event.data() {
+            Some(cloudevents::Data::Binary(b)) => assert_eq!(b.as_slice(), b"\xff\x00binary"),
+            other => panic!("expected binary data, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn falls_back_to_body_sha256_and_says_so() {
+        let src = source("event_id = [\"/id\", \"header:x-id\"]");
+        let env = envelope(&src, br#"{"id":""}"#, &[]).unwrap();
+        assert_eq!(env.id_origin(), &IdOrigin::BodySha256);
+        assert_eq!(
+            env.id().as_str(),
+            hex::encode(Sha256::digest(br#"{"id":""}"#))
+        );
+        let env = envelope(&src, br#"{"id":""}"#, &[("x-id", "h-1")]).unwrap();
+        assert_eq!(env.id().as_str(), "h-1");
+        // Whitespace around a JSON body: not spliced, carried exactly in data_base64.
+        let env = envelope(&src, b"{\"id\":7}\n", &[]).unwrap();
+        assert_eq!(env.id().as_str(), "7");
+        let v: Value = serde_json::from_slice(env.json()).unwrap();
+        assert_eq!(v["data_base64"], "eyJpZCI6N30K");
+    }
+
+    #[test]
+    fn joined_and_rejected_ids() {
+        let src = source("event_id = [[\"/id\", \"/status\", \"/n\"]]");
+        let env = envelope(&src, br#"{"id":"x","status":"pending","n":3}"#, &[]).unwrap();
+        assert_eq!(env.id().as_str(), "x:pending:3");
+        let long = format!(
+            "{{\"id\":\"{}\",\"status\":\"s\",\"n\":1}}",
+            "a".repeat(300)
+        );
+        assert_eq!(
+            envelope(&src, long.as_bytes(), &[]).unwrap_err(),
+            NormalizeError::TooLong { field: "event_id" }
+        );
+        assert_eq!(
+            envelope(&src, br#"{"id":"a\nb","status":"s","n":1}"#, &[]).unwrap_err(),
+            NormalizeError::ControlChars { field: "event_id" }
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! Kafka sink (rdkafka): an idempotent producer with `acks=all`, the event ID as message key,
+//! the CloudEvent (structured mode) as value and the CloudEvents Kafka binding's `ce_*` headers.
+//! `publish` resolves with librdkafka's delivery report.
+//!
+//! librdkafka reconnects to brokers by itself; this module adds what it does not do: a
+//! readiness probe (so requests fail fast while the cluster is unreachable), rebuilding the
+//! producer after a fatal idempotence error, and optional topic creation.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, ClientContext};
+use tokio::sync::Notify;
+
+use super::{PublishError, render_template};
+use crate::config::{KafkaSpec, SourceSpec};
+use crate::metrics;
+use crate::normalize::Envelope;
+
+/// How often the readiness probe asks for metadata while the cluster looks healthy / unreachable.
+const PROBE_HEALTHY: Duration = Duration::from_secs(5);
+const PROBE_UNHEALTHY: Duration = Duration::from_millis(500);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+struct Health {
+    ready: AtomicBool,
+    fatal: AtomicBool,
+}
+
+/// Receives librdkafka's global errors (it calls from its own threads).
+struct Context {
+    health: Arc<Health>,
+    sink: String,
+}
+
+impl ClientContext for Context {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Fatal) => {
+                self.health.fatal.store(true, Ordering::SeqCst);
+                self.health.ready.store(false, Ordering::SeqCst);
+                tracing::error!(sink = %self.sink, %error, reason, "fatal Kafka producer error; rebuilding the producer");
+            }
+            Some(RDKafkaErrorCode::AllBrokersDown) => {
+                self.health.ready.store(false, Ordering::SeqCst);
+                tracing::warn!(sink = %self.sink, reason, "all Kafka brokers are down");
+            }
+            _ => tracing::warn!(sink = %self.sink, %error, reason, "Kafka client error"),
+        }
+    }
+}
+
+type Prod = FutureProducer<Context>;
+
+pub struct KafkaSink {
+    name: String,
+    topic: String,
+    producer: Arc<RwLock<Prod>>,
+    health: Arc<Health>,
+    stop: Arc<Notify>,
+}
+
+/// The one place librdkafka settings are decided. User overrides come last, but cannot touch
+/// what delivery guarantees depend on (refused at config load).
+fn client_config(spec: &KafkaSpec) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &spec.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "message.timeout.ms",
+            spec.message_timeout.as_millis().to_string(),
+        )
+        // The Java client's partitioner: the same key lands on the same partition whichever
+        // client produced it.
+        .set("partitioner", "murmur2_random")
+        // librdkafka's default 5 ms linger would be most of the ack latency budget.
+        .set("linger.ms", "1")
+        .set("client.id", "hookbridge");
+    for (k, v) in &spec.librdkafka {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+fn build_producer(name: &str, spec: &KafkaSpec, health: &Arc<Health>) -> anyhow::Result<Prod> {
+    let ctx = Context {
+        health: Arc::clone(health),
+        sink: name.to_owned(),
+    };
+    client_config(spec)
+        .create_with_context(ctx)
+        .map_err(|e| anyhow::anyhow!("sink {name}: invalid Kafka client settings: {e}"))
+}
+
+impl KafkaSink {
+    /// Creates the producer (no broker needed) and starts the readiness probe, which also
+    /// creates topics when `create_topics` is on.
+    ///
+    /// # Errors
+    /// When librdkafka refuses the client settings.
+    pub async fn start(
+        name: &str,
+        spec: &KafkaSpec,
+        sources: &[&SourceSpec],
+    ) -> anyhow::Result<Self> {
+        let health = Arc::new(Health::default());
+        let producer = Arc::new(RwLock::new(build_producer(name, spec, &health)?));
+        let topics: Vec<String> = if spec.create_topics {
+            sources
+                .iter()
+                .filter(|_| !spec.topic.contains("{type}"))
+                .map(|s| sanitize_topic(&spec.topic.replace("{source}", &s.name)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if spec.create_topics && spec.topic.contains("{type}") {
+            tracing::warn!(
+                sink = name,
+                "create_topics cannot create topics whose name depends on {{type}}; create them beforehand"
+            );
+        }
+        let stop = Arc::new(Notify::new());
+        tokio::spawn(supervise(
+            name.to_owned(),
+            spec.clone(),
+            Arc::clone(&producer),
+            Arc::clone(&health),
+            topics,
+            Arc::clone(&stop),
+        ));
+        metrics::sink_ready(name, false);
+        Ok(Self {
+            name: name.to_owned(),
+            topic: spec.topic.clone(),
+            producer,
+            health,
+            stop,
+        })
+    }
+
+    pub async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError> {
+        if !self.health.ready.load(Ordering::Relaxed) {
+            return Err(PublishError::Unavailable(format!(
+                "Kafka sink {} is not connected",
+                self.name
+            )));
+        }
+        let producer = self
+            .producer
+            .read()
+            .map_err(|_| PublishError::Unavailable("producer lock poisoned".into()))?
+            .clone();
+        let topic = sanitize_topic(&render_template(&self.topic, envelope));
+        let headers = OwnedHeaders::new_with_capacity(4)
+            .insert(Header {
+                key: "ce_id",
+                value: Some(envelope.id().as_str()),
+            })
+            .insert(Header {
+                key: "ce_type",
+                value: Some(envelope.event_type()),
+            })
+            .insert(Header {
+                key: "ce_source",
+                value: Some(envelope.ce_source()),
+            })
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/cloudevents+json; charset=UTF-8"),
+            });
+        let record = FutureRecord::to(&topic)
+            .key(envelope.id().as_str())
+            .payload(envelope.json().as_ref())
+            .headers(headers);
+        // A zero queue timeout: a full local queue is an immediate 503, not a wait.
+        match producer.send(record, Duration::ZERO).await {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(classify(&e)),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.health.ready.load(Ordering::Relaxed)
+    }
+
+    /// Delivers what librdkafka still holds (bounded by `message.timeout.ms`, and by the
+    /// caller's shutdown timeout).
+    pub async fn close(&self) {
+        self.stop.notify_waiters();
+        let Some(producer) = self.producer.read().ok().map(|p| p.clone()) else {
+            return;
+        };
+        let flushed =
+            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!(sink = %self.name, error = %e, "Kafka flush incomplete");
+        }
+    }
+}
+
+fn classify(e: &KafkaError) -> PublishError {
+    match e.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::InvalidTopic,
+        ) => PublishError::Refused(e.to_string()),
+        _ => PublishError::Unavailable(e.to_string()),
+    }
+}
+
+/// Kafka topic names allow `[a-zA-Z0-9._-]`, up to 249 characters.
+fn sanitize_topic(raw: &str) -> String {
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(249)
+        .collect()
+}
+
+async fn supervise(
+    name: String,
+    spec: KafkaSpec,
+    producer: Arc<RwLock<Prod>>,
+    health: Arc<Health>,
+    mut topics: Vec<String>,
+    stop: Arc<Notify>,
+) {
+    let mut was_ready = false;
+    loop {
+        if health.fatal.swap(false, Ordering::SeqCst) {
+            match build_producer(&name, &spec, &health) {
+                Ok(p) => {
+                    if let Ok(mut guard) = producer.write() {
+                        *guard = p;
+                    }
+                    tracing::info!(sink = %name, "Kafka producer rebuilt");
+                }
+                Err(e) => {
+                    tracing::error!(sink = %name, error = %e, "rebuilding the Kafka producer failed")
+                }
+            }
+        }
+        let probe: Option<Prod> = producer.read().ok().map(|p| p.clone());
+        let reachable = match probe {
+            Some(p) => tokio::task::spawn_blocking(move || {
+                p.client()
+                    .fetch_metadata(None, PROBE_TIMEOUT)
+                    .map(|m| !m.brokers().is_empty())
+            })
+            .await
+            .map(|r| r.unwrap_or(false))
+            .unwrap_or(false),
+            None => false,
+        };
+        if reachable && !topics.is_empty() {
+            match create_topics(&spec, &topics).await {
+                Ok(()) => topics.clear(),
+                Err(e) => {
+                    tracing::warn!(sink = %name, error = %e, "creating topics failed; will retry")
+                }
+            }
+        }
+        let ready = reachable && topics.is_empty() && !health.fatal.load(Ordering::SeqCst);
+        health.ready.store(ready, Ordering::SeqCst);
+        if ready != was_ready {
+            metrics::sink_ready(&name, ready);
+            if ready {
+                metrics::sink_connected(&name);
+                tracing::info!(sink = %name, brokers = %spec.brokers, "Kafka sink ready");
+            } else {
+                tracing::warn!(sink = %name, brokers = %spec.brokers, "Kafka sink not ready");
+            }
+            was_ready = ready;
+        }
+        let wait = if ready {
+            PROBE_HEALTHY
+        } else {
+            PROBE_UNHEALTHY
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.notified() => return,
+        }
+    }
+}
+
+async fn create_topics(spec: &KafkaSpec, topics: &[String]) -> anyhow::Result<()> {
+    let mut cfg = client_config(spec);
+    // Producer-only settings make an admin client warn; drop them.
+    for k in [
+        "enable.idempotence",
+        "acks",
+        "message.timeout.ms",
+        "partitioner",
+        "linger.ms",
+    ] {
+        cfg.remove(k);
+    }
+    let admin: AdminClient<DefaultClientContext> = cfg.create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, spec.partitions, TopicReplication::Fixed(-1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new, &opts).await? {
+        match result {
+            Ok(t) => tracing::info!(topic = %t, "Kafka topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => anyhow::bail!("topic {t}: {code}"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! HMAC-SHA256 schemes: the generic configurable one (GitHub, Shopify, most in-house senders)
+//! and the two presets that sign a timestamp with the body (Stripe, Slack).
+//!
+//! Every comparison is constant-time (`subtle`), and the received signature is decoded before it
+//! is compared, so equal MACs with different encodings (hex case) still match.
+
+use ::hmac::{Hmac, Mac};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use http::HeaderMap;
+use secrecy::{ExposeSecret, SecretSlice};
+use serde::Deserialize;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use super::{Checked, VerifyError, header, key_label, parse_unix};
+
+type HmacSha = Hmac<Sha256>;
+
+/// How a signature header encodes the MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+/// Secrets, in rotation order, each with a label for logs.
+pub(super) struct Secrets(Vec<(String, SecretSlice<u8>)>);
+
+impl Secrets {
+    pub(super) fn new(secrets: Vec<Vec<u8>>) -> Result<Self, Vec<String>> {
+        if secrets.is_empty() {
+            return Err(vec!["secrets: at least one secret is required".to_owned()]);
+        }
+        let mut errors = Vec::new();
+        for (i, s) in secrets.iter().enumerate() {
+            if s.is_empty() {
+                errors.push(format!("secrets[{i}]: empty secret"));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Self(
+            secrets
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| (key_label(i), SecretSlice::from(s)))
+                .collect(),
+        ))
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Finds the secret whose MAC over `parts` equals one of `candidates`.
+    pub(super) fn find_match(&self, parts: &[&[u8]], candidates: &[Vec<u8>]) -> Option<&str> {
+        for (label, secret) in &self.0 {
+            // new_from_slice never fails for HMAC (any key length is valid).
+            let Ok(mut mac) = HmacSha::new_from_slice(secret.expose_secret()) else {
+                continue;
+            };
+            for part in parts {
+                mac.update(part);
+            }
+            let expected = mac.finalize().into_bytes();
+            if candidates
+                .iter()
+                .any(|c| bool::from(expected[..].ct_eq(c.as_slice())))
+            {
+                return Some(label);
+            }
+        }
+        None
+    }
+}
+
+/// Generic HMAC-SHA256 over the raw body: configurable header, encoding and prefix.
+pub struct HmacSha256 {
+    header: &'static str,
+    encoding: Encoding,
+    prefix: Option<String>,
+    secrets: Secrets,
+}
+
+impl HmacSha256 {
+    /// # Errors
+    /// When the header name is invalid or a secret is empty.
+    pub fn new(
+        header: &str,
+        encoding: Encoding,
+        prefix: Option<String>,
+        secrets: Vec<Vec<u8>>,
+    ) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let header = static_header(header).map_err(|e| errors.push(e)).ok();
+        let secrets = Secrets::new(secrets).map_err(|e| errors.extend(e)).ok();
+        match (header, secrets) {
+            (Some(header), Some(secrets)) if errors.is_empty() => Ok(Self {
+                header,
+                encoding,
+                prefix: prefix.filter(|p| !p.is_empty()),
+                secrets,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.secrets.len()
+    }
+
+    pub(super) fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<Checked, VerifyError> {
+        let raw = header(headers, self.header)?;
+        let encoded = match &self.prefix {
+            Some(prefix) => {
+                raw.strip_prefix(prefix.as_str())
+                    .ok_or(VerifyError::MalformedHeader {
+                        header: self.header,
+                        reason: "missing the configured prefix",
+                    })?
+            }
+            None => raw,
+        };
+        let sig = decode(encoded, self.encoding).ok_or(VerifyError::MalformedHeader {
+            header: self.header,
+            reason: "signature does not decode",
+        })?;
+        let key = self
+            .secrets
+            .find_match(&[body], &[sig])
+            .ok_or(VerifyError::BadSignature)?;
+        Ok(Checked {
+            key: Some(key.to_owned()),
+            signature: Some(raw.to_owned()),
+            ..Checked::default()
+        })
+    }
+}
+
+/// Stripe: `Stripe-Signature: t=<s>,v1=<hex>[,v1=<hex>…]` over `t.body`; the key is the whole
+/// `whsec_…` string as bytes (Stripe does not decode it). Only `v1` is accepted.
+pub struct Stripe {
+    secrets: Secrets,
+}
+
+const STRIPE_HEADER: &str = "stripe-signature";
+
+impl Stripe {
+    /// # Errors
+    /// When a secret is empty.
+    pub fn new(secrets: Vec<Vec<u8>>) -> Result<Self, Vec<String>> {
+        Ok(Self {
+            secrets: Secrets::new(secrets)?,
+        })
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.secrets.len()
+    }
+
+    pub(super) fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<Checked, VerifyError> {
+        let raw = header(headers, STRIPE_HEADER)?;
+        let mut ts = None;
+        let mut sigs = Vec::new();
+        for item in raw.split(',') {
+            let (k, v) = item
+                .trim()
+                .split_once('=')
+                .ok_or(VerifyError::MalformedHeader {
+                    header: STRIPE_HEADER,
+                    reason: "item is not key=value",
+                })?;
+            match k {
+                "t" if ts.is_none() => ts = Some(v),
+                "t" => {
+                    return Err(VerifyError::MalformedHeader {
+                        header: STRIPE_HEADER,
+                        reason: "repeated t",
+                    });
+                }
+                "v1" => sigs.extend(hex::decode(v).ok()),
+                _ => {}
+            }
+        }
+        let ts = ts.ok_or(VerifyError::MalformedHeader {
+            header: STRIPE_HEADER,
+            reason: "no t= timestamp",
+        })?;
+        let ts_ms = parse_unix(ts, STRIPE_HEADER, 1000)?;
+        if sigs.is_empty() {
+            return Err(VerifyError::MalformedHeader {
+                header: STRIPE_HEADER,
+                reason: "no v1 signature",
+            });
+        }
+        let key = self
+            .secrets
+            .find_match(&[ts.as_bytes(), b".", body], &sigs)
+            .ok_or(VerifyError::BadSignature)?;
+        Ok(Checked {
+            key: Some(key.to_owned()),
+            signature: Some(raw.to_owned()),
+            timestamp: Some((ts.to_owned(), ts_ms)),
+            message_id: None,
+        })
+    }
+}
+
+/// Slack: `X-Slack-Signature: v0=<hex>` over `v0:<X-Slack-Request-Timestamp>:body`.
+pub struct Slack {
+    secrets: Secrets,
+}
+
+const SLACK_SIG: &str = "x-slack-signature";
+const SLACK_TS: &str = "x-slack-request-timestamp";
+
+impl Slack {
+    /// # Errors
+    /// When a secret is empty.
+    pub fn new(secrets: Vec<Vec<u8>>) -> Result<Self, Vec<String>> {
+        Ok(Self {
+            secrets: Secrets::new(secrets)?,
+        })
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.secrets.len()
+    }
+
+    pub(super) fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<Checked, VerifyError> {
+        let ts = header(headers, SLACK_TS)?;
+        let ts_ms = parse_unix(ts, SLACK_TS, 1000)?;
+        let raw = header(headers, SLACK_SIG)?;
+        let sig = raw
+            .strip_prefix("v0=")
+            .and_then(|h| hex::decode(h).ok())
+            .ok_or(VerifyError::MalformedHeader {
+                header: SLACK_SIG,
+                reason: "expected v0=<hex>",
+            })?;
+        let key = self
+            .secrets
+            .find_match(&[b"v0:", ts.as_bytes(), b":", body], &[sig])
+            .ok_or(VerifyError::BadSignature)?;
+        Ok(Checked {
+            key: Some(key.to_owned()),
+            signature: Some(raw.to_owned()),
+            timestamp: Some((ts.to_owned(), ts_ms)),
+            message_id: None,
+        })
+    }
+}
+
+pub(super) fn decode(s: &str, encoding: Encoding) -> Option<Vec<u8>> {
+    match encoding {
+        Encoding::Hex => hex::decode(s).ok(),
+        Encoding::Base64 => B64.decode(s).ok(),
+    }
+}
+
+/// Header names are configured once and then looked up per request: leak the lower-cased name
+/// once at load time so lookups are `&'static str` and errors can name the header.
+pub(super) fn static_header(name: &str) -> Result<&'static str, String> {
+    let lower = name.trim().to_ascii_lowercase();
+    if http::HeaderName::from_bytes(lower.as_bytes()).is_err() || lower.is_empty() {
+        return Err(format!("header: {name:?} is not a valid HTTP header name"));
+    }
+    Ok(Box::leak(lower.into_boxed_str()))
+}

@@ -1,0 +1,251 @@
+//! Test harness: the app in-process on an ephemeral port, a plain HTTP client, and signers.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use hmac::Mac as _;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use sha2::Digest as _;
+use tokio::sync::oneshot;
+
+pub fn vectors() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/providers.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    /// Starts the app from config text whose `listen` is rewritten to 127.0.0.1:0.
+    pub async fn spawn(config: &str) -> Self {
+        let text = if config.contains("listen =") {
+            regex_free_replace_listen(config)
+        } else {
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n{config}")
+        };
+        let cfg = hookbridge::config::load(&text, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let app = hookbridge::app::App::build(cfg, None).await.unwrap();
+        let addr = app.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(app.run(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            stop: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Graceful stop: drains requests and closes sinks.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), h).await;
+        }
+    }
+}
+
+fn regex_free_replace_listen(config: &str) -> String {
+    config
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("listen =") {
+                "listen = \"127.0.0.1:0\""
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn post(url: &str, headers: &[(String, String)], body: impl Into<Bytes>) -> Reply {
+    request("POST", url, headers, body.into()).await
+}
+
+pub async fn get(url: &str) -> Reply {
+    request("GET", url, &[], Bytes::new()).await
+}
+
+pub async fn request(method: &str, url: &str, headers: &[(String, String)], body: Bytes) -> Reply {
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(
+            k.as_str(),
+            http::HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+        );
+    }
+    let req = req.body(Full::new(body)).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), client().request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn h(k: &str, v: &str) -> (String, String) {
+    (k.to_owned(), v.to_owned())
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn hmac256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Cobo WaaS 2.0 headers for `body`, signed with the Cobo CLI test key (hex seed).
+pub fn sign_cobo_waas2(seed_hex: &str, body: &[u8], ts: &str) -> Vec<(String, String)> {
+    let key =
+        ed25519_dalek::SigningKey::from_bytes(&hex::decode(seed_hex).unwrap().try_into().unwrap());
+    let mut m = body.to_vec();
+    m.push(b'|');
+    m.extend_from_slice(ts.as_bytes());
+    let d = sha2::Sha256::digest(sha2::Sha256::digest(&m));
+    use ed25519_dalek::Signer as _;
+    vec![
+        h("Biz-Timestamp", ts),
+        h("Biz-Resp-Signature", &hex::encode(key.sign(&d).to_bytes())),
+    ]
+}
+
+/// Standard Webhooks v1 headers with a `whsec_` secret.
+pub fn sign_standard_v1(secret: &str, id: &str, ts: u64, body: &[u8]) -> Vec<(String, String)> {
+    let key = B64.decode(secret.trim_start_matches("whsec_")).unwrap();
+    let ts = ts.to_string();
+    let sig = hmac256(&key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
+    vec![
+        h("webhook-id", id),
+        h("webhook-timestamp", &ts),
+        h("webhook-signature", &format!("v1,{}", B64.encode(sig))),
+    ]
+}
+
+/// Standard Webhooks v1a headers with an Ed25519 seed (hex).
+pub fn sign_standard_v1a(seed_hex: &str, id: &str, ts: u64, body: &[u8]) -> Vec<(String, String)> {
+    let key =
+        ed25519_dalek::SigningKey::from_bytes(&hex::decode(seed_hex).unwrap().try_into().unwrap());
+    let ts = ts.to_string();
+    let msg = [id.as_bytes(), b".", ts.as_bytes(), b".", body].concat();
+    use ed25519_dalek::Signer as _;
+    let sig = key.sign(&msg);
+    vec![
+        h("webhook-id", id),
+        h("webhook-timestamp", &ts),
+        h(
+            "webhook-signature",
+            &format!("v1a,{}", B64.encode(sig.to_bytes())),
+        ),
+    ]
+}
+
+pub fn sign_stripe(secret: &str, ts: u64, body: &[u8]) -> Vec<(String, String)> {
+    let ts = ts.to_string();
+    let sig = hmac256(secret.as_bytes(), &[ts.as_bytes(), b".", body]);
+    vec![h(
+        "Stripe-Signature",
+        &format!("t={ts},v1={}", hex::encode(sig)),
+    )]
+}
+
+pub fn sign_slack(secret: &str, ts: u64, body: &[u8]) -> Vec<(String, String)> {
+    let ts = ts.to_string();
+    let sig = hmac256(secret.as_bytes(), &[b"v0:", ts.as_bytes(), b":", body]);
+    vec![
+        h("X-Slack-Request-Timestamp", &ts),
+        h("X-Slack-Signature", &format!("v0={}", hex::encode(sig))),
+    ]
+}
+
+/// Reads the file sink's JSON lines.
+pub fn file_events(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A ~1 KB Cobo WaaS 2.0 webhook body with the given event ID.
+pub fn cobo_body(event_id: &str) -> String {
+    format!(
+        r#"{{"event_id":"{event_id}","url":"https://example.com/hooks/cobo","created_timestamp":1701396866000,"type":"wallets.transaction.succeeded","data":{{"data_type":"Transaction","transaction_id":"{event_id}-tx","wallet_id":"f47ac10b-58cc-4372-a567-0e02b2c3d479","type":"Deposit","status":"Success","chain_id":"ETH","token_id":"ETH_USDT","asset_id":"USDT","source":{{"source_type":"External","addresses":["0x9414933Ff7777bb28cA22D15c178596A6e58d957"]}},"destination":{{"destination_type":"Address","account_output":{{"address":"0x2f8BdfEa7B1A5d2B4b1f2e1b6A8dD0C1d3e4F5a6","amount":"1250.000000"}}}},"result":{{"result_type":"Transaction"}},"fee":{{"fee_type":"EVM_EIP_1559","token_id":"ETH","fee_used":"0.000421"}},"initiator":"api","confirmed_num":12,"confirming_threshold":12,"transaction_hash":"0x7f1a49a302bece956da7e0a3e9a77f0fb33ccc368ef2fa4dacac5c96d7d5f542","block_info":{{"block_number":19112233,"block_hash":"0x52dc95dbf0f409e290e38481b8b624ba2748ee08de6141be067ab80f5daf9b92"}},"created_timestamp":1701396800000,"updated_timestamp":1701396866000}}}}"#
+    )
+}
+
+/// The Cobo CLI test key seed from the vectors.
+pub fn cobo_test_seed() -> String {
+    vectors()["cobo_v2_ed25519"][0]["private_key_hex"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+pub fn cobo_test_pubkey() -> String {
+    vectors()["cobo_v2_ed25519"][0]["pubkey_hex"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}

@@ -1,0 +1,18 @@
+//! hookbridge's integration tests: one binary, one module per area.
+//!
+//! - `helpers`: spawn the app on 127.0.0.1:0, an HTTP client, and signers for every scheme.
+//! - `cli`: `check-config` through the real binary.
+//! - `ingress`: every provider vector end to end through HTTP into the file sink.
+//! - `kafka`, `rabbitmq`: the broker sinks against real brokers started by `scripts/test.sh`.
+
+// Test code: a panic is how a test fails, and cleanup results do not matter.
+#![allow(clippy::unwrap_used, clippy::let_underscore_must_use)]
+
+mod cli;
+mod helpers;
+mod ingress;
+#[cfg(feature = "kafka")]
+mod kafka;
+mod proxy;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;

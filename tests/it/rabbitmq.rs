@@ -1,0 +1,356 @@
+//! The RabbitMQ sink against the real broker (127.0.0.1:5672, or `HOOKBRIDGE_TEST_AMQP`):
+//! message ids, properties and bodies read back from a bound queue; unroutable is a failure;
+//! an unreachable broker gives 503 and recovery needs no restart; a held confirm holds the 200.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties};
+use serde_json::Value;
+
+use crate::helpers::*;
+use crate::kafka::{post_cobo, wait_ready};
+use crate::proxy::Proxy;
+
+fn amqp_url() -> String {
+    std::env::var("HOOKBRIDGE_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn amqp_addr() -> SocketAddr {
+    let url = amqp_url();
+    let hostport = url
+        .split('@')
+        .next_back()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let addr: SocketAddr = hostport.parse().unwrap();
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok(),
+        "no RabbitMQ at {addr}: run the suite with scripts/test.sh, or start one with `scripts/brokers.sh up`"
+    );
+    addr
+}
+
+fn rabbit_config(url: &str, exchange: &str, extra: &str) -> String {
+    format!(
+        r#"
+[sinks.rabbit]
+type = "rabbitmq"
+url = "{url}"
+exchange = "{exchange}"
+routing_key = "{{source}}.{{type}}"
+channels = 4
+
+[sources.cobo]
+verify = {{ scheme = "cobo-waas2", public_keys = ["{key}"] }}
+{extra}
+"#,
+        key = cobo_test_pubkey()
+    )
+}
+
+struct Broker {
+    conn: Connection,
+    ch: Channel,
+    exchange: String,
+}
+
+impl Broker {
+    async fn connect() -> Self {
+        amqp_addr();
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        Self {
+            conn,
+            ch,
+            exchange: format!("hbt-{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    /// An exclusive queue bound to everything on the test exchange (declared by the sink).
+    async fn bind_queue(&self) -> lapin::Consumer {
+        // The sink declares the exchange on connect; wait for it by declaring it ourselves too.
+        self.ch
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                lapin::ExchangeKind::Topic,
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let q = self
+            .ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions::exclusive().auto_delete(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        self.ch
+            .queue_bind(
+                q.name().clone(),
+                self.exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        self.ch
+            .basic_consume(
+                q.name().clone(),
+                "hbt".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn cleanup(self) {
+        let _ = self
+            .ch
+            .exchange_delete(
+                self.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+}
+
+struct Got {
+    message_id: String,
+    content_type: String,
+    routing_key: String,
+    delivery_mode: u8,
+    ce_id: String,
+    body: Value,
+}
+
+async fn receive(consumer: &mut lapin::Consumer, want: usize, within: Duration) -> Vec<Got> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + within;
+    while out.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some(Ok(d))) =
+            tokio::time::timeout(left.max(Duration::from_millis(1)), consumer.next()).await
+        else {
+            break;
+        };
+        let header = |k: &str| match d
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(k))
+        {
+            Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            _ => String::new(),
+        };
+        out.push(Got {
+            message_id: d
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
+            content_type: d
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
+            routing_key: d.routing_key.as_str().to_owned(),
+            delivery_mode: d.properties.delivery_mode().unwrap_or(0),
+            ce_id: header("cloudEvents:id"),
+            body: serde_json::from_slice(&d.data).unwrap(),
+        });
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    // Anything beyond `want` shows up here.
+    while let Ok(Some(Ok(d))) =
+        tokio::time::timeout(Duration::from_millis(1500), consumer.next()).await
+    {
+        out.push(Got {
+            message_id: d
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
+            content_type: String::new(),
+            routing_key: String::new(),
+            delivery_mode: 0,
+            ce_id: String::new(),
+            body: Value::Null,
+        });
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_events_arrive_with_message_id() {
+    let broker = Broker::connect().await;
+    let mut consumer = broker.bind_queue().await;
+    let app = TestApp::spawn(&rabbit_config(&amqp_url(), &broker.exchange, "")).await;
+    assert!(wait_ready(&app, Duration::from_secs(30)).await);
+
+    let ids: Vec<String> = (0..1000)
+        .map(|i| format!("{}-{i}", uuid::Uuid::new_v4()))
+        .collect();
+    let statuses: Vec<u16> = futures_util::stream::iter(ids.iter())
+        .map(|id| async { post_cobo(&app, id).await.status })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1000);
+    let dup = uuid::Uuid::new_v4().to_string();
+    assert_eq!(post_cobo(&app, &dup).await.status, 200);
+    assert_eq!(post_cobo(&app, &dup).await.status, 200);
+
+    let got = receive(&mut consumer, 1002, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), 1002);
+    let want: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut seen = HashSet::new();
+    for g in got.iter().filter(|g| g.message_id != dup) {
+        assert!(
+            want.contains(g.message_id.as_str()),
+            "unexpected {}",
+            g.message_id
+        );
+        assert!(seen.insert(g.message_id.clone()));
+        assert_eq!(g.ce_id, g.message_id);
+        assert_eq!(g.body["id"], g.message_id.as_str());
+        assert_eq!(g.body["data"]["event_id"], g.message_id.as_str());
+        assert_eq!(g.content_type, "application/cloudevents+json");
+        assert_eq!(g.routing_key, "cobo.wallets.transaction.succeeded");
+        assert_eq!(g.delivery_mode, 2, "persistent");
+    }
+    assert_eq!(seen.len(), 1000);
+    assert_eq!(got.iter().filter(|g| g.message_id == dup).count(), 2);
+    app.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_event_is_not_acknowledged() {
+    let broker = Broker::connect().await;
+    // No queue bound: the mandatory publish comes back as returned.
+    let app = TestApp::spawn(&rabbit_config(&amqp_url(), &broker.exchange, "")).await;
+    assert!(wait_ready(&app, Duration::from_secs(30)).await);
+    let r = post_cobo(&app, "nowhere-to-go").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "broker_refused");
+    app.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_broker_gives_503_and_recovers_without_restart() {
+    let broker = Broker::connect().await;
+    let mut consumer = broker.bind_queue().await;
+    let proxy = Proxy::start(amqp_addr()).await;
+    proxy.cut();
+    let url = amqp_url().replace(&amqp_addr().to_string(), &proxy.addr.to_string());
+    // Starts even though the broker is unreachable.
+    let app = TestApp::spawn(&rabbit_config(&url, &broker.exchange, "")).await;
+    assert_eq!(get(&app.url("/readyz")).await.status, 503);
+    let started = Instant::now();
+    let r = post_cobo(&app, "while-down-1").await;
+    assert_eq!(r.status, 503);
+    assert!(r.headers.contains_key("retry-after"));
+    assert!(started.elapsed() < Duration::from_millis(1600));
+
+    proxy.restore();
+    assert!(
+        wait_ready(&app, Duration::from_secs(30)).await,
+        "never connected"
+    );
+    assert_eq!(post_cobo(&app, "up-1").await.status, 200);
+
+    // Lost while running: connections dropped.
+    proxy.cut();
+    let mut down = false;
+    for _ in 0..50 {
+        if post_cobo(&app, "while-down-2").await.status == 503
+            && get(&app.url("/readyz")).await.status == 503
+        {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(down, "the lost connection was not noticed");
+    proxy.restore();
+    assert!(
+        wait_ready(&app, Duration::from_secs(30)).await,
+        "did not reconnect"
+    );
+    assert_eq!(post_cobo(&app, "up-2").await.status, 200);
+
+    let got = receive(&mut consumer, 2, Duration::from_secs(20)).await;
+    let ids: Vec<&str> = got.iter().map(|g| g.message_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["up-1", "up-2"],
+        "only acknowledged events are on the broker"
+    );
+    app.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_200_before_the_publisher_confirm() {
+    let broker = Broker::connect().await;
+    let mut consumer = broker.bind_queue().await;
+    let proxy = Proxy::start(amqp_addr()).await;
+    let url = amqp_url().replace(&amqp_addr().to_string(), &proxy.addr.to_string());
+    let app = TestApp::spawn(&rabbit_config(
+        &url,
+        &broker.exchange,
+        "ack_deadline_ms = 20000",
+    ))
+    .await;
+    assert!(wait_ready(&app, Duration::from_secs(30)).await);
+
+    proxy.hold();
+    let target = app.url("/hooks/cobo");
+    let pending = tokio::spawn(async move {
+        let body = cobo_body("held");
+        let headers = sign_cobo_waas2(&cobo_test_seed(), body.as_bytes(), &now_ms().to_string());
+        post(&target, &headers, body).await
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !pending.is_finished(),
+        "answered while the confirm was held back"
+    );
+    proxy.release();
+    let r = tokio::time::timeout(Duration::from_secs(20), pending)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let got = receive(&mut consumer, 1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].message_id, "held");
+    app.stop().await;
+    broker.cleanup().await;
+}
