@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! In data-flow order:
-//! - [`server`]: accept loop, connection limits, peer address, graceful drain.
+//! - [`server`]: accept loop (plain or [`tls`]), connection limits, peer address, drain.
 //! - [`ingress`]: routes, body limits, the per-request pipeline, status mapping, audit line.
 //! - [`verify`]: signature schemes over the raw body; the only maker of `VerifiedWebhook`.
 //! - [`normalize`]: event ID/type and the CloudEvents envelope.
@@ -21,4 +21,5 @@ pub mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod telemetry;
+pub mod tls;
 pub mod verify;

@@ -52,15 +52,17 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => {
-            telemetry::init(cli.log_format);
             let cfg = match config::load_file(&config) {
                 Ok(cfg) => cfg,
                 Err(errors) => {
-                    tracing::error!("{}: {errors}", config.display());
                     eprint!("{}: {errors}", config.display());
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            if let Err(e) = telemetry::init(cli.log_format, &cfg.audit) {
+                eprintln!("cannot open the audit log: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             match tokio::runtime::Runtime::new() {
                 Ok(rt) => match rt.block_on(serve(cfg)) {
                     Ok(()) => ExitCode::SUCCESS,

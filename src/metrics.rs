@@ -18,6 +18,9 @@ pub const SINK_READY: &str = "hookbridge_sink_ready";
 pub const IN_FLIGHT: &str = "hookbridge_in_flight_requests";
 /// Broker (re)connections, by `sink`.
 pub const SINK_CONNECTS: &str = "hookbridge_sink_connects_total";
+/// Connections refused or failed before a request reached the handler, by `reason`
+/// (`connection_limit`, `tls_handshake`, `header_too_large`, `header_timeout`, …).
+pub const CONNECTIONS_REJECTED: &str = "hookbridge_connections_rejected_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0,
@@ -51,6 +54,10 @@ pub fn sink_ready(sink: &str, ready: bool) {
 
 pub fn sink_connected(sink: &str) {
     metrics::counter!(SINK_CONNECTS, "sink" => sink.to_owned()).increment(1);
+}
+
+pub fn connection_rejected(reason: &'static str) {
+    metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
 }
 
 /// Tracks one in-flight request for as long as the guard lives.

@@ -17,9 +17,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use http::HeaderName;
+use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
-use self::raw::{RawKind, RawLocator, RawServer, RawSink, RawSource, RawVerify, SecretEncoding};
+pub use self::raw::AuditOutput;
+use self::raw::{
+    RawAudit, RawKind, RawLocator, RawRate, RawServer, RawSink, RawSource, RawVerify,
+    SecretEncoding,
+};
 use crate::verify::{
     CoboWaas1, CoboWaas2, HmacSha256, RsaSha256, Scheme, SharedSecret, Slack, SourceVerifier,
     StandardWebhooks, Stripe,
@@ -45,6 +50,7 @@ impl std::error::Error for ConfigErrors {}
 #[derive(Debug)]
 pub struct Config {
     pub server: ServerConfig,
+    pub audit: AuditConfig,
     pub sinks: Vec<SinkSpec>,
     pub sources: Vec<SourceSpec>,
     /// Things that are allowed but deserve a loud line at startup (`none` scheme, small RSA keys).
@@ -59,6 +65,30 @@ pub struct ServerConfig {
     pub max_headers: usize,
     pub max_connections: usize,
     pub shutdown_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub tls: Option<TlsFiles>,
+    pub require_tls: bool,
+    pub trusted_proxies: Vec<IpNet>,
+    pub admin_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub output: AuditOutput,
+    pub path: Option<PathBuf>,
+}
+
+/// A token bucket: sustained rate and burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_second: std::num::NonZeroU32,
+    pub burst: std::num::NonZeroU32,
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +212,10 @@ pub struct SourceSpec {
     pub sink: String,
     pub ack_deadline: Duration,
     pub max_body_bytes: usize,
+    /// `None`: any client address.
+    pub allow_ips: Option<Vec<IpNet>>,
+    pub rate_limit: Option<Rate>,
+    pub rate_limit_per_ip: Option<Rate>,
 }
 
 impl SourceSpec {
@@ -216,9 +250,9 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
     env::substitute(&mut root, env, &mut errors);
 
     for key in root.keys() {
-        if !matches!(key.as_str(), "server" | "sinks" | "sources") {
+        if !matches!(key.as_str(), "server" | "sinks" | "sources" | "audit") {
             errors.push(format!(
-                "{key}: unknown section (expected server, sinks, sources)"
+                "{key}: unknown section (expected server, audit, sinks, sources)"
             ));
         }
     }
@@ -232,6 +266,33 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
     }
     if server.max_connections == 0 {
         errors.push("server.max_connections: must be greater than 0".to_owned());
+    }
+    if server.max_header_bytes < 8192 {
+        errors.push("server.max_header_bytes: must be at least 8192".to_owned());
+    }
+    let trusted_proxies = parse_nets(
+        "server.trusted_proxies",
+        &server.trusted_proxies,
+        &mut errors,
+    );
+    let tls = server.tls.as_ref().map(|t| TlsFiles {
+        cert_file: t.cert_file.clone(),
+        key_file: t.key_file.clone(),
+    });
+    if let Some(t) = &tls
+        && let Err(e) = crate::tls::server_config(&t.cert_file, &t.key_file)
+    {
+        errors.push(format!("server.tls: {e:#}"));
+    }
+    if server.require_tls && tls.is_none() && server.trusted_proxies.is_empty() {
+        errors.push("server.require_tls: needs server.tls, or trusted_proxies that terminate TLS and send X-Forwarded-Proto".to_owned());
+    }
+    let audit: RawAudit = match root.remove("audit") {
+        Some(v) => section("audit", v, &mut errors).unwrap_or_default(),
+        None => RawAudit::default(),
+    };
+    if audit.output == AuditOutput::File && audit.path.is_none() {
+        errors.push("audit.path: required when output = \"file\"".to_owned());
     }
 
     let sinks = load_sinks(root.remove("sinks"), &mut errors);
@@ -276,6 +337,15 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
             max_headers: server.max_headers,
             max_connections: server.max_connections,
             shutdown_timeout: Duration::from_millis(server.shutdown_timeout_ms),
+            max_header_bytes: server.max_header_bytes,
+            tls,
+            require_tls: server.require_tls,
+            trusted_proxies,
+            admin_listen: server.admin_listen,
+        },
+        audit: AuditConfig {
+            output: audit.output,
+            path: audit.path,
         },
         sinks,
         sources,
@@ -489,6 +559,16 @@ fn build_source(
     if raw.ack_deadline_ms == 0 {
         errors.push(format!("{path}.ack_deadline_ms: must be greater than 0"));
     }
+    let allow_ips = raw
+        .allow_ips
+        .as_ref()
+        .map(|l| parse_nets(&format!("{path}.allow_ips"), l, errors));
+    let rate_limit = raw
+        .rate_limit
+        .and_then(|r| parse_rate(&format!("{path}.rate_limit"), r, errors));
+    let rate_limit_per_ip = raw
+        .rate_limit_per_ip
+        .and_then(|r| parse_rate(&format!("{path}.rate_limit_per_ip"), r, errors));
     if errors.len() > before {
         return None;
     }
@@ -520,7 +600,45 @@ fn build_source(
         sink,
         ack_deadline: Duration::from_millis(raw.ack_deadline_ms),
         max_body_bytes,
+        allow_ips,
+        rate_limit,
+        rate_limit_per_ip,
     })
+}
+
+/// CIDR blocks or single addresses (`/32`, `/128` implied), IPv4 and IPv6.
+fn parse_nets(path: &str, raw: &[String], errors: &mut Vec<String>) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (i, s) in raw.iter().enumerate() {
+        let s = s.trim();
+        match s.parse::<IpNet>() {
+            Ok(n) => out.push(n),
+            Err(_) => match s.parse::<std::net::IpAddr>() {
+                Ok(ip) => out.push(IpNet::from(ip)),
+                Err(_) => errors.push(format!("{path}[{i}]: not an IP address or CIDR block")),
+            },
+        }
+    }
+    out
+}
+
+fn parse_rate(path: &str, raw: RawRate, errors: &mut Vec<String>) -> Option<Rate> {
+    use std::num::NonZeroU32;
+    let Some(per_second) = NonZeroU32::new(raw.per_second) else {
+        errors.push(format!("{path}.per_second: must be greater than 0"));
+        return None;
+    };
+    let burst = match raw.burst {
+        None => per_second,
+        Some(b) => match NonZeroU32::new(b) {
+            Some(b) => b,
+            None => {
+                errors.push(format!("{path}.burst: must be greater than 0"));
+                return None;
+            }
+        },
+    };
+    Some(Rate { per_second, burst })
 }
 
 fn scheme_name(raw: &RawVerify) -> &'static str {

@@ -35,6 +35,57 @@ pub struct RawServer {
     /// How long shutdown may take before open requests are abandoned, in ms. Default 10 000.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_ms: u64,
+    /// Largest request head (request line + headers), in bytes; at least 8 192. Default 16 384.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Serve HTTPS with these PEM files (reloaded on SIGHUP).
+    pub tls: Option<RawTls>,
+    /// Refuse requests that did not arrive over TLS: either `tls` is set, or every request comes
+    /// through a trusted proxy that says `X-Forwarded-Proto: https`. Default false.
+    #[serde(default)]
+    pub require_tls: bool,
+    /// Peers (CIDR) whose `X-Forwarded-For` / `Forwarded` headers are believed. Default none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Serve `/healthz`, `/readyz` and `/metrics` on this address instead of the main listener.
+    pub admin_listen: Option<SocketAddr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// `[audit]`: the one-line-per-request audit log.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// `stdout` (default, mixed with the service log), `file`, or `off`.
+    #[serde(default)]
+    pub output: AuditOutput,
+    /// File for `output = "file"` (appended, JSON lines).
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditOutput {
+    #[default]
+    Stdout,
+    File,
+    Off,
+}
+
+/// A token bucket: `per_second` sustained, `burst` at once (default: `per_second`).
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    pub per_second: u32,
+    pub burst: Option<u32>,
 }
 
 impl Default for RawServer {
@@ -47,6 +98,11 @@ impl Default for RawServer {
             max_headers: default_max_headers(),
             max_connections: default_max_connections(),
             shutdown_timeout_ms: default_shutdown_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            tls: None,
+            require_tls: false,
+            trusted_proxies: Vec::new(),
+            admin_listen: None,
         }
     }
 }
@@ -71,6 +127,9 @@ const fn default_max_connections() -> usize {
 }
 const fn default_shutdown_timeout() -> u64 {
     10_000
+}
+const fn default_max_header_bytes() -> usize {
+    16 * 1024
 }
 
 /// `[sinks.<name>]`: where events go. Without any `[sinks]` table a file sink named `default`
@@ -196,6 +255,13 @@ pub struct RawSource {
     pub ack_deadline_ms: u64,
     /// Body limit for this source, in bytes. Default `server.max_body_bytes`.
     pub max_body_bytes: Option<usize>,
+    /// Client addresses (CIDR or single IPs, IPv4 and IPv6) allowed to post; others get 403.
+    /// Default: anyone.
+    pub allow_ips: Option<Vec<String>>,
+    /// Requests per second for the whole source (429 beyond). Default: unlimited.
+    pub rate_limit: Option<RawRate>,
+    /// Requests per second for each client address of this source. Default: unlimited.
+    pub rate_limit_per_ip: Option<RawRate>,
 }
 
 const fn default_ack_deadline() -> u64 {

@@ -51,7 +51,10 @@ sink = "kafka"
 "#;
     let errors = load(text, &no_env).unwrap_err().0;
     let all = errors.join("\n");
-    assert!(all.contains("server.colour: unknown field `colour`"), "{all}");
+    assert!(
+        all.contains("server.colour: unknown field `colour`"),
+        "{all}"
+    );
     assert!(all.contains("sources.a.verify.public_keys[0]"), "{all}");
     assert!(
         all.contains("sources.b.verify.scheme: unknown variant `mystery`"),

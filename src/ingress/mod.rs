@@ -2,21 +2,24 @@
 //! `/metrics`. Owns reading the body under limits, the per-request pipeline
 //! (verify → normalize → sink, under the ack deadline) and the audit line; owns no broker code.
 
+pub mod client;
 mod handler;
 mod reject;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::StatusCode;
+use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-use crate::config::SourceSpec;
+use crate::config::{Rate, SourceSpec};
 use crate::sink::{Sink, Sinks};
 
 pub use self::reject::Rejection;
@@ -26,10 +29,37 @@ pub use self::reject::Rejection;
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// A source with the sink it publishes to.
+/// A source with the sink it publishes to and its rate limiters.
 pub struct Route {
     pub spec: SourceSpec,
     pub sink: Arc<Sink>,
+    limiter: Option<DefaultDirectRateLimiter>,
+    ip_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+fn quota(rate: Rate) -> Quota {
+    Quota::per_second(rate.per_second).allow_burst(rate.burst)
+}
+
+impl Route {
+    pub fn new(spec: SourceSpec, sink: Arc<Sink>) -> Self {
+        let limiter = spec.rate_limit.map(|r| RateLimiter::direct(quota(r)));
+        let ip_limiter = spec.rate_limit_per_ip.map(|r| RateLimiter::keyed(quota(r)));
+        Self {
+            spec,
+            sink,
+            limiter,
+            ip_limiter,
+        }
+    }
+
+    /// Forgets per-client buckets that are full again, so memory follows active clients only.
+    pub fn prune_limiters(&self) {
+        if let Some(l) = &self.ip_limiter {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
 }
 
 /// Everything a request needs, shared by all connections.
@@ -38,15 +68,42 @@ pub struct State {
     pub sinks: Sinks,
     pub body_timeout: Duration,
     pub metrics: Option<PrometheusHandle>,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Refuse requests that did not arrive over TLS.
+    pub require_tls: bool,
+    /// The listener itself terminates TLS.
+    pub tls_listener: bool,
 }
 
-/// All routes, as one filter that always yields a response (rejections included).
-pub fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serve {
+    /// Hooks and the admin routes (`/healthz`, `/readyz`, `/metrics`).
+    All,
+    /// Hooks only: the admin routes have their own listener.
+    Hooks,
+    /// The admin routes only.
+    Admin,
+}
+
+/// The routes for one listener, as one filter that always yields a response.
+pub fn routes(state: Arc<State>, serve: Serve) -> BoxedFilter<(Response,)> {
+    let admin = serve != Serve::Hooks;
+    let hooks_on = serve != Serve::Admin;
     let with_state = {
         let state = Arc::clone(&state);
         warp::any().map(move || Arc::clone(&state))
     };
     let hooks = warp::path!("hooks" / String)
+        .and(warp::any().map(move || hooks_on))
+        .and_then(|name: String, on: bool| async move {
+            if on {
+                Ok(name)
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
         .and(warp::method())
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<PeerAddr>())
@@ -95,10 +152,19 @@ pub fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
             );
             resp
         });
-    let admin = warp::get().and(healthz.or(readyz).unify().or(metrics).unify());
+    let admin_routes = warp::get()
+        .and(healthz.or(readyz).unify().or(metrics).unify())
+        .and(warp::any().map(move || admin))
+        .and_then(|resp: Response, enabled: bool| async move {
+            if enabled {
+                Ok(resp)
+            } else {
+                Err(warp::reject::not_found())
+            }
+        });
 
     hooks
-        .or(admin)
+        .or(admin_routes)
         .unify()
         .recover(|_rejection: warp::Rejection| async move {
             Ok::<_, std::convert::Infallible>(reject::json_response(

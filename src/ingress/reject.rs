@@ -17,6 +17,12 @@ pub enum Rejection {
     UnknownSource,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("request did not arrive over TLS")]
+    TlsRequired,
+    #[error("client address is not in the source's allowlist")]
+    IpDenied,
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after: u32 },
     #[error("body larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("body not received within the read timeout")]
@@ -38,6 +44,8 @@ impl Rejection {
         match self {
             Self::UnknownSource => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TlsRequired | Self::IpDenied => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyRead(_) | Self::Malformed(_) => StatusCode::BAD_REQUEST,
@@ -51,6 +59,9 @@ impl Rejection {
         match self {
             Self::UnknownSource => "unknown_source",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::TlsRequired => "tls_required",
+            Self::IpDenied => "ip_denied",
+            Self::RateLimited { .. } => "rate_limited",
             Self::TooLarge { .. } => "too_large",
             Self::BodyTimeout => "body_timeout",
             Self::BodyRead(_) => "body_read_error",
@@ -66,6 +77,9 @@ impl Rejection {
         match self {
             Self::UnknownSource => "no source is configured at this path",
             Self::MethodNotAllowed => "only POST is accepted",
+            Self::TlsRequired => "HTTPS is required",
+            Self::IpDenied => "client address not allowed",
+            Self::RateLimited { .. } => "too many requests, retry later",
             Self::TooLarge { .. } => "request body too large",
             Self::BodyTimeout => "request body not received in time",
             Self::BodyRead(_) => "request body could not be read",
@@ -77,7 +91,11 @@ impl Rejection {
 
     /// Seconds the provider should wait, for answers that invite a retry.
     fn retry_after(&self) -> Option<u32> {
-        matches!(self, Self::Publish(_) | Self::AckTimeout).then_some(5)
+        match self {
+            Self::Publish(_) | Self::AckTimeout => Some(5),
+            Self::RateLimited { retry_after } => Some(*retry_after),
+            _ => None,
+        }
     }
 
     pub fn into_response(self) -> Response {

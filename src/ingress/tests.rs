@@ -19,7 +19,7 @@ async fn state(dir: &std::path::Path, sources: &str) -> Arc<State> {
         .into_iter()
         .map(|spec| {
             let sink = Arc::clone(sinks.get(&spec.sink).unwrap());
-            (spec.name.clone(), Route { spec, sink })
+            (spec.name.clone(), Route::new(spec, sink))
         })
         .collect();
     Arc::new(State {
@@ -27,6 +27,9 @@ async fn state(dir: &std::path::Path, sources: &str) -> Arc<State> {
         sinks,
         body_timeout: Duration::from_secs(5),
         metrics: None,
+        trusted_proxies: Vec::new(),
+        require_tls: false,
+        tls_listener: false,
     })
 }
 
@@ -47,7 +50,7 @@ fn json(body: &Bytes) -> Value {
 #[tokio::test]
 async fn accepted_request_is_on_disk_before_the_200() {
     let dir = tempfile::tempdir().unwrap();
-    let routes = routes(state(dir.path(), TOKEN).await);
+    let routes = routes(state(dir.path(), TOKEN).await, Serve::All);
     let resp = warp::test::request()
         .method("POST")
         .path("/hooks/t")
@@ -66,7 +69,7 @@ async fn accepted_request_is_on_disk_before_the_200() {
 #[tokio::test]
 async fn rejections_have_their_status_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let routes = routes(state(dir.path(), TOKEN).await);
+    let routes = routes(state(dir.path(), TOKEN).await, Serve::All);
     // (method, path, token, body, status, reason)
     type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
     let cases: Vec<Case<'_>> = vec![
@@ -163,7 +166,7 @@ where
 #[tokio::test]
 async fn health_and_readiness() {
     let dir = tempfile::tempdir().unwrap();
-    let routes = routes(state(dir.path(), TOKEN).await);
+    let routes = routes(state(dir.path(), TOKEN).await, Serve::All);
     let resp = warp::test::request().path("/healthz").reply(&routes).await;
     assert_eq!(resp.status(), 200);
     let resp = warp::test::request().path("/readyz").reply(&routes).await;

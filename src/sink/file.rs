@@ -84,7 +84,10 @@ fn writer(mut file: File, mut rx: mpsc::Receiver<Job>, healthy: &AtomicBool) {
                 // JSON Lines: a raw CR/LF in valid JSON text can only be insignificant whitespace
                 // (strings must escape them), so replacing it with a space keeps the event
                 // identical as JSON. Brokers get the exact bytes; this file gets one line each.
-                buf.extend(line.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
+                buf.extend(
+                    line.iter()
+                        .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+                );
                 buf.push(b'\n');
             }
             batch.push(done);

@@ -33,15 +33,33 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// Like [`TestApp::spawn`], with the process-wide Prometheus recorder installed, so
+    /// `/metrics` reports. Counters are per process: give sources names unique to the test.
+    pub async fn spawn_with_metrics(config: &str) -> Self {
+        static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+            std::sync::OnceLock::new();
+        let handle = HANDLE
+            .get_or_init(|| hookbridge::metrics::install().unwrap())
+            .clone();
+        Self::spawn_inner(config, Some(handle)).await
+    }
+
     /// Starts the app from config text whose `listen` is rewritten to 127.0.0.1:0.
     pub async fn spawn(config: &str) -> Self {
+        Self::spawn_inner(config, None).await
+    }
+
+    async fn spawn_inner(
+        config: &str,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Self {
         let text = if config.contains("listen =") {
             regex_free_replace_listen(config)
         } else {
             format!("[server]\nlisten = \"127.0.0.1:0\"\n{config}")
         };
         let cfg = hookbridge::config::load(&text, &|_| None).unwrap_or_else(|e| panic!("{e}"));
-        let app = hookbridge::app::App::build(cfg, None).await.unwrap();
+        let app = hookbridge::app::App::build(cfg, metrics).await.unwrap();
         let addr = app.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run(async move {

@@ -3,6 +3,7 @@
 //! - `helpers`: spawn the app on 127.0.0.1:0, an HTTP client, and signers for every scheme.
 //! - `cli`: `check-config` through the real binary.
 //! - `ingress`: every provider vector end to end through HTTP into the file sink.
+//! - `security`: TLS, proxies and allowlists, rate limits, replay, limits, attacks and metrics.
 //! - `kafka`, `rabbitmq`: the broker sinks against real brokers started by `scripts/test.sh`.
 
 // Test code: a panic is how a test fails, and cleanup results do not matter.
@@ -16,3 +17,4 @@ mod kafka;
 mod proxy;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
+mod security;
