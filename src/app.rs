@@ -12,9 +12,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{Config, ServerConfig};
+use crate::config::{Config, DedupBackend, ServerConfig};
+use crate::dedup::Dedup;
 use crate::ingress::{self, Route, Serve, State};
 use crate::sink::Sinks;
+use crate::spool::Spool;
 use crate::tls::ReloadableAcceptor;
 
 pub struct App {
@@ -41,6 +43,28 @@ impl App {
             None => None,
         };
         let sinks = Sinks::start(&config.sinks, &config.sources).await?;
+        let spool = match &config.spool {
+            Some(s) => {
+                let names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
+                let spool = Spool::open(&s.path, &names, s.max_bytes)?;
+                tracing::info!(path = %s.path.display(), max_bytes = s.max_bytes, "spool open");
+                Some(Arc::new(spool))
+            }
+            None => None,
+        };
+        let dedup = match config.dedup.backend {
+            DedupBackend::Memory => Dedup::memory(config.dedup.ttl, config.dedup.max_entries),
+            DedupBackend::Redis => Dedup::redis(
+                config.dedup.redis_url.as_deref().unwrap_or_default(),
+                config.dedup.ttl,
+                config.dedup.key_prefix.clone(),
+            )?,
+        };
+        tracing::info!(
+            backend = dedup.backend(),
+            ttl_secs = config.dedup.ttl.as_secs(),
+            "dedup ready"
+        );
         let mut routes = HashMap::new();
         for spec in config.sources {
             let sink = Arc::clone(
@@ -73,6 +97,9 @@ impl App {
             trusted_proxies: config.server.trusted_proxies.clone(),
             require_tls: config.server.require_tls,
             tls_listener: tls.is_some(),
+            spool,
+            dedup: Arc::new(dedup),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
         });
         Ok(Self {
             listener,
@@ -110,16 +137,34 @@ impl App {
         if let Some(tls) = &self.tls {
             tls.reload_on_sighup();
         }
-        let pruner = {
+        let housekeeping = {
             let state = Arc::clone(&self.state);
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                let mut n: u64 = 0;
                 loop {
                     tick.tick().await;
-                    state.routes.values().for_each(Route::prune_limiters);
+                    n += 1;
+                    if n.is_multiple_of(12) {
+                        state.routes.values().for_each(Route::prune_limiters);
+                    }
+                    if let Some(spool) = &state.spool {
+                        let spool = Arc::clone(spool);
+                        let _joined =
+                            tokio::task::spawn_blocking(move || spool.report_depths()).await;
+                    }
                 }
             })
         };
+        let (drain_stop, drain_rx) = watch::channel(false);
+        let mut drainers = Vec::new();
+        if let Some(spool) = &self.state.spool {
+            for (name, sink) in self.state.sinks.iter() {
+                let task =
+                    Arc::clone(spool).drain(name.clone(), Arc::clone(sink), drain_rx.clone());
+                drainers.push(tokio::spawn(task));
+            }
+        }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         tracing::info!(addr = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(), scheme, "listening");
         let admin_task = self.admin.map(|admin| {
@@ -146,11 +191,21 @@ impl App {
         if let Some(t) = admin_task {
             let _admin_done = t.await;
         }
-        pruner.abort();
+        housekeeping.abort();
+        // Requests are drained; stop the spool drainers, flush the sinks, then make sure every
+        // spooled event is committed. Anything left in the spool is drained on the next start.
+        drain_stop.send_replace(true);
         let close_all = async {
+            for d in drainers {
+                let _stopped = d.await;
+            }
             for (name, sink) in self.state.sinks.iter() {
                 sink.close().await;
                 tracing::info!(sink = %name, "sink closed");
+            }
+            if let Some(spool) = &self.state.spool {
+                spool.close().await;
+                tracing::info!("spool closed");
             }
         };
         if tokio::time::timeout(self.server.shutdown_timeout, close_all)

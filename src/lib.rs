@@ -7,19 +7,23 @@
 //! - [`ingress`]: routes, body limits, the per-request pipeline, status mapping, audit line.
 //! - [`verify`]: signature schemes over the raw body; the only maker of `VerifiedWebhook`.
 //! - [`normalize`]: event ID/type and the CloudEvents envelope.
+//! - [`dedup`]: claims on (source, event ID), memory or Redis.
 //! - [`sink`]: file, Kafka and RabbitMQ backends behind one contract (durable before `Ok`).
+//! - [`spool`]: the fsync'd local queue when a broker is slow or away, and its drainers.
 //!
 //! Around them: [`config`] (load + validate, all errors at once), [`app`] (wiring),
 //! [`metrics`] (every metric name), [`telemetry`] (logging), [`shutdown`] (signals).
 
 pub mod app;
 pub mod config;
+pub mod dedup;
 pub mod ingress;
 pub mod metrics;
 pub mod normalize;
 pub mod server;
 pub mod shutdown;
 pub mod sink;
+pub mod spool;
 pub mod telemetry;
 pub mod tls;
 pub mod verify;

@@ -56,6 +56,38 @@ pub fn sink_connected(sink: &str) {
     metrics::counter!(SINK_CONNECTS, "sink" => sink.to_owned()).increment(1);
 }
 
+/// Events waiting in the spool, by `sink`.
+pub const SPOOL_DEPTH: &str = "hookbridge_spool_depth";
+/// Events taken into the spool, by `sink`.
+pub const SPOOLED: &str = "hookbridge_spooled_total";
+/// Spooled events published and removed, by `sink`.
+pub const SPOOL_DRAINED: &str = "hookbridge_spool_drained_total";
+/// Requests answered from the dedup store without publishing, by `source`.
+pub const DEDUP_HITS: &str = "hookbridge_dedup_hits_total";
+/// Dedup store errors (the request then proceeds without dedup), by `backend`.
+pub const DEDUP_ERRORS: &str = "hookbridge_dedup_errors_total";
+
+pub fn spool_depth(sink: &str, depth: u64) {
+    #[allow(clippy::cast_precision_loss)]
+    metrics::gauge!(SPOOL_DEPTH, "sink" => sink.to_owned()).set(depth as f64);
+}
+
+pub fn spooled(sink: &str) {
+    metrics::counter!(SPOOLED, "sink" => sink.to_owned()).increment(1);
+}
+
+pub fn spool_drained(sink: &str, n: u64) {
+    metrics::counter!(SPOOL_DRAINED, "sink" => sink.to_owned()).increment(n);
+}
+
+pub fn dedup_hit(source: &str) {
+    metrics::counter!(DEDUP_HITS, "source" => source.to_owned()).increment(1);
+}
+
+pub fn dedup_error(backend: &'static str) {
+    metrics::counter!(DEDUP_ERRORS, "backend" => backend).increment(1);
+}
+
 pub fn connection_rejected(reason: &'static str) {
     metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
 }

@@ -87,6 +87,29 @@ impl Envelope {
         &self.json
     }
 
+    /// Rebuilds an envelope the spool wrote after it had been built from a verified request.
+    pub(crate) fn restore(
+        id: &str,
+        source_name: &str,
+        event_type: &str,
+        ce_source: &str,
+        id_origin: &str,
+        json: Bytes,
+    ) -> Self {
+        Self {
+            id: EventId(id.into()),
+            source_name: source_name.into(),
+            event_type: event_type.into(),
+            ce_source: ce_source.into(),
+            id_origin: if id_origin == "sha256" {
+                IdOrigin::BodySha256
+            } else {
+                IdOrigin::Locator(id_origin.to_owned())
+            },
+            json,
+        }
+    }
+
     /// # Errors
     /// [`NormalizeError`] when a located ID or type is unusable (too long, control characters).
     pub fn build(

@@ -20,10 +20,10 @@ use http::HeaderName;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
-pub use self::raw::AuditOutput;
+pub use self::raw::{AckMode, AuditOutput, DedupBackend};
 use self::raw::{
-    RawAudit, RawKind, RawLocator, RawRate, RawServer, RawSink, RawSource, RawVerify,
-    SecretEncoding,
+    RawAudit, RawDedup, RawKind, RawLocator, RawRate, RawServer, RawSink, RawSource, RawSpool,
+    RawVerify, SecretEncoding,
 };
 use crate::verify::{
     CoboWaas1, CoboWaas2, HmacSha256, RsaSha256, Scheme, SharedSecret, Slack, SourceVerifier,
@@ -51,6 +51,9 @@ impl std::error::Error for ConfigErrors {}
 pub struct Config {
     pub server: ServerConfig,
     pub audit: AuditConfig,
+    /// `None` when disabled.
+    pub spool: Option<SpoolConfig>,
+    pub dedup: DedupConfig,
     pub sinks: Vec<SinkSpec>,
     pub sources: Vec<SourceSpec>,
     /// Things that are allowed but deserve a loud line at startup (`none` scheme, small RSA keys).
@@ -70,12 +73,39 @@ pub struct ServerConfig {
     pub require_tls: bool,
     pub trusted_proxies: Vec<IpNet>,
     pub admin_listen: Option<SocketAddr>,
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub path: PathBuf,
+    pub max_bytes: u64,
+}
+
+#[derive(Clone)]
+pub struct DedupConfig {
+    pub backend: DedupBackend,
+    /// May carry a password: never logged.
+    pub redis_url: Option<String>,
+    pub ttl: Duration,
+    pub max_entries: u64,
+    pub key_prefix: String,
+}
+
+impl fmt::Debug for DedupConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DedupConfig")
+            .field("backend", &self.backend)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +246,8 @@ pub struct SourceSpec {
     pub allow_ips: Option<Vec<IpNet>>,
     pub rate_limit: Option<Rate>,
     pub rate_limit_per_ip: Option<Rate>,
+    pub ack: AckMode,
+    pub dedup: bool,
 }
 
 impl SourceSpec {
@@ -250,9 +282,12 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
     env::substitute(&mut root, env, &mut errors);
 
     for key in root.keys() {
-        if !matches!(key.as_str(), "server" | "sinks" | "sources" | "audit") {
+        if !matches!(
+            key.as_str(),
+            "server" | "sinks" | "sources" | "audit" | "spool" | "dedup"
+        ) {
             errors.push(format!(
-                "{key}: unknown section (expected server, audit, sinks, sources)"
+                "{key}: unknown section (expected server, audit, spool, dedup, sinks, sources)"
             ));
         }
     }
@@ -291,6 +326,29 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         Some(v) => section("audit", v, &mut errors).unwrap_or_default(),
         None => RawAudit::default(),
     };
+    if server.max_in_flight == 0 {
+        errors.push("server.max_in_flight: must be greater than 0".to_owned());
+    }
+    let raw_spool: RawSpool = match root.remove("spool") {
+        Some(v) => section("spool", v, &mut errors).unwrap_or_default(),
+        None => RawSpool::default(),
+    };
+    let raw_dedup: RawDedup = match root.remove("dedup") {
+        Some(v) => section("dedup", v, &mut errors).unwrap_or_default(),
+        None => RawDedup::default(),
+    };
+    if raw_dedup.backend == DedupBackend::Redis {
+        match &raw_dedup.redis_url {
+            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {}
+            Some(_) => {
+                errors.push("dedup.redis_url: must start with redis:// or rediss://".to_owned())
+            }
+            None => errors.push("dedup.redis_url: required for backend = \"redis\"".to_owned()),
+        }
+    }
+    if raw_dedup.ttl_secs == 0 {
+        errors.push("dedup.ttl_secs: must be greater than 0".to_owned());
+    }
     if audit.output == AuditOutput::File && audit.path.is_none() {
         errors.push("audit.path: required when output = \"file\"".to_owned());
     }
@@ -321,6 +379,27 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         Some(_) => errors.push("sources: must be a table of [sources.<name>]".to_owned()),
         None => {}
     }
+    let brokers = sinks
+        .iter()
+        .any(|s| !matches!(s.kind, SinkKind::File { .. }));
+    let spool = raw_spool.enabled.unwrap_or(brokers).then(|| SpoolConfig {
+        path: raw_spool.path.clone(),
+        max_bytes: raw_spool.max_bytes,
+    });
+    if spool.is_none() {
+        for s in sources.iter().filter(|s| s.ack == AckMode::Spool) {
+            errors.push(format!(
+                "sources.{}.ack: \"spool\" needs the spool ([spool] enabled = true)",
+                s.name
+            ));
+        }
+    }
+    for s in sources.iter().filter(|s| s.ack == AckMode::Accept) {
+        warnings.push(format!(
+            "source {}: ack = \"accept\" answers before the event is durable; an event can be lost",
+            s.name
+        ));
+    }
     if sources.is_empty() && errors.is_empty() {
         errors
             .push("sources: no source is configured; add at least one [sources.<name>]".to_owned());
@@ -342,10 +421,19 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
             require_tls: server.require_tls,
             trusted_proxies,
             admin_listen: server.admin_listen,
+            max_in_flight: server.max_in_flight,
         },
         audit: AuditConfig {
             output: audit.output,
             path: audit.path,
+        },
+        spool,
+        dedup: DedupConfig {
+            backend: raw_dedup.backend,
+            redis_url: raw_dedup.redis_url,
+            ttl: Duration::from_secs(raw_dedup.ttl_secs),
+            max_entries: raw_dedup.max_entries,
+            key_prefix: raw_dedup.key_prefix,
         },
         sinks,
         sources,
@@ -603,6 +691,8 @@ fn build_source(
         allow_ips,
         rate_limit,
         rate_limit_per_ip,
+        ack: raw.ack,
+        dedup: raw.dedup,
     })
 }
 

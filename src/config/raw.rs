@@ -49,6 +49,107 @@ pub struct RawServer {
     pub trusted_proxies: Vec<String>,
     /// Serve `/healthz`, `/readyz` and `/metrics` on this address instead of the main listener.
     pub admin_listen: Option<SocketAddr>,
+    /// Most requests handled at once; beyond it, 503 + Retry-After at once. Default 4 096.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+const fn default_max_in_flight() -> usize {
+    4096
+}
+
+/// `[spool]`: the local durable queue used when a broker does not confirm in time.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    /// Default: on when any Kafka or RabbitMQ sink is configured.
+    pub enabled: Option<bool>,
+    /// The spool file. Default `data/spool.redb`.
+    #[serde(default = "default_spool_path")]
+    pub path: PathBuf,
+    /// Bytes of events the spool may hold; beyond it, 503. Default 1 GiB.
+    #[serde(default = "default_spool_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for RawSpool {
+    fn default() -> Self {
+        Self {
+            enabled: None,
+            path: default_spool_path(),
+            max_bytes: default_spool_bytes(),
+        }
+    }
+}
+
+fn default_spool_path() -> PathBuf {
+    PathBuf::from("data/spool.redb")
+}
+const fn default_spool_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+
+/// `[dedup]`: where claims on (source, event ID) live.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDedup {
+    /// `memory` (default; one replica) or `redis` (shared by all replicas).
+    #[serde(default)]
+    pub backend: DedupBackend,
+    /// For `redis`: e.g. `redis://127.0.0.1:6379/0`.
+    pub redis_url: Option<String>,
+    /// How long an event ID is remembered, in seconds. Default 604 800 (7 days).
+    #[serde(default = "default_dedup_ttl")]
+    pub ttl_secs: u64,
+    /// For `memory`: most event IDs remembered. Default 1 000 000.
+    #[serde(default = "default_dedup_entries")]
+    pub max_entries: u64,
+    /// For `redis`: key prefix. Default `hookbridge:dedup:`.
+    #[serde(default = "default_dedup_prefix")]
+    pub key_prefix: String,
+}
+
+impl Default for RawDedup {
+    fn default() -> Self {
+        Self {
+            backend: DedupBackend::Memory,
+            redis_url: None,
+            ttl_secs: default_dedup_ttl(),
+            max_entries: default_dedup_entries(),
+            key_prefix: default_dedup_prefix(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum DedupBackend {
+    #[default]
+    Memory,
+    Redis,
+}
+
+const fn default_dedup_ttl() -> u64 {
+    7 * 24 * 3600
+}
+const fn default_dedup_entries() -> u64 {
+    1_000_000
+}
+fn default_dedup_prefix() -> String {
+    "hookbridge:dedup:".to_owned()
+}
+
+/// When a source answers 2xx.
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// After the broker confirms; if it does not in time, after the spool fsync.
+    #[default]
+    Broker,
+    /// After the spool fsync; published asynchronously.
+    Spool,
+    /// At once, best effort: an event can be lost. Explicit opt-in only.
+    Accept,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +204,7 @@ impl Default for RawServer {
             require_tls: false,
             trusted_proxies: Vec::new(),
             admin_listen: None,
+            max_in_flight: default_max_in_flight(),
         }
     }
 }
@@ -262,6 +364,12 @@ pub struct RawSource {
     pub rate_limit: Option<RawRate>,
     /// Requests per second for each client address of this source. Default: unlimited.
     pub rate_limit_per_ip: Option<RawRate>,
+    /// `broker` (default), `spool` or `accept`: when the 2xx is sent.
+    #[serde(default)]
+    pub ack: AckMode,
+    /// Deduplicate provider retries by event ID. Default true.
+    #[serde(default = "default_true")]
+    pub dedup: bool,
 }
 
 const fn default_ack_deadline() -> u64 {

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -13,8 +13,12 @@ use warp::reply::Response;
 
 use super::reject::{self, Rejection};
 use super::{PeerAddr, Route, State, client};
+use crate::config::AckMode;
+use crate::dedup::Claim;
 use crate::metrics;
 use crate::normalize::Envelope;
+use crate::sink::PublishError;
+use crate::spool::{Spool, SpoolError};
 use crate::verify::IncomingWebhook;
 
 pub async fn receive<S, B>(
@@ -45,10 +49,16 @@ where
         audit("_unknown", &ctx, Err(&r));
         return r.into_response();
     };
+    // Bounded in-flight work: past the limit, answer at once rather than queue.
+    let Ok(_permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
+        let r = Rejection::Overloaded;
+        audit(&name, &ctx, Err(&r));
+        return r.into_response();
+    };
     let result = process(route, &state, method, headers, body, &mut ctx).await;
     match result {
-        Ok(envelope) => {
-            audit(&name, &ctx, Ok(&envelope));
+        Ok((envelope, delivery)) => {
+            audit(&name, &ctx, Ok((&envelope, delivery)));
             metrics::ack_latency(&name, started.elapsed());
             reject::accepted(envelope.id())
         }
@@ -76,7 +86,7 @@ async fn process<S, B>(
     headers: HeaderMap,
     body: S,
     ctx: &mut AuditCtx,
-) -> Result<Envelope, Rejection>
+) -> Result<(Envelope, Delivery), Rejection>
 where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf + Send,
@@ -136,15 +146,113 @@ where
         .verify(IncomingWebhook { headers, body }, received)?;
     let envelope = Envelope::build(verified, &route.spec, received)?;
 
-    let publish_started = Instant::now();
-    match tokio::time::timeout(route.spec.ack_deadline, route.sink.publish(&envelope)).await {
+    let token = if route.spec.dedup {
+        match state.dedup.claim(&route.spec.name, envelope.id()).await {
+            Claim::New(token) => Some(token),
+            Claim::Done => {
+                metrics::dedup_hit(&route.spec.name);
+                return Ok((envelope, Delivery::Duplicate));
+            }
+            Claim::InFlight => return Err(Rejection::DuplicateInFlight),
+        }
+    } else {
+        None
+    };
+    let delivered = deliver(route, state, &envelope).await;
+    if let Some(token) = token {
+        match &delivered {
+            Ok(_) => state.dedup.complete(token).await,
+            Err(_) => state.dedup.release(token).await,
+        }
+    }
+    delivered.map(|d| (envelope, d))
+}
+
+/// How an accepted event was made safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The broker (or the file sink) confirmed it.
+    Published,
+    /// fsync'd in the spool; the drainer publishes it.
+    Spooled,
+    /// `ack = "accept"`: answered before anything was durable.
+    Unconfirmed,
+    /// A retry of an event already durable: nothing published.
+    Duplicate,
+}
+
+impl Delivery {
+    fn outcome(self) -> &'static str {
+        match self {
+            Self::Published => "accepted",
+            Self::Spooled => "spooled",
+            Self::Unconfirmed => "accepted_unconfirmed",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// Makes the event durable according to the source's ack mode.
+async fn deliver(route: &Route, state: &State, envelope: &Envelope) -> Result<Delivery, Rejection> {
+    let sink_name = route.spec.sink.as_str();
+    let spool = state.spool.as_ref().filter(|s| s.has_sink(sink_name));
+    match (route.spec.ack, spool) {
+        (AckMode::Spool, Some(spool)) => to_spool(spool, sink_name, envelope).await,
+        (AckMode::Spool, None) => Err(Rejection::Spool(SpoolError::Closed)),
+        (AckMode::Accept, spool) => {
+            let (sink, spool, env) = (Arc::clone(&route.sink), spool.cloned(), envelope.clone());
+            let (deadline, name) = (route.spec.ack_deadline, sink_name.to_owned());
+            tokio::spawn(async move {
+                let published = tokio::time::timeout(deadline, sink.publish(&env)).await;
+                if !matches!(published, Ok(Ok(()))) {
+                    let spooled = match &spool {
+                        Some(s) => s.append(&name, &env).await.is_ok(),
+                        None => false,
+                    };
+                    if !spooled {
+                        tracing::error!(sink = %name, event_id = %env.id(), "ack = accept: event could not be published or spooled and is lost");
+                    }
+                }
+            });
+            Ok(Delivery::Unconfirmed)
+        }
+        (AckMode::Broker, None) => publish(route, envelope, route.spec.ack_deadline).await,
+        (AckMode::Broker, Some(spool)) => {
+            if !route.sink.is_ready() {
+                return to_spool(spool, sink_name, envelope).await;
+            }
+            // Leave a fifth of the deadline for the spool write if the broker is slow.
+            let budget = route.spec.ack_deadline.mul_f32(0.8);
+            match publish(route, envelope, budget).await {
+                Err(Rejection::AckTimeout | Rejection::Publish(PublishError::Unavailable(_))) => {
+                    to_spool(spool, sink_name, envelope).await
+                }
+                other => other,
+            }
+        }
+    }
+}
+
+async fn publish(
+    route: &Route,
+    envelope: &Envelope,
+    budget: Duration,
+) -> Result<Delivery, Rejection> {
+    let started = Instant::now();
+    match tokio::time::timeout(budget, route.sink.publish(envelope)).await {
         Ok(Ok(())) => {
-            metrics::publish_latency(&route.spec.sink, publish_started.elapsed());
-            Ok(envelope)
+            metrics::publish_latency(&route.spec.sink, started.elapsed());
+            Ok(Delivery::Published)
         }
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(Rejection::AckTimeout),
     }
+}
+
+async fn to_spool(spool: &Spool, sink: &str, envelope: &Envelope) -> Result<Delivery, Rejection> {
+    spool.append(sink, envelope).await?;
+    metrics::spooled(sink);
+    Ok(Delivery::Spooled)
 }
 
 /// Whole seconds until the bucket has room again (at least 1, as `Retry-After` counts seconds).
@@ -178,17 +286,18 @@ where
 }
 
 /// The audit line: one per request, with the outcome and why. Never bodies, signatures or keys.
-fn audit(source: &str, ctx: &AuditCtx, outcome: Result<&Envelope, &Rejection>) {
+fn audit(source: &str, ctx: &AuditCtx, outcome: Result<(&Envelope, Delivery), &Rejection>) {
     let latency_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let peer = ctx.peer.map(|p| p.to_string()).unwrap_or_default();
     let client = ctx.client.map(|c| c.to_string()).unwrap_or_default();
     let bytes = ctx.bytes;
     match outcome {
-        Ok(env) => {
-            metrics::request(source, "accepted");
+        Ok((env, delivery)) => {
+            let outcome = delivery.outcome();
+            metrics::request(source, outcome);
             tracing::info!(
                 target: "hookbridge::audit",
-                source, client, peer, outcome = "accepted", reason = "", status = 200u16,
+                source, client, peer, outcome, reason = "", status = 200u16,
                 event_id = %env.id(), event_type = env.event_type(), id_from = %env.id_origin(),
                 bytes, latency_us,
                 "request accepted"

@@ -15,12 +15,15 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use http::StatusCode;
 use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
 use crate::config::{Rate, SourceSpec};
+use crate::dedup::Dedup;
 use crate::sink::{Sink, Sinks};
+use crate::spool::Spool;
 
 pub use self::reject::Rejection;
 
@@ -74,6 +77,11 @@ pub struct State {
     pub require_tls: bool,
     /// The listener itself terminates TLS.
     pub tls_listener: bool,
+    /// Durable fallback (and `ack = "spool"`); `None` when disabled.
+    pub spool: Option<Arc<Spool>>,
+    pub dedup: Arc<Dedup>,
+    /// Permits for requests in flight (`server.max_in_flight`).
+    pub in_flight: Arc<Semaphore>,
 }
 
 /// What a listener serves.
@@ -126,7 +134,9 @@ pub fn routes(state: Arc<State>, serve: Serve) -> BoxedFilter<(Response,)> {
                     )
                 })
                 .collect();
-            let ready = state.sinks.all_ready();
+            let spool_ready = state.spool.as_ref().is_none_or(|s| s.is_ready());
+            // Ready when every sink is connected, or when the spool can take what they cannot.
+            let ready = state.sinks.all_ready() || (state.spool.is_some() && spool_ready);
             let status = if ready {
                 StatusCode::OK
             } else {

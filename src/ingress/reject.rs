@@ -8,6 +8,7 @@ use warp::reply::Response;
 
 use crate::normalize::{EventId, NormalizeError};
 use crate::sink::PublishError;
+use crate::spool::SpoolError;
 use crate::verify::VerifyError;
 
 /// Why a request was not accepted.
@@ -37,6 +38,12 @@ pub enum Rejection {
     Publish(#[from] PublishError),
     #[error("sink did not confirm within the ack deadline")]
     AckTimeout,
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("the same event is being processed by another request")]
+    DuplicateInFlight,
+    #[error("too many requests in flight")]
+    Overloaded,
 }
 
 impl Rejection {
@@ -50,7 +57,11 @@ impl Rejection {
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyRead(_) | Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::Unverified(_) => StatusCode::UNAUTHORIZED,
-            Self::Publish(_) | Self::AckTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Publish(_)
+            | Self::AckTimeout
+            | Self::Spool(_)
+            | Self::DuplicateInFlight
+            | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -69,6 +80,9 @@ impl Rejection {
             Self::Malformed(_) => "malformed_event",
             Self::Publish(e) => e.reason(),
             Self::AckTimeout => "ack_timeout",
+            Self::Spool(e) => e.reason(),
+            Self::DuplicateInFlight => "duplicate_in_flight",
+            Self::Overloaded => "overloaded",
         }
     }
 
@@ -85,14 +99,17 @@ impl Rejection {
             Self::BodyRead(_) => "request body could not be read",
             Self::Unverified(_) => "request signature could not be verified",
             Self::Malformed(_) => "event id or type in the request is unusable",
-            Self::Publish(_) | Self::AckTimeout => "event not stored, retry later",
+            Self::Publish(_) | Self::AckTimeout | Self::Spool(_) => "event not stored, retry later",
+            Self::DuplicateInFlight => "this event is being stored right now, retry later",
+            Self::Overloaded => "too busy, retry later",
         }
     }
 
     /// Seconds the provider should wait, for answers that invite a retry.
     fn retry_after(&self) -> Option<u32> {
         match self {
-            Self::Publish(_) | Self::AckTimeout => Some(5),
+            Self::Publish(_) | Self::AckTimeout | Self::Spool(_) => Some(5),
+            Self::DuplicateInFlight | Self::Overloaded => Some(1),
             Self::RateLimited { retry_after } => Some(*retry_after),
             _ => None,
         }

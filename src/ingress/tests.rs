@@ -30,6 +30,9 @@ async fn state(dir: &std::path::Path, sources: &str) -> Arc<State> {
         trusted_proxies: Vec::new(),
         require_tls: false,
         tls_listener: false,
+        spool: None,
+        dedup: Arc::new(crate::dedup::Dedup::memory(Duration::from_secs(60), 1000)),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(100)),
     })
 }
 

@@ -34,6 +34,9 @@ fn unique(prefix: &str) -> String {
 fn kafka_config(brokers: &str, topic_prefix: &str, extra_source: &str) -> String {
     format!(
         r#"
+[spool]
+enabled = false
+
 [sinks.kafka]
 type = "kafka"
 brokers = "{brokers}"
@@ -45,6 +48,10 @@ message_timeout_ms = 20000
 [sources.cobo]
 verify = {{ scheme = "cobo-waas2", public_keys = ["{key}"] }}
 {extra_source}
+
+[sources.nodedup]
+verify = {{ scheme = "cobo-waas2", public_keys = ["{key}"] }}
+dedup = false
 "#,
         key = cobo_test_pubkey()
     )
@@ -61,20 +68,27 @@ pub async fn wait_ready(app: &TestApp, within: Duration) -> bool {
     false
 }
 
+/// A Cobo WaaS 2.0 body for `id` and its headers, signed now with the test key.
+pub fn signed_cobo(id: &str) -> (String, Vec<(String, String)>) {
+    let body = cobo_body(id);
+    let headers = sign_cobo_waas2(&cobo_test_seed(), body.as_bytes(), &now_ms().to_string());
+    (body, headers)
+}
+
 pub async fn post_cobo(app: &TestApp, id: &str) -> Reply {
     let body = cobo_body(id);
     let headers = sign_cobo_waas2(&cobo_test_seed(), body.as_bytes(), &now_ms().to_string());
     post(&app.url("/hooks/cobo"), &headers, body).await
 }
 
-struct Record {
-    key: String,
-    headers: HashMap<String, String>,
-    body: Value,
+pub struct Record {
+    pub key: String,
+    pub headers: HashMap<String, String>,
+    pub body: Value,
 }
 
 /// Reads `topic` from the beginning until `want` records arrived or `within` passed.
-fn consume(brokers: &str, topic: &str, want: usize, within: Duration) -> Vec<Record> {
+pub fn consume(brokers: &str, topic: &str, want: usize, within: Duration) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("hb-test"))
@@ -149,18 +163,36 @@ async fn thousand_concurrent_events_arrive_keyed_by_event_id() {
         statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
     );
 
-    // The same event twice: two messages with the same key (edge dedup is not in this sink).
+    // The same signed event five times: five 200s, one message (edge dedup).
     let dup = uuid::Uuid::new_v4().to_string();
-    assert_eq!(post_cobo(&app, &dup).await.status, 200);
-    assert_eq!(post_cobo(&app, &dup).await.status, 200);
+    let (body, headers) = signed_cobo(&dup);
+    for _ in 0..5 {
+        assert_eq!(
+            post(&app.url("/hooks/cobo"), &headers, body.clone())
+                .await
+                .status,
+            200
+        );
+    }
+    // With dedup off, two copies are two messages with the same key.
+    let twice = uuid::Uuid::new_v4().to_string();
+    let (body2, headers2) = signed_cobo(&twice);
+    for _ in 0..2 {
+        assert_eq!(
+            post(&app.url("/hooks/nodedup"), &headers2, body2.clone())
+                .await
+                .status,
+            200
+        );
+    }
 
     let topic = format!("{prefix}.cobo");
     let b = brokers.clone();
     let records =
-        tokio::task::spawn_blocking(move || consume(&b, &topic, 1002, Duration::from_secs(60)))
+        tokio::task::spawn_blocking(move || consume(&b, &topic, 1001, Duration::from_secs(60)))
             .await
             .unwrap();
-    assert_eq!(records.len(), 1002);
+    assert_eq!(records.len(), 1001);
     let want: HashSet<&str> = ids.iter().map(String::as_str).collect();
     let mut seen = HashSet::new();
     for r in &records {
@@ -179,13 +211,20 @@ async fn thousand_concurrent_events_arrive_keyed_by_event_id() {
         assert!(r.headers["content-type"].starts_with("application/cloudevents+json"));
     }
     assert_eq!(seen.len(), 1000);
-    assert_eq!(records.iter().filter(|r| r.key == dup).count(), 2);
+    assert_eq!(records.iter().filter(|r| r.key == dup).count(), 1);
+    let topic = format!("{prefix}.nodedup");
+    let b = brokers.clone();
+    let records =
+        tokio::task::spawn_blocking(move || consume(&b, &topic, 2, Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert_eq!(records.iter().filter(|r| r.key == twice).count(), 2);
     app.stop().await;
 }
 
 /// A dedicated tansu, so stopping it does not disturb other tests. SQLite storage keeps the
 /// topic across the restart. `advertise` is the port clients are told to use.
-struct Tansu {
+pub struct Tansu {
     child: Child,
     listen: u16,
     advertise: u16,
@@ -193,7 +232,7 @@ struct Tansu {
 }
 
 impl Tansu {
-    fn start(listen: u16, advertise: u16, dir: &std::path::Path) -> Self {
+    pub fn start(listen: u16, advertise: u16, dir: &std::path::Path) -> Self {
         let bin = std::env::var("TANSU_BIN").unwrap_or_else(|_| "tansu".into());
         let child = Command::new(&bin)
             .args([
@@ -231,14 +270,14 @@ impl Tansu {
         }
     }
 
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
     }
 
-    fn restart(&mut self) {
+    pub fn restart(&mut self) {
         self.stop();
         *self = Self::start(self.listen, self.advertise, &self.dir.clone());
     }
@@ -251,7 +290,7 @@ impl Drop for Tansu {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -5,11 +5,15 @@
 //! - `ingress`: every provider vector end to end through HTTP into the file sink.
 //! - `security`: TLS, proxies and allowlists, rate limits, replay, limits, attacks and metrics.
 //! - `kafka`, `rabbitmq`: the broker sinks against real brokers started by `scripts/test.sh`.
+//! - `durability`: spool fallback and drain, ack modes, a full spool, Redis dedup, backpressure.
+//! - `chaos`: broker restarts, SIGKILL, a cut connection, all under load (run serially).
+//! - `tap`, `proxy`: a durable RabbitMQ queue to count by message id; a TCP fault injector.
 
 // Test code: a panic is how a test fails, and cleanup results do not matter.
 #![allow(clippy::unwrap_used, clippy::let_underscore_must_use)]
 
 mod cli;
+mod durability;
 mod helpers;
 mod ingress;
 #[cfg(feature = "kafka")]
@@ -18,3 +22,4 @@ mod proxy;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 mod security;
+mod tap;

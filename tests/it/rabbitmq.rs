@@ -16,15 +16,15 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 
 use crate::helpers::*;
-use crate::kafka::{post_cobo, wait_ready};
+use crate::kafka::{post_cobo, signed_cobo, wait_ready};
 use crate::proxy::Proxy;
 
-fn amqp_url() -> String {
+pub fn amqp_url() -> String {
     std::env::var("HOOKBRIDGE_TEST_AMQP")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-fn amqp_addr() -> SocketAddr {
+pub fn amqp_addr() -> SocketAddr {
     let url = amqp_url();
     let hostport = url
         .split('@')
@@ -44,6 +44,9 @@ fn amqp_addr() -> SocketAddr {
 fn rabbit_config(url: &str, exchange: &str, extra: &str) -> String {
     format!(
         r#"
+[spool]
+enabled = false
+
 [sinks.rabbit]
 type = "rabbitmq"
 url = "{url}"
@@ -54,6 +57,10 @@ channels = 4
 [sources.cobo]
 verify = {{ scheme = "cobo-waas2", public_keys = ["{key}"] }}
 {extra}
+
+[sources.nodedup]
+verify = {{ scheme = "cobo-waas2", public_keys = ["{key}"] }}
+dedup = false
 "#,
         key = cobo_test_pubkey()
     )
@@ -222,15 +229,37 @@ async fn thousand_concurrent_events_arrive_with_message_id() {
         .collect()
         .await;
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1000);
+    // The same signed event five times: five 200s, one message (edge dedup).
     let dup = uuid::Uuid::new_v4().to_string();
-    assert_eq!(post_cobo(&app, &dup).await.status, 200);
-    assert_eq!(post_cobo(&app, &dup).await.status, 200);
+    let (body, headers) = signed_cobo(&dup);
+    for _ in 0..5 {
+        assert_eq!(
+            post(&app.url("/hooks/cobo"), &headers, body.clone())
+                .await
+                .status,
+            200
+        );
+    }
+    // With dedup off, two copies are two messages with the same message_id.
+    let twice = uuid::Uuid::new_v4().to_string();
+    let (body2, headers2) = signed_cobo(&twice);
+    for _ in 0..2 {
+        assert_eq!(
+            post(&app.url("/hooks/nodedup"), &headers2, body2.clone())
+                .await
+                .status,
+            200
+        );
+    }
 
-    let got = receive(&mut consumer, 1002, Duration::from_secs(60)).await;
-    assert_eq!(got.len(), 1002);
+    let got = receive(&mut consumer, 1003, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), 1003);
     let want: HashSet<&str> = ids.iter().map(String::as_str).collect();
     let mut seen = HashSet::new();
-    for g in got.iter().filter(|g| g.message_id != dup) {
+    for g in got
+        .iter()
+        .filter(|g| g.message_id != dup && g.message_id != twice)
+    {
         assert!(
             want.contains(g.message_id.as_str()),
             "unexpected {}",
@@ -245,7 +274,8 @@ async fn thousand_concurrent_events_arrive_with_message_id() {
         assert_eq!(g.delivery_mode, 2, "persistent");
     }
     assert_eq!(seen.len(), 1000);
-    assert_eq!(got.iter().filter(|g| g.message_id == dup).count(), 2);
+    assert_eq!(got.iter().filter(|g| g.message_id == dup).count(), 1);
+    assert_eq!(got.iter().filter(|g| g.message_id == twice).count(), 2);
     app.stop().await;
     broker.cleanup().await;
 }
