@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Brokers for the test suite, on this machine only (127.0.0.1):
 #   RabbitMQ 127.0.0.1:5672 (Debian's rabbitmq-server; installed and started if absent)
+#   Redis    127.0.0.1:6379 (Debian's redis-server; installed and started if absent)
 #   tansu    127.0.0.1:9092 (a Kafka-protocol broker from crates.io; installed once, reused)
 #
 #   scripts/brokers.sh up     start what is missing (prints what it did)
@@ -37,6 +38,19 @@ ensure_rabbitmq() {
   echo "rabbitmq: starting"
   as_root rabbitmq-server -detached || true
   wait_port 5672 120 rabbitmq
+}
+
+ensure_redis() {
+  if port_open 6379; then echo "redis: already listening on 127.0.0.1:6379"; return 0; fi
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "redis: installing Debian's redis-server"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  fi
+  echo "redis: starting"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir "$STATE_DIR" --logfile "$STATE_DIR/redis.log"
+  wait_port 6379 30 redis
 }
 
 tansu_bin() {
@@ -81,7 +95,7 @@ stop_tansu() {
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   case "${1:-}" in
-    up) ensure_rabbitmq; ensure_tansu_installed; start_tansu "${2:-}" ;;
+    up) ensure_rabbitmq; ensure_redis; ensure_tansu_installed; start_tansu "${2:-}" ;;
     down) stop_tansu ;;
     *) echo "usage: $0 up [storage-url] | down" >&2; exit 64 ;;
   esac

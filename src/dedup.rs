@@ -5,7 +5,7 @@
 //! retry that finds `pending` gets 503 (the first attempt may still fail, and a 200 then would
 //! lose the event); one that finds `done` gets 200. A failed publish releases the claim so the
 //! next retry can succeed. `pending` claims expire after [`PENDING_TTL`], so a replica that died
-//! mid-request cannot block an event for long.
+//! mid-request cannot block an event for long ([`pending_ttl`]).
 //!
 //! Backends: in-process memory (moka, bounded, TTL) for one replica; Redis (`SET NX PX`) shared by
 //! all replicas. If Redis is unreachable the request proceeds without dedup (and the error is
@@ -23,8 +23,11 @@ use tokio::sync::RwLock;
 use crate::metrics;
 use crate::normalize::EventId;
 
-/// How long a claim may stay pending (longer than any ack deadline plus spool write).
-pub const PENDING_TTL: Duration = Duration::from_secs(60);
+/// How long a claim may stay pending: well past the longest ack deadline plus a spool write,
+/// short enough that an event claimed by a replica that died is retried soon.
+pub fn pending_ttl(longest_ack_deadline: Duration) -> Duration {
+    longest_ack_deadline * 2 + Duration::from_secs(5)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -63,6 +66,7 @@ enum Backend {
 struct RedisDedup {
     conn: Arc<RwLock<Option<ConnectionManager>>>,
     ttl: Duration,
+    pending_ttl: Duration,
     prefix: String,
 }
 
@@ -87,7 +91,12 @@ impl Dedup {
     ///
     /// # Errors
     /// When the URL is not a Redis URL.
-    pub fn redis(url: &str, ttl: Duration, prefix: String) -> anyhow::Result<Self> {
+    pub fn redis(
+        url: &str,
+        ttl: Duration,
+        pending_ttl: Duration,
+        prefix: String,
+    ) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;
         let conn: Arc<RwLock<Option<ConnectionManager>>> = Arc::default();
         let slot = Arc::clone(&conn);
@@ -111,7 +120,12 @@ impl Dedup {
                 }
             }
         });
-        Ok(Self(Backend::Redis(RedisDedup { conn, ttl, prefix })))
+        Ok(Self(Backend::Redis(RedisDedup {
+            conn,
+            ttl,
+            pending_ttl,
+            prefix,
+        })))
     }
 
     pub fn backend(&self) -> &'static str {
@@ -208,7 +222,7 @@ impl RedisDedup {
             .arg(&pending)
             .arg("NX")
             .arg("PX")
-            .arg(u64::try_from(PENDING_TTL.as_millis()).unwrap_or(u64::MAX))
+            .arg(u64::try_from(self.pending_ttl.as_millis()).unwrap_or(u64::MAX))
             .query_async(&mut conn)
             .await;
         match set {

@@ -223,15 +223,37 @@ async fn deliver(route: &Route, state: &State, envelope: &Envelope) -> Result<De
             }
             // Leave a fifth of the deadline for the spool write if the broker is slow.
             let budget = route.spec.ack_deadline.mul_f32(0.8);
-            match publish(route, envelope, budget).await {
-                Err(Rejection::AckTimeout | Rejection::Publish(PublishError::Unavailable(_))) => {
-                    to_spool(spool, sink_name, envelope).await
+            let started = Instant::now();
+            let (sink, env) = (Arc::clone(&route.sink), envelope.clone());
+            let mut pending = Box::pin(async move { sink.publish(&env).await });
+            match tokio::time::timeout(budget, &mut pending).await {
+                Ok(Ok(())) => {
+                    metrics::publish_latency(sink_name, started.elapsed());
+                    Ok(Delivery::Published)
                 }
-                other => other,
+                Ok(Err(e @ PublishError::Refused(_))) => Err(e.into()),
+                Ok(Err(PublishError::Unavailable(_))) => to_spool(spool, sink_name, envelope).await,
+                Err(_) => {
+                    // The broker may still confirm this publish. Spool the event now, keep
+                    // waiting in the background, and take it back out of the spool if the
+                    // original confirms, so the drainer does not publish it twice.
+                    let spooled = spool.append(sink_name, envelope).await?;
+                    metrics::spooled(sink_name);
+                    let (spool, name) = (Arc::clone(spool), sink_name.to_owned());
+                    tokio::spawn(async move {
+                        if let Ok(Ok(())) = tokio::time::timeout(LATE_CONFIRM_WAIT, pending).await {
+                            spool.forget(&name, spooled).await;
+                        }
+                    });
+                    Ok(Delivery::Spooled)
+                }
             }
         }
     }
 }
+
+/// How long a timed-out publish is still watched for a late confirmation.
+const LATE_CONFIRM_WAIT: Duration = Duration::from_secs(60);
 
 async fn publish(
     route: &Route,
@@ -250,7 +272,7 @@ async fn publish(
 }
 
 async fn to_spool(spool: &Spool, sink: &str, envelope: &Envelope) -> Result<Delivery, Rejection> {
-    spool.append(sink, envelope).await?;
+    let _spooled = spool.append(sink, envelope).await?;
     metrics::spooled(sink);
     Ok(Delivery::Spooled)
 }

@@ -57,6 +57,13 @@ impl SpoolError {
     }
 }
 
+/// Where an appended event sits in the spool.
+#[derive(Debug, Clone, Copy)]
+pub struct Spooled {
+    seq: u64,
+    size: u64,
+}
+
 type TableName = &'static str;
 type Done = oneshot::Sender<Result<(), SpoolError>>;
 
@@ -150,11 +157,12 @@ impl Spool {
         })
     }
 
-    /// Appends an event for `sink`; resolves once it is fsync'd.
+    /// Appends an event for `sink`; resolves once it is fsync'd, with a handle that can take it
+    /// back out ([`Spool::forget`]).
     ///
     /// # Errors
     /// [`SpoolError::Full`] past `max_bytes`; I/O errors; no spool for this sink.
-    pub async fn append(&self, sink: &str, envelope: &Envelope) -> Result<(), SpoolError> {
+    pub async fn append(&self, sink: &str, envelope: &Envelope) -> Result<Spooled, SpoolError> {
         let queue = self.queues.get(sink).ok_or(SpoolError::Closed)?;
         let record = record::encode(envelope);
         let used = self.bytes.load(Ordering::Relaxed);
@@ -176,7 +184,16 @@ impl Spool {
             .map_err(|_| SpoolError::Closed)?;
         wait.await.map_err(|_| SpoolError::Closed)??;
         queue.appended.notify_one();
-        Ok(())
+        Ok(Spooled {
+            seq,
+            size: record.len() as u64,
+        })
+    }
+
+    /// Removes a spooled event that reached the broker by another way (its original publish
+    /// confirmed after all), so the drainer does not publish it a second time.
+    pub async fn forget(&self, sink: &str, spooled: Spooled) {
+        self.remove(sink, vec![spooled.seq], spooled.size).await;
     }
 
     /// Events waiting for `sink`, oldest first (at most `max`).

@@ -267,3 +267,28 @@ pub fn cobo_test_pubkey() -> String {
         .unwrap()
         .to_owned()
 }
+
+/// Like [`post`], but a transport error (connection refused or reset) is `None`, not a panic:
+/// for tests that kill the server under load.
+pub async fn try_post(url: &str, headers: &[(String, String)], body: Bytes) -> Option<Reply> {
+    let mut req = http::Request::builder().method("POST").uri(url);
+    for (k, v) in headers {
+        req = req.header(
+            k.as_str(),
+            http::HeaderValue::from_bytes(v.as_bytes()).ok()?,
+        );
+    }
+    let req = req.body(Full::new(body)).ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some(Reply {
+        status,
+        headers,
+        body,
+    })
+}

@@ -100,10 +100,10 @@ pub fn consume(brokers: &str, topic: &str, want: usize, within: Duration) -> Vec
     let mut out = Vec::new();
     let deadline = Instant::now() + within;
     while out.len() < want && Instant::now() < deadline {
-        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+        // Transient client errors (a broker reconnecting) are events, not the end.
+        let Some(Ok(msg)) = consumer.poll(Duration::from_millis(500)) else {
             continue;
         };
-        let msg = msg.unwrap();
         let headers = msg
             .headers()
             .map(|h| {
@@ -246,8 +246,9 @@ impl Tansu {
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .env("RUST_LOG", "warn")
+            .stdout(log(dir))
+            .stderr(log(dir))
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot run {bin}: {e}; run the suite with scripts/test.sh")
@@ -277,6 +278,19 @@ impl Tansu {
         let _ = self.child.wait();
     }
 
+    /// Freezes the broker (SIGSTOP): connections stay open and nothing answers.
+    pub fn freeze(&self) {
+        let _ = Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .status();
+    }
+
+    pub fn thaw(&self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         *self = Self::start(self.listen, self.advertise, &self.dir.clone());
@@ -288,6 +302,15 @@ impl Drop for Tansu {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// tansu's output, appended across restarts, for post-mortems.
+fn log(dir: &std::path::Path) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("tansu.log"))
+        .map_or_else(|_| Stdio::null(), Stdio::from)
 }
 
 pub fn free_port() -> u16 {

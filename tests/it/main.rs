@@ -12,7 +12,10 @@
 // Test code: a panic is how a test fails, and cleanup results do not matter.
 #![allow(clippy::unwrap_used, clippy::let_underscore_must_use)]
 
+#[cfg(all(feature = "kafka", feature = "rabbitmq"))]
+mod chaos;
 mod cli;
+#[cfg(all(feature = "kafka", feature = "rabbitmq"))]
 mod durability;
 mod helpers;
 mod ingress;
@@ -22,4 +25,5 @@ mod proxy;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 mod security;
+#[cfg(feature = "rabbitmq")]
 mod tap;
