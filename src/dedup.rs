@@ -4,7 +4,7 @@
 //! A claim is `pending` while its request publishes and `done` once the event is durable. A
 //! retry that finds `pending` gets 503 (the first attempt may still fail, and a 200 then would
 //! lose the event); one that finds `done` gets 200. A failed publish releases the claim so the
-//! next retry can succeed. `pending` claims expire after [`PENDING_TTL`], so a replica that died
+//! next retry can succeed. `pending` claims expire after [`pending_ttl`], so a replica that died
 //! mid-request cannot block an event for long ([`pending_ttl`]).
 //!
 //! Backends: in-process memory (moka, bounded, TTL) for one replica; Redis (`SET NX PX`) shared by
