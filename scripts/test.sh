@@ -27,8 +27,8 @@ export HOOKBRIDGE_TEST_AMQP="amqp://guest:guest@127.0.0.1:5672/%2f"
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy (all targets, default features) -D warnings"
-cargo clippy --all-targets --locked -- -D warnings
+step "cargo clippy (all targets, all features: service, load generator, benches) -D warnings"
+cargo clippy --all-targets --all-features --locked -- -D warnings
 
 step "cargo clippy --no-default-features (no broker crates)"
 cargo clippy --no-default-features --lib --locked -- -D warnings
@@ -42,5 +42,5 @@ cargo nextest run --locked --profile ci -E 'not test(/^chaos::/)'
 # The chaos scenarios stop RabbitMQ and freeze brokers: alone, one at a time, after the rest.
 step "chaos scenarios (serial)"
 cargo nextest run --locked --profile ci --test-threads 1 --no-capture -E 'test(/^chaos::/)' 2>&1 \
-  | tee "$STATE_DIR/chaos.log" | grep -E '^chaos |PASS|FAIL|Summary|panicked'
+  | tee "$STATE_DIR/chaos.log" | grep --line-buffered -E '^chaos |PASS|FAIL|Summary|panicked'
 test "${PIPESTATUS[0]}" -eq 0

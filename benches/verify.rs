@@ -1,0 +1,210 @@
+//! Criterion benches for the request hot path: every verifier over a 1 KiB and a 64 KiB body,
+//! and envelope encoding. `cargo bench --bench verify` (not part of the test suite).
+
+// Bench code: a panic is how a broken setup shows.
+#![allow(clippy::unwrap_used)]
+
+use std::hint::black_box;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ed25519_dalek::Signer as _;
+use hmac::Mac as _;
+use hookbridge::config::SourceSpec;
+use hookbridge::normalize::Envelope;
+use hookbridge::verify::IncomingWebhook;
+use http::{HeaderMap, HeaderValue};
+use sha2::Digest as _;
+
+const SEED: &str = "0281d349927d3b4342129aa4d86bd0ed70163feb7b8d06fecc25c667974b6297";
+const PUBKEY: &str = "f06a7074b7892a39139b6317509f9d0e01ae234cf17fc7bfa9db3d5957f931be";
+
+fn body(size: usize) -> Bytes {
+    let mut s = String::from(
+        r#"{"event_id":"bench-1","type":"wallets.transaction.succeeded","data":{"pad":""#,
+    );
+    while s.len() + 3 < size {
+        s.push('x');
+    }
+    s.push_str(r#""}}"#);
+    Bytes::from(s)
+}
+
+fn sources() -> Vec<SourceSpec> {
+    let rsa = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/bench/keys/rsa-public.pem"
+    ))
+    .unwrap();
+    let text = format!(
+        r#"
+[sources.cobo-waas2]
+verify = {{ scheme = "cobo-waas2", public_keys = ["{PUBKEY}"] }}
+[sources.standard-webhooks]
+verify = {{ scheme = "standard-webhooks", secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] }}
+replay_window_secs = 0
+[sources.hmac-sha256]
+verify = {{ scheme = "hmac-sha256", header = "x-signature-256", prefix = "sha256=", secrets = ["bench-hmac-secret"] }}
+[sources.rsa-sha256]
+verify = {{ scheme = "rsa-sha256", public_keys = ["""{rsa}"""] }}
+[sources.cobo-waas1]
+verify = {{ scheme = "cobo-waas1", public_keys = ["sandbox-legacy"] }}
+"#
+    );
+    hookbridge::config::load(&text, &|_| None).unwrap().sources
+}
+
+fn signed(scheme: &str, body: &Bytes) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let put = |h: &mut HeaderMap, k: &'static str, v: String| {
+        h.insert(k, HeaderValue::from_str(&v).unwrap());
+    };
+    match scheme {
+        "cobo-waas2" => {
+            let key = ed25519_dalek::SigningKey::from_bytes(
+                &hex::decode(SEED).unwrap().try_into().unwrap(),
+            );
+            let ts = "1701396866123";
+            let d = sha2::Sha256::digest(sha2::Sha256::digest(
+                [body.as_ref(), b"|", ts.as_bytes()].concat(),
+            ));
+            put(&mut h, "biz-timestamp", ts.into());
+            put(
+                &mut h,
+                "biz-resp-signature",
+                hex::encode(key.sign(&d).to_bytes()),
+            );
+        }
+        "standard-webhooks" => {
+            use base64::Engine as _;
+            let key = base64::engine::general_purpose::STANDARD
+                .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+                .unwrap();
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+            mac.update(b"msg_1.1614265330.");
+            mac.update(body);
+            put(&mut h, "webhook-id", "msg_1".into());
+            put(&mut h, "webhook-timestamp", "1614265330".into());
+            let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+            put(&mut h, "webhook-signature", format!("v1,{sig}"));
+        }
+        "hmac-sha256" => {
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"bench-hmac-secret").unwrap();
+            mac.update(body);
+            put(
+                &mut h,
+                "x-signature-256",
+                format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+            );
+        }
+        "rsa-sha256" => {
+            use base64::Engine as _;
+            use rsa::pkcs8::DecodePrivateKey as _;
+            use rsa::signature::{SignatureEncoding as _, Signer as _};
+            let pem = std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/bench/keys/rsa-private.pem"
+            ))
+            .unwrap();
+            let key = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(
+                rsa::RsaPrivateKey::from_pkcs8_pem(&pem).unwrap(),
+            );
+            put(
+                &mut h,
+                "x-signature",
+                base64::engine::general_purpose::STANDARD.encode(key.sign(body).to_bytes()),
+            );
+        }
+        _ => unreachable!(),
+    }
+    h
+}
+
+fn verify(c: &mut Criterion) {
+    let sources = sources();
+    let mut group = c.benchmark_group("verify");
+    for size in [1024, 64 * 1024] {
+        let b = body(size);
+        group.throughput(Throughput::Bytes(size as u64));
+        for scheme in [
+            "cobo-waas2",
+            "standard-webhooks",
+            "hmac-sha256",
+            "rsa-sha256",
+        ] {
+            let src = sources.iter().find(|s| s.name == scheme).unwrap();
+            let headers = signed(scheme, &b);
+            group.bench_with_input(BenchmarkId::new(scheme, size), &b, |bench, b| {
+                bench.iter(|| {
+                    let incoming = IncomingWebhook {
+                        headers: headers.clone(),
+                        body: b.clone(),
+                    };
+                    black_box(src.verifier.verify(incoming, SystemTime::now()).unwrap());
+                });
+            });
+        }
+    }
+    // Cobo WaaS 1.0 with the official vector (secp256k1), on its own small body.
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/providers.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let vec0 = &v["cobo_v1_ecdsa_secp256k1"][0];
+    let b = Bytes::from(vec0["body"].as_str().unwrap().to_owned());
+    let mut h = HeaderMap::new();
+    h.insert(
+        "biz-timestamp",
+        HeaderValue::from_str(vec0["timestamp"].as_str().unwrap()).unwrap(),
+    );
+    h.insert(
+        "biz-resp-signature",
+        HeaderValue::from_str(vec0["signature_der_hex"].as_str().unwrap()).unwrap(),
+    );
+    let src = sources.iter().find(|s| s.name == "cobo-waas1").unwrap();
+    group.bench_function("cobo-waas1/official-vector", |bench| {
+        bench.iter(|| {
+            let incoming = IncomingWebhook {
+                headers: h.clone(),
+                body: b.clone(),
+            };
+            black_box(src.verifier.verify(incoming, SystemTime::now()).unwrap());
+        });
+    });
+    group.finish();
+}
+
+fn envelope(c: &mut Criterion) {
+    let sources = sources();
+    let src = sources.iter().find(|s| s.name == "hmac-sha256").unwrap();
+    let mut group = c.benchmark_group("envelope");
+    for size in [1024, 64 * 1024] {
+        let b = body(size);
+        let headers = signed("hmac-sha256", &b);
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_with_input(BenchmarkId::new("build", size), &b, |bench, b| {
+            bench.iter(|| {
+                let verified = src
+                    .verifier
+                    .verify(
+                        IncomingWebhook {
+                            headers: headers.clone(),
+                            body: b.clone(),
+                        },
+                        SystemTime::now(),
+                    )
+                    .unwrap();
+                black_box(Envelope::build(verified, src, SystemTime::now()).unwrap());
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, verify, envelope);
+criterion_main!(benches);
