@@ -31,6 +31,8 @@ rows = [
     ("hb-rabbitmq-cobo", "hookbridge → RabbitMQ (confirms), Cobo WaaS2", "closed, 256 conns"),
     ("hb-rabbitmq-2000rps", "hookbridge → RabbitMQ, Cobo WaaS2", "open, 2000/s"),
     ("hb-rabbitmq-halfmax", "hookbridge → RabbitMQ, Cobo WaaS2", "open, ½ max"),
+    ("hb-spool-closed", "hookbridge, broker down → spool, Cobo WaaS2", "closed, 64 conns"),
+    ("hb-spool-2000rps", "hookbridge, broker down → spool, Cobo WaaS2", "open, 2000/s"),
     ("hb-kafka-cobo", "hookbridge → Kafka (acks=all), Cobo WaaS2", "closed, 256 conns"),
     ("hb-kafka-standard", "hookbridge → Kafka, Standard Webhooks (HMAC)", "closed, 64 conns"),
     ("hb-kafka-2000rps", "hookbridge → Kafka, Cobo WaaS2", "open, 2000/s"),
@@ -90,7 +92,7 @@ p(f"| Kafka: ≥ 10× the docs-style baseline | {ratio(g(hk,'rps'), g(pk,'rps'))
 p(f"| Kafka, Standard Webhooks (HMAC): ≥ 60 % of the HTTP ceiling | {ratio(g(hks,'rps'), g(http,'rps'))} |")
 cap = min(x for x in [g(http, 'rps'), verify2] if x) if (g(http, 'rps') or verify2) else None
 p(f"| file sink: ≥ 60 % of min(HTTP ceiling, Ed25519 ceiling on 2 cores) | {ratio(g(hf,'rps'), cap)} |")
-for name, label in [("hb-file-2000rps", "file"), ("hb-rabbitmq-2000rps", "RabbitMQ"), ("hb-kafka-2000rps", "Kafka"), ("hb-rabbitmq-halfmax", "RabbitMQ ½ max"), ("hb-kafka-halfmax", "Kafka ½ max")]:
+for name, label in [("hb-spool-2000rps", "broker down, spool"), ("hb-file-2000rps", "file"), ("hb-rabbitmq-2000rps", "RabbitMQ"), ("hb-kafka-2000rps", "Kafka"), ("hb-rabbitmq-halfmax", "RabbitMQ ½ max"), ("hb-kafka-halfmax", "Kafka ½ max")]:
     d = j(name)
     p(f"| p99 ≤ 5 ms, {label} ({'2000/s' if '2000' in name else f(d and d.get('rate')) + '/s'}) | {f(g(d,'p99_ms'),2)} ms |")
 cpu = g(hf, "server_cpu_us_per_req")

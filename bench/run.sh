@@ -85,8 +85,8 @@ start hb-file 8081 $HB serve --config bench/hookbridge-file.toml
 load hb-file-cobo http://127.0.0.1:8081/hooks/cobo cobo-waas2 64
 load hb-file-hmac http://127.0.0.1:8081/hooks/hmac hmac-sha256 64
 load hb-file-rsa http://127.0.0.1:8081/hooks/rsa rsa-sha256 64
-load hb-file-1000conns http://127.0.0.1:8081/hooks/standard standard-webhooks 1000
 load hb-file-2000rps http://127.0.0.1:8081/hooks/cobo cobo-waas2 64 --rate 2000
+load hb-file-1000conns http://127.0.0.1:8081/hooks/standard standard-webhooks 1000
 stop
 
 log "hookbridge, RabbitMQ sink"
@@ -99,6 +99,14 @@ load hb-rabbitmq-halfmax http://127.0.0.1:8082/hooks/cobo cobo-waas2 256 --rate 
   --check-rabbitmq "amqp://guest:guest@127.0.0.1:5672/%2f,hookbridge-bench-$BENCH_RUN"
 stop
 $LG amqp-bind --exchange hookbridge-bench --queue "hookbridge-bench-$BENCH_RUN" --delete
+
+log "hookbridge, RabbitMQ sink with the broker down (every event goes to the spool)"
+sed 's|amqp://guest:guest@127.0.0.1:5672/%2f|amqp://guest:guest@127.0.0.1:1/%2f|; s|spool-rabbitmq.redb|spool-down.redb|; s|127.0.0.1:8082|127.0.0.1:8084|' \
+  bench/hookbridge-rabbitmq.toml > "$BENCH_DIR/down.toml"
+start hb-down 8084 $HB serve --config "$BENCH_DIR/down.toml"
+load hb-spool-2000rps http://127.0.0.1:8084/hooks/cobo cobo-waas2 64 --rate 2000
+load hb-spool-closed http://127.0.0.1:8084/hooks/cobo cobo-waas2 64
+stop
 
 log "hookbridge, Kafka sink"
 start hb-kafka 8083 $HB serve --config bench/hookbridge-kafka.toml

@@ -441,13 +441,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let (brokers, topic) = spec
             .split_once(',')
             .context("--check-kafka brokers,topic")?;
-        let n = count_kafka(brokers, topic, ok as usize).await?;
+        let n = count_kafka(brokers, topic, &args.id_prefix, ok as usize).await?;
         println!("delivery: {n} distinct keys on Kafka topic {topic} for {ok} 2xx");
         delivered = Some(n);
     }
     if let Some(spec) = &args.check_rabbitmq {
         let (url, queue) = spec.split_once(',').context("--check-rabbitmq url,queue")?;
-        let n = count_rabbitmq(url, queue, ok as usize).await?;
+        let n = count_rabbitmq(url, queue, &args.id_prefix, ok as usize).await?;
         println!("delivery: {n} distinct message ids in RabbitMQ queue {queue} for {ok} 2xx");
         delivered = Some(n);
     }
@@ -562,8 +562,14 @@ fn svg(h: &Histogram<u64>, title: &str) -> String {
     s
 }
 
-async fn count_kafka(brokers: &str, topic: &str, want: usize) -> anyhow::Result<usize> {
-    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+/// Distinct keys of this run (by ID prefix) on a topic other runs may share.
+async fn count_kafka(
+    brokers: &str,
+    topic: &str,
+    prefix: &str,
+    want: usize,
+) -> anyhow::Result<usize> {
+    let (brokers, topic, prefix) = (brokers.to_owned(), topic.to_owned(), format!("{prefix}-"));
     tokio::task::spawn_blocking(move || {
         use rdkafka::Message as _;
         use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -581,7 +587,7 @@ async fn count_kafka(brokers: &str, topic: &str, want: usize) -> anyhow::Result<
             && !(keys.len() >= want && idle.elapsed() > Duration::from_secs(3))
         {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                if let Some(k) = m.key() {
+                if let Some(k) = m.key().filter(|k| k.starts_with(prefix.as_bytes())) {
                     keys.insert(k.to_vec());
                 }
                 idle = Instant::now();
@@ -592,7 +598,14 @@ async fn count_kafka(brokers: &str, topic: &str, want: usize) -> anyhow::Result<
     .await?
 }
 
-async fn count_rabbitmq(url: &str, queue: &str, want: usize) -> anyhow::Result<usize> {
+/// Distinct message ids of this run (by ID prefix) in a queue other runs may share.
+async fn count_rabbitmq(
+    url: &str,
+    queue: &str,
+    prefix: &str,
+    want: usize,
+) -> anyhow::Result<usize> {
+    let prefix = format!("{prefix}-");
     let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     let mut ids = std::collections::HashSet::new();
@@ -609,14 +622,16 @@ async fn count_rabbitmq(url: &str, queue: &str, want: usize) -> anyhow::Result<u
             .await?
         {
             Some(m) => {
-                ids.insert(
-                    m.delivery
-                        .properties
-                        .message_id()
-                        .as_ref()
-                        .map(|s| s.to_string())
-                        .unwrap_or_default(),
-                );
+                let id = m
+                    .delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                if id.starts_with(&prefix) {
+                    ids.insert(id);
+                }
                 idle = Instant::now();
             }
             None => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -711,7 +726,7 @@ async fn ceiling_rabbitmq(
     channels: usize,
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
     let mut chans = Vec::new();
     for _ in 0..channels.max(1) {
@@ -719,17 +734,10 @@ async fn ceiling_rabbitmq(
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         chans.push(ch);
     }
-    chans[0]
-        .exchange_declare(
-            exchange.into(),
-            lapin::ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await?;
+    // A durable queue bound to the exchange, so every message is routed and persisted (an
+    // unroutable publish is returned without being stored, which would fake a ceiling).
+    let queue = format!("{exchange}-ceiling-{}", uuid::Uuid::new_v4().simple());
+    amqp_bind(url, exchange, &queue, false).await?;
     let bodies: Vec<(String, Vec<u8>)> = (0..n)
         .map(|i| {
             let id = format!("ceiling-{}-{i}", uuid::Uuid::new_v4().simple());
@@ -762,13 +770,14 @@ async fn ceiling_rabbitmq(
                 else {
                     return false;
                 };
-                matches!(confirm.await, Ok(lapin::Confirmation::Ack(_)))
+                matches!(confirm.await, Ok(lapin::Confirmation::Ack(None)))
             }
         })
         .buffer_unordered(in_flight)
         .collect()
         .await;
     let ok = results.iter().filter(|r| **r).count();
+    amqp_bind(url, exchange, &queue, true).await?;
     ceiling_report(
         &format!("rabbitmq bare lapin ({in_flight} in flight, {channels} channels)"),
         ok,
