@@ -59,7 +59,9 @@ pub struct Token {
 pub struct Dedup(Backend);
 
 enum Backend {
-    Memory(moka::sync::Cache<String, State>),
+    /// Keyed by a 128-bit digest of (source, event ID): a fixed 16 bytes per remembered event
+    /// instead of the strings.
+    Memory(moka::sync::Cache<u128, State>),
     Redis(RedisDedup),
 }
 
@@ -141,7 +143,7 @@ impl Dedup {
             Backend::Memory(cache) => {
                 let key = format!("{source}\u{0}{id}");
                 let mut outcome = Claim::InFlight;
-                cache.entry(key.clone()).and_compute_with(|existing| {
+                cache.entry(digest(&key)).and_compute_with(|existing| {
                     match existing.map(|e| e.into_value()) {
                         None => {
                             outcome = Claim::New(Token {
@@ -170,7 +172,7 @@ impl Dedup {
             return;
         }
         match &self.0 {
-            Backend::Memory(cache) => cache.insert(token.key, State::Done),
+            Backend::Memory(cache) => cache.insert(digest(&token.key), State::Done),
             Backend::Redis(r) => r.complete(&token).await,
         }
     }
@@ -182,12 +184,12 @@ impl Dedup {
         }
         match &self.0 {
             Backend::Memory(cache) => {
-                cache.entry(token.key).and_compute_with(|existing| {
-                    match existing.map(|e| e.into_value()) {
+                cache
+                    .entry(digest(&token.key))
+                    .and_compute_with(|existing| match existing.map(|e| e.into_value()) {
                         Some(State::Pending(v)) if v == token.value => Op::Remove,
                         _ => Op::Nop,
-                    }
-                });
+                    });
             }
             Backend::Redis(r) => r.release(&token).await,
         }
@@ -289,6 +291,16 @@ impl RedisDedup {
             tracing::warn!(error = %e, "releasing a dedup claim failed; it expires on its own");
         }
     }
+}
+
+/// The memory backend's key: the first 128 bits of SHA-256 (collisions are out of reach at any
+/// realistic number of remembered events).
+fn digest(key: &str) -> u128 {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(key.as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    u128::from_be_bytes(b)
 }
 
 /// A random id for this process, so pending claims of different replicas never compare equal.

@@ -118,19 +118,20 @@ impl Envelope {
         received: SystemTime,
     ) -> Result<Self, NormalizeError> {
         let body = webhook.body();
-        // One parse serves JSON validation and every body locator. A body with surrounding
-        // whitespace is valid JSON, but splicing it would not be byte-exact: base64 it instead.
-        let parsed: Option<Value> = serde_json::from_slice(body).ok();
-        let exact_json = parsed.is_some()
+        // Validate without building a tree (no allocation); locators then descend through
+        // borrowed raw values only as deep as they point. A body with surrounding whitespace is
+        // valid JSON, but splicing it would not be byte-exact: base64 it instead.
+        let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+        let parsed: Option<&[u8]> = is_json.then_some(body.as_ref());
+        let exact_json = is_json
             && !body.first().is_some_and(u8::is_ascii_whitespace)
             && !body.last().is_some_and(u8::is_ascii_whitespace);
 
-        let (id, id_origin) = match locate(&source.event_id, &webhook, parsed.as_ref(), "event_id")?
-        {
+        let (id, id_origin) = match locate(&source.event_id, &webhook, parsed, "event_id")? {
             Some((v, origin)) => (v, IdOrigin::Locator(origin)),
             None => (hex::encode(Sha256::digest(body)), IdOrigin::BodySha256),
         };
-        let event_type = locate(&source.event_type, &webhook, parsed.as_ref(), "event_type")?
+        let event_type = locate(&source.event_type, &webhook, parsed, "event_type")?
             .map_or_else(|| source.default_type.clone(), |(v, _)| v);
 
         let received_at = humantime::format_rfc3339_millis(received).to_string();
@@ -225,7 +226,7 @@ pub enum NormalizeError {
 fn locate(
     locators: &[Locator],
     webhook: &VerifiedWebhook,
-    json: Option<&Value>,
+    json: Option<&[u8]>,
     field: &'static str,
 ) -> Result<Option<(String, String)>, NormalizeError> {
     for locator in locators {
@@ -235,12 +236,10 @@ fn locate(
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
-            Locator::Body(pointer) => json.and_then(|j| j.pointer(pointer)).and_then(scalar),
+            Locator::Body(pointer) => json.and_then(|j| pointer_scalar(j, pointer)),
             Locator::Joined(pointers) => json.and_then(|j| {
-                let parts: Option<Vec<String>> = pointers
-                    .iter()
-                    .map(|p| j.pointer(p).and_then(scalar))
-                    .collect();
+                let parts: Option<Vec<String>> =
+                    pointers.iter().map(|p| pointer_scalar(j, p)).collect();
                 // Every part must be present, and the first (the identifier) non-empty.
                 parts
                     .filter(|p| p.first().is_some_and(|s| !s.is_empty()))
@@ -258,6 +257,30 @@ fn locate(
         }
     }
     Ok(None)
+}
+
+/// Resolves an RFC 6901 pointer in validated JSON, parsing only the objects and arrays on the
+/// way (as maps and lists of borrowed raw values), and returns a scalar as text.
+fn pointer_scalar(json: &[u8], pointer: &str) -> Option<String> {
+    use serde_json::value::RawValue;
+    let mut current: &RawValue = serde_json::from_slice(json).ok()?;
+    for token in pointer.split('/').skip(1) {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        let text = current.get().trim_start();
+        current = if text.starts_with('{') {
+            let map: std::collections::HashMap<std::borrow::Cow<'_, str>, &RawValue> =
+                serde_json::from_str(current.get()).ok()?;
+            map.get(token.as_str()).copied()?
+        } else if text.starts_with('[') {
+            let list: Vec<&RawValue> = serde_json::from_str(current.get()).ok()?;
+            let index: usize = token.parse().ok()?;
+            list.get(index).copied()?
+        } else {
+            return None;
+        };
+    }
+    let value: Value = serde_json::from_str(current.get()).ok()?;
+    scalar(&value)
 }
 
 fn scalar(v: &Value) -> Option<String> {
@@ -381,6 +404,20 @@ mod tests {
         assert_eq!(env.id().as_str(), "7");
         let v: Value = serde_json::from_slice(env.json()).unwrap();
         assert_eq!(v["data_base64"], "eyJpZCI6N30K");
+    }
+
+    #[test]
+    fn pointers_resolve_without_a_value_tree() {
+        let j = br#"{"a":{"b":[10,{"c":"x"}],"d/e":true,"f~g":1.5},"n":null,"s":"top"}"#;
+        assert_eq!(pointer_scalar(j, "/s").as_deref(), Some("top"));
+        assert_eq!(pointer_scalar(j, "/a/b/0").as_deref(), Some("10"));
+        assert_eq!(pointer_scalar(j, "/a/b/1/c").as_deref(), Some("x"));
+        assert_eq!(pointer_scalar(j, "/a/d~1e").as_deref(), Some("true"));
+        assert_eq!(pointer_scalar(j, "/a/f~0g").as_deref(), Some("1.5"));
+        // Missing, out of range, through a scalar, or not a scalar: nothing.
+        for p in ["/x", "/a/b/7", "/s/t", "/a", "/n", "/a/b/-1"] {
+            assert_eq!(pointer_scalar(j, p), None, "{p}");
+        }
     }
 
     #[test]
