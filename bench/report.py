@@ -69,6 +69,9 @@ p(f"| minimal warp server, 64 conns | {f(http and http['rps'])} req/s, p99 {f(ht
 p(f"| bare rdkafka, acks=all idempotent, 256 in flight | {f(ck and ck['rate'])} msg/s |")
 p(f"| bare lapin, confirms, persistent, 256 in flight | {f(cr256 and cr256['rate'])} msg/s |")
 p(f"| bare lapin, confirms, persistent, 64 in flight | {f(cr64 and cr64['rate'])} msg/s |")
+lat = re.search(r"confirm latency ms (.*)", txt("ceiling-rabbitmq-2000rps"))
+if lat:
+    p(f"| bare lapin at a fixed 2000/s: confirm latency (ms) | {lat.group(1)} |")
 p("")
 p("## Runs")
 p("")

@@ -79,6 +79,8 @@ tansu topic create "hookbridge-bench.$BENCH_RUN.ceiling" --partitions 3 --broker
 $LG ceiling-kafka --topic "hookbridge-bench.$BENCH_RUN.ceiling" --messages "$((EVENTS / 2))" --in-flight 256 --out "$OUT/ceiling-kafka.json"
 $LG ceiling-rabbitmq --exchange hookbridge-ceiling --messages "$((EVENTS / 6))" --in-flight 256 --out "$OUT/ceiling-rabbitmq-256.json"
 $LG ceiling-rabbitmq --exchange hookbridge-ceiling --messages "$((EVENTS / 12))" --in-flight 64 --out "$OUT/ceiling-rabbitmq-64.json"
+# The broker's own confirm latency at the fixed rate the p99 target uses.
+$LG ceiling-rabbitmq --exchange hookbridge-ceiling --messages 20000 --in-flight 256 --rate 2000 | tee "$OUT/ceiling-rabbitmq-2000rps.txt"
 
 log "hookbridge, file sink"
 start hb-file 8081 $HB serve --config bench/hookbridge-file.toml

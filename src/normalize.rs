@@ -121,7 +121,15 @@ impl Envelope {
         // Validate without building a tree (no allocation); locators then descend through
         // borrowed raw values only as deep as they point. A body with surrounding whitespace is
         // valid JSON, but splicing it would not be byte-exact: base64 it instead.
-        let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+        // UTF-8 first, and every value parsed as a reader would (`Validated`): skipping values
+        // with IgnoredAny checks neither the bytes inside strings nor number ranges, and a
+        // spliced body a parser rejects makes the whole event unreadable (both found by the
+        // `normalize` fuzz target). Deep nesting is also sent as base64: the envelope adds a
+        // level, and common parsers (serde_json: 128) stop short of where the body alone would.
+        let is_json = std::str::from_utf8(body).is_ok_and(|text| {
+            nesting_depth(text.as_bytes()) <= MAX_SPLICE_DEPTH
+                && serde_json::from_str::<Validated>(text).is_ok()
+        });
         let parsed: Option<&[u8]> = is_json.then_some(body.as_ref());
         let exact_json = is_json
             && !body.first().is_some_and(u8::is_ascii_whitespace)
@@ -257,6 +265,81 @@ fn locate(
         }
     }
     Ok(None)
+}
+
+/// Parses any JSON value the way a reader would (numbers range-checked, strings decoded) and
+/// keeps nothing: validation without building a tree.
+struct Validated;
+
+impl<'de> serde::Deserialize<'de> for Validated {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValidatedVisitor)
+    }
+}
+
+struct ValidatedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ValidatedVisitor {
+    type Value = Validated;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_unit<E>(self) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Validated, A::Error> {
+        while seq.next_element::<Validated>()?.is_some() {}
+        Ok(Validated)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Validated, A::Error> {
+        while map.next_entry::<Validated, Validated>()?.is_some() {}
+        Ok(Validated)
+    }
+}
+
+/// Deepest nesting of a body spliced into `data` (deeper bodies go to `data_base64`).
+const MAX_SPLICE_DEPTH: usize = 64;
+
+/// The deepest `[`/`{` nesting outside strings (the input is checked as JSON separately).
+fn nesting_depth(json: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// Resolves an RFC 6901 pointer in validated JSON, parsing only the objects and arrays on the
@@ -404,6 +487,37 @@ mod tests {
         assert_eq!(env.id().as_str(), "7");
         let v: Value = serde_json::from_slice(env.json()).unwrap();
         assert_eq!(v["data_base64"], "eyJpZCI6N30K");
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_json_string_is_not_spliced() {
+        // Found by the `normalize` fuzz target: `"\xff "` passes IgnoredAny.
+        let src = source("");
+        let env = envelope(&src, b"\"\xff \"", &[]).unwrap();
+        let v: Value = serde_json::from_slice(env.json()).expect("the envelope is always JSON");
+        assert_eq!(v["data_base64"], "Iv8gIg==");
+    }
+
+    #[test]
+    fn numbers_a_parser_rejects_are_not_spliced() {
+        // Found by the `normalize` fuzz target: valid JSON grammar, out of f64 range.
+        let src = source("");
+        let env = envelope(&src, b"4e888888888888888888888888860", &[]).unwrap();
+        let v: Value = serde_json::from_slice(env.json()).expect("the envelope stays parseable");
+        assert!(v.get("data_base64").is_some());
+        let env = envelope(&src, br#"{"n":1e300,"s":"\u00e9"}"#, &[]).unwrap();
+        let v: Value = serde_json::from_slice(env.json()).unwrap();
+        assert_eq!(v["data"]["s"], "é");
+    }
+
+    #[test]
+    fn very_deep_bodies_are_not_spliced() {
+        let src = source("");
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        let env = envelope(&src, deep.as_bytes(), &[]).unwrap();
+        let v: Value = serde_json::from_slice(env.json()).expect("the envelope stays parseable");
+        assert!(v.get("data_base64").is_some());
+        assert_eq!(nesting_depth(br#"{"a":"[[[[","b":[{"c":"\"}"}]}"#), 3);
     }
 
     #[test]

@@ -64,6 +64,9 @@ enum Command {
         channels: usize,
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Publish at this fixed rate (per second) and report confirm latency percentiles.
+        #[arg(long)]
+        rate: Option<u64>,
     },
     /// Cobo WaaS 2.0 (Ed25519) verifications per second on `threads` threads, for the
     /// verification ceiling.
@@ -725,6 +728,7 @@ async fn ceiling_rabbitmq(
     in_flight: usize,
     channels: usize,
     out: Option<&Path>,
+    rate: Option<u64>,
 ) -> anyhow::Result<()> {
     use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
@@ -746,11 +750,23 @@ async fn ceiling_rabbitmq(
         })
         .collect();
     let counter = AtomicUsize::new(0);
+    let hist = std::sync::Mutex::new(histogram()?);
+    let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1) as f64));
     let started = Instant::now();
-    let results: Vec<bool> = futures_util::stream::iter(bodies.iter())
-        .map(|(id, body)| {
+    let results: Vec<bool> = futures_util::stream::iter(bodies.iter().enumerate())
+        .map(|(i, (id, body))| {
             let ch = &chans[counter.fetch_add(1, Ordering::Relaxed) % chans.len()];
+            let hist = &hist;
             async move {
+                // Fixed rate: latency from the scheduled send time to the confirm.
+                let due = match interval {
+                    Some(iv) => {
+                        let due = started + iv.mul_f64(i as f64);
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 let props = lapin::BasicProperties::default()
                     .with_message_id(id.as_str().into())
                     .with_delivery_mode(2)
@@ -770,7 +786,15 @@ async fn ceiling_rabbitmq(
                 else {
                     return false;
                 };
-                matches!(confirm.await, Ok(lapin::Confirmation::Ack(None)))
+                let acked = matches!(confirm.await, Ok(lapin::Confirmation::Ack(None)));
+                if let Ok(mut h) = hist.lock() {
+                    h.saturating_record(
+                        u64::try_from(due.elapsed().as_micros())
+                            .unwrap_or(u64::MAX)
+                            .max(1),
+                    );
+                }
+                acked
             }
         })
         .buffer_unordered(in_flight)
@@ -778,6 +802,17 @@ async fn ceiling_rabbitmq(
         .await;
     let ok = results.iter().filter(|r| **r).count();
     amqp_bind(url, exchange, &queue, true).await?;
+    if let (Some(r), Ok(h)) = (rate, hist.lock()) {
+        let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
+        println!(
+            "rabbitmq bare lapin at {r}/s: confirm latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999),
+            h.max() as f64 / 1000.0
+        );
+    }
     ceiling_report(
         &format!("rabbitmq bare lapin ({in_flight} in flight, {channels} channels)"),
         ok,
@@ -909,6 +944,7 @@ fn main() -> anyhow::Result<()> {
                 in_flight,
                 channels,
                 out,
+                rate,
             } => {
                 ceiling_rabbitmq(
                     &url,
@@ -917,6 +953,7 @@ fn main() -> anyhow::Result<()> {
                     in_flight,
                     channels,
                     out.as_deref(),
+                    rate,
                 )
                 .await
             }
