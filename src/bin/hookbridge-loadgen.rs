@@ -315,6 +315,20 @@ impl Tally {
     }
 }
 
+/// Open loop: request `i` is due at `started + i × interval`; waits until then and returns that
+/// time, so latency is measured from the schedule, not from when the request finally went out.
+/// Closed loop (no interval): now.
+async fn due(started: Instant, interval: Option<Duration>, i: usize) -> Instant {
+    match interval {
+        Some(iv) => {
+            let due = started + iv.mul_f64(i as f64);
+            tokio::time::sleep_until(due.into()).await;
+            due
+        }
+        None => Instant::now(),
+    }
+}
+
 fn histogram() -> anyhow::Result<Histogram<u64>> {
     // Microseconds, 1 µs .. 60 s, 3 significant figures.
     Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
@@ -381,14 +395,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 if i >= events.len() || Instant::now() >= deadline {
                     break;
                 }
-                let due = match interval {
-                    Some(iv) => {
-                        let due = started + iv.mul_f64(i as f64);
-                        tokio::time::sleep_until(due.into()).await;
-                        due
-                    }
-                    None => Instant::now(),
-                };
+                let due = due(started, interval, i).await;
                 let status = match conn.send(&uri, &host, &events[i]).await {
                     Ok(s) => Some(s),
                     Err(_) => {
@@ -759,14 +766,7 @@ async fn ceiling_rabbitmq(
             let hist = &hist;
             async move {
                 // Fixed rate: latency from the scheduled send time to the confirm.
-                let due = match interval {
-                    Some(iv) => {
-                        let due = started + iv.mul_f64(i as f64);
-                        tokio::time::sleep_until(due.into()).await;
-                        due
-                    }
-                    None => Instant::now(),
-                };
+                let due = due(started, interval, i).await;
                 let props = lapin::BasicProperties::default()
                     .with_message_id(id.as_str().into())
                     .with_delivery_mode(2)

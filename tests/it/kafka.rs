@@ -75,6 +75,17 @@ pub fn signed_cobo(id: &str) -> (String, Vec<(String, String)>) {
     (body, headers)
 }
 
+/// Posts one new signed event `copies` times to `path`, each answered 200; returns its ID.
+pub async fn post_copies(app: &TestApp, path: &str, copies: usize) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    let (body, headers) = signed_cobo(&id);
+    for i in 0..copies {
+        let r = post(&app.url(path), &headers, body.clone()).await;
+        assert_eq!(r.status, 200, "copy {i} to {path}");
+    }
+    id
+}
+
 pub async fn post_cobo(app: &TestApp, id: &str) -> Reply {
     let body = cobo_body(id);
     let headers = sign_cobo_waas2(&cobo_test_seed(), body.as_bytes(), &now_ms().to_string());
@@ -164,27 +175,9 @@ async fn thousand_concurrent_events_arrive_keyed_by_event_id() {
     );
 
     // The same signed event five times: five 200s, one message (edge dedup).
-    let dup = uuid::Uuid::new_v4().to_string();
-    let (body, headers) = signed_cobo(&dup);
-    for _ in 0..5 {
-        assert_eq!(
-            post(&app.url("/hooks/cobo"), &headers, body.clone())
-                .await
-                .status,
-            200
-        );
-    }
+    let dup = post_copies(&app, "/hooks/cobo", 5).await;
     // With dedup off, two copies are two messages with the same key.
-    let twice = uuid::Uuid::new_v4().to_string();
-    let (body2, headers2) = signed_cobo(&twice);
-    for _ in 0..2 {
-        assert_eq!(
-            post(&app.url("/hooks/nodedup"), &headers2, body2.clone())
-                .await
-                .status,
-            200
-        );
-    }
+    let twice = post_copies(&app, "/hooks/nodedup", 2).await;
 
     let topic = format!("{prefix}.cobo");
     let b = brokers.clone();

@@ -16,7 +16,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 
 use crate::helpers::*;
-use crate::kafka::{post_cobo, signed_cobo, wait_ready};
+use crate::kafka::{post_cobo, post_copies, wait_ready};
 use crate::proxy::Proxy;
 
 pub fn amqp_url() -> String {
@@ -230,27 +230,9 @@ async fn thousand_concurrent_events_arrive_with_message_id() {
         .await;
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1000);
     // The same signed event five times: five 200s, one message (edge dedup).
-    let dup = uuid::Uuid::new_v4().to_string();
-    let (body, headers) = signed_cobo(&dup);
-    for _ in 0..5 {
-        assert_eq!(
-            post(&app.url("/hooks/cobo"), &headers, body.clone())
-                .await
-                .status,
-            200
-        );
-    }
+    let dup = post_copies(&app, "/hooks/cobo", 5).await;
     // With dedup off, two copies are two messages with the same message_id.
-    let twice = uuid::Uuid::new_v4().to_string();
-    let (body2, headers2) = signed_cobo(&twice);
-    for _ in 0..2 {
-        assert_eq!(
-            post(&app.url("/hooks/nodedup"), &headers2, body2.clone())
-                .await
-                .status,
-            200
-        );
-    }
+    let twice = post_copies(&app, "/hooks/nodedup", 2).await;
 
     let got = receive(&mut consumer, 1003, Duration::from_secs(60)).await;
     assert_eq!(got.len(), 1003);
