@@ -651,6 +651,18 @@ async fn count_rabbitmq(
     Ok(ids.len())
 }
 
+/// The messages a bare-client ceiling publishes: the same ~1 KB bodies as `run`, distinct IDs.
+fn ceiling_messages(n: usize) -> Vec<(String, Vec<u8>)> {
+    let run = uuid::Uuid::new_v4().simple();
+    (0..n)
+        .map(|i| {
+            let id = format!("ceiling-{run}-{i}");
+            let body = cobo_body(&id).into_bytes();
+            (id, body)
+        })
+        .collect()
+}
+
 fn ceiling_report(
     name: &str,
     n: usize,
@@ -688,13 +700,7 @@ async fn ceiling_kafka(
         .set("linger.ms", "1")
         .set("partitioner", "murmur2_random")
         .create()?;
-    let bodies: Vec<(String, Vec<u8>)> = (0..n)
-        .map(|i| {
-            let id = format!("ceiling-{}-{i}", uuid::Uuid::new_v4().simple());
-            let body = cobo_body(&id).into_bytes();
-            (id, body)
-        })
-        .collect();
+    let bodies = ceiling_messages(n);
     let started = Instant::now();
     let results: Vec<bool> = futures_util::stream::iter(bodies.iter())
         .map(|(id, body)| {
@@ -749,13 +755,7 @@ async fn ceiling_rabbitmq(
     // unroutable publish is returned without being stored, which would fake a ceiling).
     let queue = format!("{exchange}-ceiling-{}", uuid::Uuid::new_v4().simple());
     amqp_bind(url, exchange, &queue, false).await?;
-    let bodies: Vec<(String, Vec<u8>)> = (0..n)
-        .map(|i| {
-            let id = format!("ceiling-{}-{i}", uuid::Uuid::new_v4().simple());
-            let body = cobo_body(&id).into_bytes();
-            (id, body)
-        })
-        .collect();
+    let bodies = ceiling_messages(n);
     let counter = AtomicUsize::new(0);
     let hist = std::sync::Mutex::new(histogram()?);
     let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1) as f64));

@@ -108,6 +108,18 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Status, headers and the whole body of a response; `None` if the body breaks off.
+    pub async fn read(resp: http::Response<hyper::body::Incoming>) -> Option<Self> {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        Some(Self {
+            status,
+            headers,
+            body,
+        })
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
@@ -138,14 +150,7 @@ pub async fn request(method: &str, url: &str, headers: &[(String, String)], body
         .await
         .expect("request timed out")
         .expect("request failed");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply::read(resp).await.expect("reading the response")
 }
 
 pub fn h(k: &str, v: &str) -> (String, String) {
@@ -283,12 +288,5 @@ pub async fn try_post(url: &str, headers: &[(String, String)], body: Bytes) -> O
         .await
         .ok()?
         .ok()?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    Some(Reply {
-        status,
-        headers,
-        body,
-    })
+    Reply::read(resp).await
 }
