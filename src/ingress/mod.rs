@@ -97,21 +97,11 @@ pub enum Serve {
 
 /// The routes for one listener, as one filter that always yields a response.
 pub fn routes(state: Arc<State>, serve: Serve) -> BoxedFilter<(Response,)> {
-    let admin = serve != Serve::Hooks;
-    let hooks_on = serve != Serve::Admin;
     let with_state = {
         let state = Arc::clone(&state);
         warp::any().map(move || Arc::clone(&state))
     };
     let hooks = warp::path!("hooks" / String)
-        .and(warp::any().map(move || hooks_on))
-        .and_then(|name: String, on: bool| async move {
-            if on {
-                Ok(name)
-            } else {
-                Err(warp::reject::not_found())
-            }
-        })
         .and(warp::method())
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<PeerAddr>())
@@ -162,20 +152,15 @@ pub fn routes(state: Arc<State>, serve: Serve) -> BoxedFilter<(Response,)> {
             );
             resp
         });
-    let admin_routes = warp::get()
-        .and(healthz.or(readyz).unify().or(metrics).unify())
-        .and(warp::any().map(move || admin))
-        .and_then(|resp: Response, enabled: bool| async move {
-            if enabled {
-                Ok(resp)
-            } else {
-                Err(warp::reject::not_found())
-            }
-        });
+    let admin = warp::get().and(healthz.or(readyz).unify().or(metrics).unify());
 
-    hooks
-        .or(admin_routes)
-        .unify()
+    // Chosen once here: a listener never runs (and then hides) routes it does not serve.
+    let served = match serve {
+        Serve::All => hooks.or(admin).unify().boxed(),
+        Serve::Hooks => hooks.boxed(),
+        Serve::Admin => admin.boxed(),
+    };
+    served
         .recover(|_rejection: warp::Rejection| async move {
             Ok::<_, std::convert::Infallible>(reject::json_response(
                 StatusCode::NOT_FOUND,

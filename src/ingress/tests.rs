@@ -176,3 +176,41 @@ async fn health_and_readiness() {
     assert_eq!(resp.status(), 200);
     assert_eq!(json(resp.body())["sinks"]["f"]["ready"], true);
 }
+
+#[tokio::test]
+async fn each_listener_serves_only_its_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = state(dir.path(), TOKEN).await;
+    let hooks = routes(Arc::clone(&st), Serve::Hooks);
+    let admin = routes(st, Serve::Admin);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            warp::test::request()
+                .path(path)
+                .reply(&hooks)
+                .await
+                .status(),
+            404,
+            "{path} on hooks"
+        );
+        assert_eq!(
+            warp::test::request()
+                .path(path)
+                .reply(&admin)
+                .await
+                .status(),
+            200,
+            "{path} on admin"
+        );
+    }
+    let post = |r| {
+        warp::test::request()
+            .method("POST")
+            .path("/hooks/t")
+            .header("x-token", "tok")
+            .body(r#"{"id":"e9"}"#)
+            .reply(r)
+    };
+    assert_eq!(post(&admin).await.status(), 404);
+    assert_eq!(post(&hooks).await.status(), 200);
+}
