@@ -1,6 +1,7 @@
 //! One request through the pipeline. The handler never talks to a broker directly: it hands
 //! the envelope to the source's sink and waits for its confirmation under the ack deadline.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,7 +19,7 @@ use crate::dedup::Claim;
 use crate::metrics;
 use crate::normalize::Envelope;
 use crate::sink::PublishError;
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{Spool, SpoolError, Spooled};
 use crate::verify::IncomingWebhook;
 
 pub async fn receive<S, B>(
@@ -197,16 +198,22 @@ async fn deliver(route: &Route, state: &State, envelope: &Envelope) -> Result<De
     let sink_name = route.spec.sink.as_str();
     let spool = state.spool.as_ref().filter(|s| s.has_sink(sink_name));
     match (route.spec.ack, spool) {
-        (AckMode::Spool, Some(spool)) => to_spool(spool, sink_name, envelope).await,
+        (AckMode::Spool, Some(spool)) => {
+            to_spool(spool, sink_name, envelope).await?;
+            Ok(Delivery::Spooled)
+        }
         (AckMode::Spool, None) => Err(Rejection::Spool(SpoolError::Closed)),
         (AckMode::Accept, spool) => {
             let (sink, spool, env) = (Arc::clone(&route.sink), spool.cloned(), envelope.clone());
             let (deadline, name) = (route.spec.ack_deadline, sink_name.to_owned());
             tokio::spawn(async move {
-                let published = tokio::time::timeout(deadline, sink.publish(&env)).await;
-                if !matches!(published, Ok(Ok(()))) {
+                let mut publish = std::pin::pin!(sink.publish(&env));
+                if !matches!(
+                    confirm_within(&name, deadline, &mut publish).await,
+                    Some(Ok(()))
+                ) {
                     let spooled = match &spool {
-                        Some(s) => s.append(&name, &env).await.is_ok(),
+                        Some(s) => to_spool(s, &name, &env).await.is_ok(),
                         None => false,
                     };
                     if !spooled {
@@ -216,29 +223,36 @@ async fn deliver(route: &Route, state: &State, envelope: &Envelope) -> Result<De
             });
             Ok(Delivery::Unconfirmed)
         }
-        (AckMode::Broker, None) => publish(route, envelope, route.spec.ack_deadline).await,
+        (AckMode::Broker, None) => {
+            let mut publish = std::pin::pin!(route.sink.publish(envelope));
+            match confirm_within(sink_name, route.spec.ack_deadline, &mut publish).await {
+                Some(Ok(())) => Ok(Delivery::Published),
+                Some(Err(e)) => Err(e.into()),
+                None => Err(Rejection::AckTimeout),
+            }
+        }
         (AckMode::Broker, Some(spool)) => {
             if !route.sink.is_ready() {
-                return to_spool(spool, sink_name, envelope).await;
+                to_spool(spool, sink_name, envelope).await?;
+                return Ok(Delivery::Spooled);
             }
-            // Leave a fifth of the deadline for the spool write if the broker is slow.
+            // Leave a fifth of the deadline for the spool write if the broker is slow. The
+            // publish is owned (boxed) so it can outlive this request if it times out.
             let budget = route.spec.ack_deadline.mul_f32(0.8);
-            let started = Instant::now();
             let (sink, env) = (Arc::clone(&route.sink), envelope.clone());
             let mut pending = Box::pin(async move { sink.publish(&env).await });
-            match tokio::time::timeout(budget, &mut pending).await {
-                Ok(Ok(())) => {
-                    metrics::publish_latency(sink_name, started.elapsed());
-                    Ok(Delivery::Published)
+            match confirm_within(sink_name, budget, &mut pending).await {
+                Some(Ok(())) => Ok(Delivery::Published),
+                Some(Err(e @ PublishError::Refused(_))) => Err(e.into()),
+                Some(Err(PublishError::Unavailable(_))) => {
+                    to_spool(spool, sink_name, envelope).await?;
+                    Ok(Delivery::Spooled)
                 }
-                Ok(Err(e @ PublishError::Refused(_))) => Err(e.into()),
-                Ok(Err(PublishError::Unavailable(_))) => to_spool(spool, sink_name, envelope).await,
-                Err(_) => {
+                None => {
                     // The broker may still confirm this publish. Spool the event now, keep
                     // waiting in the background, and take it back out of the spool if the
                     // original confirms, so the drainer does not publish it twice.
-                    let spooled = spool.append(sink_name, envelope).await?;
-                    metrics::spooled(sink_name);
+                    let spooled = to_spool(spool, sink_name, envelope).await?;
                     let (spool, name) = (Arc::clone(spool), sink_name.to_owned());
                     tokio::spawn(async move {
                         if let Ok(Ok(())) = tokio::time::timeout(LATE_CONFIRM_WAIT, pending).await {
@@ -255,26 +269,28 @@ async fn deliver(route: &Route, state: &State, envelope: &Envelope) -> Result<De
 /// How long a timed-out publish is still watched for a late confirmation.
 const LATE_CONFIRM_WAIT: Duration = Duration::from_secs(60);
 
-async fn publish(
-    route: &Route,
-    envelope: &Envelope,
+/// Waits up to `budget` for a sink's confirmation, recording the publish latency when it comes.
+/// `None`: not in time (the publish itself is left to the caller, which may keep waiting).
+async fn confirm_within<F>(
+    sink: &str,
     budget: Duration,
-) -> Result<Delivery, Rejection> {
+    publish: &mut F,
+) -> Option<Result<(), PublishError>>
+where
+    F: Future<Output = Result<(), PublishError>> + Unpin,
+{
     let started = Instant::now();
-    match tokio::time::timeout(budget, route.sink.publish(envelope)).await {
-        Ok(Ok(())) => {
-            metrics::publish_latency(&route.spec.sink, started.elapsed());
-            Ok(Delivery::Published)
-        }
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(Rejection::AckTimeout),
+    let result = tokio::time::timeout(budget, publish).await.ok()?;
+    if result.is_ok() {
+        metrics::publish_latency(sink, started.elapsed());
     }
+    Some(result)
 }
 
-async fn to_spool(spool: &Spool, sink: &str, envelope: &Envelope) -> Result<Delivery, Rejection> {
-    let _spooled = spool.append(sink, envelope).await?;
+async fn to_spool(spool: &Spool, sink: &str, envelope: &Envelope) -> Result<Spooled, Rejection> {
+    let spooled = spool.append(sink, envelope).await?;
     metrics::spooled(sink);
-    Ok(Delivery::Spooled)
+    Ok(spooled)
 }
 
 /// Whole seconds until the bucket has room again (at least 1, as `Retry-After` counts seconds).
