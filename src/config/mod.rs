@@ -603,7 +603,6 @@ fn build_source(
             "{path}.kind: \"callback\" is not available in this version: a Cobo callback must be answered ok/deny from a decision, and no decision source exists yet; use kind = \"webhook\" for events that only need an acknowledgement"
         ));
     }
-    let scheme_name = scheme_name(&raw.verify);
     let scheme = build_scheme(
         &format!("{path}.verify"),
         raw.verify,
@@ -631,7 +630,8 @@ fn build_source(
         }
     };
 
-    let (default_id, default_type) = default_locators(scheme_name);
+    // Without a scheme the source is an error already; its defaults no longer matter.
+    let (default_id, default_type) = default_locators(scheme.as_ref().map_or("", Scheme::name));
     let event_id = match raw.event_id {
         Some(l) => parse_locators(&format!("{path}.event_id"), &l, errors),
         None => default_id,
@@ -729,20 +729,6 @@ fn parse_rate(path: &str, raw: RawRate, errors: &mut Vec<String>) -> Option<Rate
         },
     };
     Some(Rate { per_second, burst })
-}
-
-fn scheme_name(raw: &RawVerify) -> &'static str {
-    match raw {
-        RawVerify::CoboWaas2 { .. } => "cobo-waas2",
-        RawVerify::CoboWaas1 { .. } => "cobo-waas1",
-        RawVerify::RsaSha256 { .. } => "rsa-sha256",
-        RawVerify::HmacSha256 { .. } => "hmac-sha256",
-        RawVerify::SharedSecret { .. } => "shared-secret",
-        RawVerify::StandardWebhooks { .. } => "standard-webhooks",
-        RawVerify::Stripe { .. } => "stripe",
-        RawVerify::Slack { .. } => "slack",
-        RawVerify::None { .. } => "none",
-    }
 }
 
 /// Per-scheme event ID and type locators, from each provider's documented payloads.
