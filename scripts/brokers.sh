@@ -28,29 +28,29 @@ wait_port() { # port seconds name
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-ensure_rabbitmq() {
-  if port_open 5672; then echo "rabbitmq: already listening on 127.0.0.1:5672"; return 0; fi
-  if ! command -v rabbitmq-server >/dev/null 2>&1; then
-    echo "rabbitmq: installing Debian's rabbitmq-server"
+# ensure_debian_service NAME PORT PACKAGE BINARY START-COMMAND...: nothing if the port is open;
+# otherwise install Debian's package when its binary is missing, start it, wait for the port.
+ensure_debian_service() {
+  local name=$1 port=$2 package=$3 binary=$4; shift 4
+  if port_open "$port"; then echo "$name: already listening on 127.0.0.1:$port"; return 0; fi
+  if ! command -v "$binary" >/dev/null 2>&1; then
+    echo "$name: installing Debian's $package"
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
   fi
-  echo "rabbitmq: starting"
-  as_root rabbitmq-server -detached || true
-  wait_port 5672 120 rabbitmq
+  echo "$name: starting"
+  "$@" || true
+  wait_port "$port" 120 "$name"
+}
+
+ensure_rabbitmq() {
+  ensure_debian_service rabbitmq 5672 rabbitmq-server rabbitmq-server as_root rabbitmq-server -detached
 }
 
 ensure_redis() {
-  if port_open 6379; then echo "redis: already listening on 127.0.0.1:6379"; return 0; fi
-  if ! command -v redis-server >/dev/null 2>&1; then
-    echo "redis: installing Debian's redis-server"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  fi
-  echo "redis: starting"
-  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+  ensure_debian_service redis 6379 redis-server redis-server \
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
     --dir "$STATE_DIR" --logfile "$STATE_DIR/redis.log"
-  wait_port 6379 30 redis
 }
 
 tansu_bin() {

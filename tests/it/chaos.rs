@@ -13,6 +13,7 @@
 //! These restart shared brokers, so `scripts/test.sh` runs them on their own, one at a time.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -177,6 +178,40 @@ fn rabbit_app_config(
     )
 }
 
+/// An in-process hookbridge publishing to RabbitMQ at `amqp` under steady load; `fault` runs
+/// 2 s into the load. Then everything acknowledged must be on the broker (see `report`).
+async fn rabbit_scenario(
+    scenario: &str,
+    prefix: &str,
+    amqp: &str,
+    fault: impl Future<Output = ()>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let tap = RabbitTap::new().await;
+    let app = TestApp::spawn(&rabbit_app_config(
+        amqp,
+        &tap.exchange,
+        dir.path(),
+        "127.0.0.1:0",
+        "",
+    ))
+    .await;
+    assert!(wait_ready(&app, Duration::from_secs(30)).await);
+    let load = tokio::spawn({
+        let (url, prefix) = (app.url("/hooks/cobo"), prefix.to_owned());
+        async move { steady_load(url, &prefix).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    fault.await;
+    let load = load.await.unwrap();
+    let on_broker = tap
+        .take_ids(load.acked.len(), Duration::from_secs(90))
+        .await;
+    report(scenario, &load, &on_broker);
+    app.stop().await;
+    tap.cleanup().await;
+}
+
 async fn rabbitmqctl(arg: &str) {
     let out = tokio::process::Command::new("rabbitmqctl")
         .arg(arg)
@@ -192,32 +227,12 @@ async fn rabbitmqctl(arg: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_a_rabbitmq_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let tap = RabbitTap::new().await;
-    let app = TestApp::spawn(&rabbit_app_config(
-        &amqp_url(),
-        &tap.exchange,
-        dir.path(),
-        "127.0.0.1:0",
-        "",
-    ))
+    rabbit_scenario("a (RabbitMQ stop/start)", "chaos-a", &amqp_url(), async {
+        rabbitmqctl("stop_app").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rabbitmqctl("start_app").await;
+    })
     .await;
-    assert!(wait_ready(&app, Duration::from_secs(30)).await);
-    let load = tokio::spawn({
-        let url = app.url("/hooks/cobo");
-        async move { steady_load(url, "chaos-a").await }
-    });
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    rabbitmqctl("stop_app").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    rabbitmqctl("start_app").await;
-    let load = load.await.unwrap();
-    let on_broker = tap
-        .take_ids(load.acked.len(), Duration::from_secs(90))
-        .await;
-    report("a (RabbitMQ stop/start)", &load, &on_broker);
-    app.stop().await;
-    tap.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,32 +352,12 @@ async fn chaos_c_sigkill_and_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_d_connection_cut_by_proxy() {
-    let dir = tempfile::tempdir().unwrap();
-    let tap = RabbitTap::new().await;
     let proxy = Proxy::start(amqp_addr()).await;
     let url = amqp_url().replace(&amqp_addr().to_string(), &proxy.addr.to_string());
-    let app = TestApp::spawn(&rabbit_app_config(
-        &url,
-        &tap.exchange,
-        dir.path(),
-        "127.0.0.1:0",
-        "",
-    ))
+    rabbit_scenario("d (TCP connection cut)", "chaos-d", &url, async {
+        proxy.cut();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        proxy.restore();
+    })
     .await;
-    assert!(wait_ready(&app, Duration::from_secs(30)).await);
-    let load = tokio::spawn({
-        let url = app.url("/hooks/cobo");
-        async move { steady_load(url, "chaos-d").await }
-    });
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    proxy.cut();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    proxy.restore();
-    let load = load.await.unwrap();
-    let on_broker = tap
-        .take_ids(load.acked.len(), Duration::from_secs(90))
-        .await;
-    report("d (TCP connection cut)", &load, &on_broker);
-    app.stop().await;
-    tap.cleanup().await;
 }
