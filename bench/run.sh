@@ -21,7 +21,7 @@ HB=target/release/hookbridge
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "${started_tansu:-}" ] && stop_tansu
+  if [ -n "${started_tansu:-}" ]; then stop_tansu; fi
   rm -rf "$BENCH_DIR"
 }
 trap cleanup EXIT
