@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 source scripts/brokers.sh
 
 started=""
-# An `if`, not `cleanup() { [ -n "$started" ] && stop_tansu; }cleanup() { [ -n "$started" ] && stop_tansu; }`: under set -e a false test in the EXIT trap would become the exit status.
+# An `if`, not `&&`: under set -e, a false test in the EXIT trap would become the exit status.
 cleanup() { if [ -n "$started" ]; then stop_tansu; fi; }
 trap cleanup EXIT
 
