@@ -12,6 +12,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::callback::service::DecisionService;
+use crate::callback::store::DecisionStore;
 use crate::config::{Config, DedupBackend, ServerConfig};
 use crate::dedup::Dedup;
 use crate::ingress::{self, Route, Serve, State};
@@ -21,6 +23,8 @@ use crate::tls::ReloadableAcceptor;
 
 pub struct App {
     listener: TcpListener,
+    /// Replies from decision services, recorded by a task of [`App::run`].
+    replies: Option<tokio::sync::mpsc::Receiver<crate::callback::service::Reply>>,
     admin: Option<TcpListener>,
     tls: Option<ReloadableAcceptor>,
     state: Arc<State>,
@@ -74,6 +78,19 @@ impl App {
             ttl_secs = config.dedup.ttl.as_secs(),
             "dedup ready"
         );
+        let decisions = match config.decisions.backend {
+            DedupBackend::Memory => {
+                DecisionStore::memory(config.decisions.ttl, config.decisions.max_entries)
+            }
+            DedupBackend::Redis => DecisionStore::redis(
+                config.decisions.redis_url.as_deref().unwrap_or_default(),
+                config.decisions.ttl,
+                config.decisions.key_prefix.clone(),
+            )?,
+        };
+        // Bounded: a flood of replies is dropped (and logged) rather than buffered without end;
+        // a dropped reply only means the callback's retry asks again.
+        let (reply_tx, reply_rx) = tokio::sync::mpsc::channel(4096);
         let mut routes = HashMap::new();
         for spec in config.sources {
             let sink = Arc::clone(
@@ -81,12 +98,29 @@ impl App {
                     .get(&spec.sink)
                     .context("source refers to a missing sink")?,
             );
+            let service = match spec.kind.approval().and_then(|a| a.service.as_ref()) {
+                Some(svc) => {
+                    let sink_spec = config
+                        .sinks
+                        .iter()
+                        .find(|s| s.name == svc.sink)
+                        .context("decision service refers to a missing sink")?;
+                    Some(Arc::new(
+                        DecisionService::start(svc, sink_spec, reply_tx.clone()).await?,
+                    ))
+                }
+                None => None,
+            };
             tracing::info!(
-                source = %spec.name, route = %spec.route(), scheme = spec.verifier.scheme().name(),
-                sink = %spec.sink, "source ready"
+                source = %spec.name, route = %spec.route(), kind = spec.kind.name(),
+                scheme = spec.verifier.scheme().name(), sink = %spec.sink, "source ready"
             );
-            routes.insert(spec.name.clone(), Route::new(spec, sink));
+            routes.insert(spec.name.clone(), Route::new(spec, sink, service));
         }
+        let replies = routes
+            .values()
+            .any(|r| r.service.is_some())
+            .then_some(reply_rx);
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
@@ -108,10 +142,12 @@ impl App {
             tls_listener: tls.is_some(),
             spool,
             dedup: Arc::new(dedup),
+            decisions: Arc::new(decisions),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
         });
         Ok(Self {
             listener,
+            replies,
             admin,
             tls,
             state,
@@ -133,7 +169,7 @@ impl App {
     }
 
     /// Serves until `shutdown` resolves, drains requests, then flushes and closes the sinks.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -165,6 +201,15 @@ impl App {
                 }
             })
         };
+        let reply_task = self.replies.take().map(|mut rx| {
+            let state = Arc::clone(&self.state);
+            tokio::spawn(async move {
+                while let Some(reply) = rx.recv().await {
+                    // One at a time: each waits for a durable audit event; replies are rare.
+                    ingress::callback::on_reply(&state, reply).await;
+                }
+            })
+        });
         let (drain_stop, drain_rx) = watch::channel(false);
         let mut drainers = Vec::new();
         if let Some(spool) = &self.state.spool {
@@ -201,6 +246,14 @@ impl App {
             let _admin_done = t.await;
         }
         housekeeping.abort();
+        for route in self.state.routes.values() {
+            if let Some(service) = &route.service {
+                service.close();
+            }
+        }
+        if let Some(t) = reply_task {
+            t.abort();
+        }
         // Requests are drained; stop the spool drainers, flush the sinks, then make sure every
         // spooled event is committed. Anything left in the spool is drained on the next start.
         drain_stop.send_replace(true);

@@ -99,29 +99,7 @@ impl Dedup {
         pending_ttl: Duration,
         prefix: String,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
-        let conn: Arc<RwLock<Option<ConnectionManager>>> = Arc::default();
-        let slot = Arc::clone(&conn);
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                let cfg = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_secs(1)));
-                match client.get_connection_manager_with_config(cfg).await {
-                    Ok(cm) => {
-                        *slot.write().await = Some(cm);
-                        tracing::info!("dedup store (Redis) connected");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "dedup store (Redis) unreachable; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        });
+        let conn = connect_redis(url, "dedup")?;
         Ok(Self(Backend::Redis(RedisDedup {
             conn,
             ttl,
@@ -194,6 +172,41 @@ impl Dedup {
             Backend::Redis(r) => r.release(&token).await,
         }
     }
+}
+
+/// A Redis connection made in the background (retrying with backoff), so hookbridge starts
+/// while Redis is down; the slot stays `None` until connected. `what` names the user in logs.
+///
+/// # Errors
+/// When the URL is not a Redis URL.
+pub(crate) fn connect_redis(
+    url: &str,
+    what: &'static str,
+) -> anyhow::Result<Arc<RwLock<Option<ConnectionManager>>>> {
+    let client = redis::Client::open(url)?;
+    let conn: Arc<RwLock<Option<ConnectionManager>>> = Arc::default();
+    let slot = Arc::clone(&conn);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let cfg = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_secs(1)));
+            match client.get_connection_manager_with_config(cfg).await {
+                Ok(cm) => {
+                    *slot.write().await = Some(cm);
+                    tracing::info!(store = what, "Redis connected");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(store = what, error = %e, "Redis unreachable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    });
+    Ok(conn)
 }
 
 impl RedisDedup {

@@ -8,6 +8,8 @@
 //! - [`verify`]: signature schemes over the raw body; the only maker of `VerifiedWebhook`.
 //! - [`normalize`]: event ID/type and the CloudEvents envelope.
 //! - [`dedup`]: claims on (source, event ID), memory or Redis.
+//! - [`callback`]: ok/deny decisions for Cobo callbacks (CEL rules, a decision service over the
+//!   broker, remembered decisions).
 //! - [`sink`]: file, Kafka and RabbitMQ backends behind one contract (durable before `Ok`).
 //! - [`spool`]: the fsync'd local queue when a broker is slow or away, and its drainers.
 //!
@@ -15,6 +17,7 @@
 //! [`metrics`] (every metric name), [`telemetry`] (logging), [`shutdown`] (signals).
 
 pub mod app;
+pub mod callback;
 pub mod config;
 pub mod dedup;
 pub mod ingress;

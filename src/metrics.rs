@@ -22,6 +22,12 @@ pub const SINK_CONNECTS: &str = "hookbridge_sink_connects_total";
 /// (`connection_limit`, `tls_handshake`, `header_too_large`, `header_timeout`, …).
 pub const CONNECTIONS_REJECTED: &str = "hookbridge_connections_rejected_total";
 
+/// Callback answers by `source`, `decision` (`ok`/`deny`) and `by` (`rule`, `default`,
+/// `service`, `timeout`, `bad_signature`, `remembered`).
+pub const CALLBACK_DECISIONS: &str = "hookbridge_callback_decisions_total";
+/// Approval callbacks whose decision service did not answer in time, by `source`.
+pub const DECISION_TIMEOUTS: &str = "hookbridge_decision_timeouts_total";
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0,
 ];
@@ -86,6 +92,15 @@ pub fn dedup_hit(source: &str) {
 
 pub fn dedup_error(backend: &'static str) {
     metrics::counter!(DEDUP_ERRORS, "backend" => backend).increment(1);
+}
+
+pub fn decision(source: &str, decision: &'static str, by: &'static str) {
+    metrics::counter!(CALLBACK_DECISIONS, "source" => source.to_owned(), "decision" => decision, "by" => by)
+        .increment(1);
+}
+
+pub fn decision_timeout(source: &str) {
+    metrics::counter!(DECISION_TIMEOUTS, "source" => source.to_owned()).increment(1);
 }
 
 pub fn connection_rejected(reason: &'static str) {

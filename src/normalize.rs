@@ -192,6 +192,117 @@ impl Envelope {
     }
 }
 
+impl Envelope {
+    /// The audit event for a callback decision: `id` is the callback ID (so retries and
+    /// replicas publish the same key), `data` holds the decision and, when this replica has it,
+    /// the callback's own CloudEvent (with its signature attributes, for re-verification).
+    ///
+    /// # Errors
+    /// [`NormalizeError::Encode`] if the callback event is not JSON (it always is: built here).
+    pub(crate) fn decision(
+        source: &SourceSpec,
+        callback_id: &str,
+        decision: &crate::callback::Decision,
+        callback: Option<&Envelope>,
+    ) -> Result<Self, NormalizeError> {
+        #[derive(Serialize)]
+        struct Data<'a> {
+            callback_id: &'a str,
+            #[serde(flatten)]
+            decision: &'a crate::callback::Decision,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            callback: Option<&'a serde_json::value::RawValue>,
+        }
+        #[derive(Serialize)]
+        struct Event<'a> {
+            specversion: &'static str,
+            id: &'a str,
+            source: &'a str,
+            #[serde(rename = "type")]
+            ty: &'static str,
+            time: &'a str,
+            datacontenttype: &'static str,
+            hbsource: &'a str,
+            hbdecision: &'static str,
+            data: Data<'a>,
+        }
+        let callback = callback
+            .map(|c| serde_json::from_slice::<&serde_json::value::RawValue>(c.json()))
+            .transpose()
+            .map_err(|_| NormalizeError::Encode)?;
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let event = Event {
+            specversion: "1.0",
+            id: callback_id,
+            source: &source.ce_source,
+            ty: crate::callback::DECISION_TYPE,
+            time: &time,
+            datacontenttype: "application/json",
+            hbsource: &source.name,
+            hbdecision: decision.decision.body(),
+            data: Data {
+                callback_id,
+                decision,
+                callback,
+            },
+        };
+        let json = serde_json::to_vec(&event).map_err(|_| NormalizeError::Encode)?;
+        Ok(Self {
+            id: EventId(callback_id.into()),
+            source_name: source.name.as_str().into(),
+            event_type: crate::callback::DECISION_TYPE.into(),
+            ce_source: source.ce_source.as_str().into(),
+            id_origin: IdOrigin::Locator("callback_id".to_owned()),
+            json: Bytes::from(json),
+        })
+    }
+}
+
+/// A decision request for the decision service: a CloudEvent whose `id` is the correlation ID
+/// and whose `data` is the callback body byte for byte.
+///
+/// # Errors
+/// [`NormalizeError::Encode`] when the body is not JSON (callback bodies are checked before).
+pub(crate) fn decision_request(
+    source: &SourceSpec,
+    callback_id: &str,
+    correlation_id: &str,
+    reply_to: &str,
+    body: &[u8],
+) -> Result<Bytes, NormalizeError> {
+    #[derive(Serialize)]
+    struct Request<'a> {
+        specversion: &'static str,
+        id: &'a str,
+        source: &'a str,
+        #[serde(rename = "type")]
+        ty: &'static str,
+        time: &'a str,
+        datacontenttype: &'static str,
+        hbsource: &'a str,
+        hbcallbackid: &'a str,
+        hbreplyto: &'a str,
+        data: &'a serde_json::value::RawValue,
+    }
+    let data: &serde_json::value::RawValue =
+        serde_json::from_slice(body).map_err(|_| NormalizeError::Encode)?;
+    let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let json = serde_json::to_vec(&Request {
+        specversion: "1.0",
+        id: correlation_id,
+        source: &source.ce_source,
+        ty: crate::callback::REQUEST_TYPE,
+        time: &time,
+        datacontenttype: "application/json",
+        hbsource: &source.name,
+        hbcallbackid: callback_id,
+        hbreplyto: reply_to,
+        data,
+    })
+    .map_err(|_| NormalizeError::Encode)?;
+    Ok(Bytes::from(json))
+}
+
 /// CloudEvents context attributes plus hookbridge's extensions (lower-case, ≤ 20 characters as
 /// the spec recommends):
 /// - `hbsource`: the source name; `hbscheme`: the verification scheme;

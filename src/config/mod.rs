@@ -22,9 +22,11 @@ use serde::de::DeserializeOwned;
 
 pub use self::raw::{AckMode, AuditOutput, DedupBackend};
 use self::raw::{
-    RawAudit, RawDedup, RawKind, RawLocator, RawRate, RawServer, RawSink, RawSource, RawSpool,
-    RawVerify, SecretEncoding,
+    RawAudit, RawBadSignature, RawDecision, RawDecisions, RawDedup, RawDefault, RawKind,
+    RawLocator, RawPurpose, RawRate, RawServer, RawSink, RawSource, RawSpool, RawVerify,
+    SecretEncoding,
 };
+use crate::callback::{self, Approval, Otherwise, Purpose, RuleSet, ServiceSpec};
 use crate::verify::{
     CoboWaas1, CoboWaas2, HmacSha256, RsaSha256, Scheme, SharedSecret, Slack, SourceVerifier,
     StandardWebhooks, Stripe,
@@ -54,6 +56,7 @@ pub struct Config {
     /// `None` when disabled.
     pub spool: Option<SpoolConfig>,
     pub dedup: DedupConfig,
+    pub decisions: DecisionsConfig,
     pub sinks: Vec<SinkSpec>,
     pub sources: Vec<SourceSpec>,
     /// Things that are allowed but deserve a loud line at startup (`none` scheme, small RSA keys).
@@ -101,6 +104,27 @@ pub struct DedupConfig {
 impl fmt::Debug for DedupConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DedupConfig")
+            .field("backend", &self.backend)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where callback decisions are remembered (`[decisions]`).
+#[derive(Clone)]
+pub struct DecisionsConfig {
+    pub backend: DedupBackend,
+    /// May carry a password: never logged.
+    pub redis_url: Option<String>,
+    pub ttl: Duration,
+    pub max_entries: u64,
+    pub key_prefix: String,
+}
+
+impl fmt::Debug for DecisionsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecisionsConfig")
             .field("backend", &self.backend)
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("ttl", &self.ttl)
@@ -203,10 +227,30 @@ pub fn redact_url(url: &str) -> String {
     url.to_owned()
 }
 
-/// What a source is for: an acknowledgement (`webhook`) or, later, an approval (`callback`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a source is for: a webhook (200 once durable) or a Cobo callback (plain-text
+/// `ok`/`deny`, for a notification or an approval).
+#[derive(Debug)]
 pub enum SourceKind {
     Webhook,
+    Callback(Purpose),
+}
+
+impl SourceKind {
+    /// The approval settings, for an approval callback.
+    pub fn approval(&self) -> Option<&Approval> {
+        match self {
+            Self::Callback(Purpose::Approval(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Callback(Purpose::Notification) => "callback (notification)",
+            Self::Callback(Purpose::Approval(_)) => "callback (approval)",
+        }
+    }
 }
 
 /// Where to find an event ID or type.
@@ -284,10 +328,10 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
     for key in root.keys() {
         if !matches!(
             key.as_str(),
-            "server" | "sinks" | "sources" | "audit" | "spool" | "dedup"
+            "server" | "sinks" | "sources" | "audit" | "spool" | "dedup" | "decisions"
         ) {
             errors.push(format!(
-                "{key}: unknown section (expected server, audit, spool, dedup, sinks, sources)"
+                "{key}: unknown section (expected server, audit, spool, dedup, decisions, sinks, sources)"
             ));
         }
     }
@@ -349,12 +393,37 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
     if raw_dedup.ttl_secs == 0 {
         errors.push("dedup.ttl_secs: must be greater than 0".to_owned());
     }
+    let raw_decisions: RawDecisions = match root.remove("decisions") {
+        Some(v) => section("decisions", v, &mut errors).unwrap_or_default(),
+        None => RawDecisions::default(),
+    };
+    let decisions = DecisionsConfig {
+        backend: raw_decisions.store.unwrap_or(raw_dedup.backend),
+        redis_url: raw_decisions
+            .redis_url
+            .or_else(|| raw_dedup.redis_url.clone()),
+        ttl: Duration::from_secs(raw_decisions.remember_secs.unwrap_or(30 * 24 * 3600)),
+        max_entries: raw_decisions.max_entries.unwrap_or(100_000),
+        key_prefix: raw_decisions
+            .key_prefix
+            .unwrap_or_else(|| "hookbridge:decision:".to_owned()),
+    };
+    if decisions.backend == DedupBackend::Redis
+        && !decisions
+            .redis_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("redis://") || u.starts_with("rediss://"))
+    {
+        errors.push("decisions.redis_url: a redis:// or rediss:// URL is required for store = \"redis\" (or set dedup.redis_url)".to_owned());
+    }
+    if decisions.ttl.is_zero() {
+        errors.push("decisions.remember_secs: must be greater than 0".to_owned());
+    }
     if audit.output == AuditOutput::File && audit.path.is_none() {
         errors.push("audit.path: required when output = \"file\"".to_owned());
     }
 
     let sinks = load_sinks(root.remove("sinks"), &mut errors);
-    let sink_names: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
 
     let mut sources = Vec::new();
     let mut warnings = Vec::new();
@@ -370,7 +439,7 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
                     continue;
                 };
                 if let Some(src) =
-                    build_source(&name, raw, &server, &sink_names, &mut errors, &mut warnings)
+                    build_source(&name, raw, &server, &sinks, &mut errors, &mut warnings)
                 {
                     sources.push(src);
                 }
@@ -435,6 +504,7 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
             max_entries: raw_dedup.max_entries,
             key_prefix: raw_dedup.key_prefix,
         },
+        decisions,
         sinks,
         sources,
         warnings,
@@ -592,17 +662,14 @@ fn build_source(
     name: &str,
     raw: RawSource,
     server: &RawServer,
-    sinks: &[&str],
+    sink_specs: &[SinkSpec],
     errors: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> Option<SourceSpec> {
     let path = format!("sources.{name}");
     let before = errors.len();
-    if raw.kind == RawKind::Callback {
-        errors.push(format!(
-            "{path}.kind: \"callback\" is not available in this version: a Cobo callback must be answered ok/deny from a decision, and no decision source exists yet; use kind = \"webhook\" for events that only need an acknowledgement"
-        ));
-    }
+    let sinks: Vec<&str> = sink_specs.iter().map(|s| s.name.as_str()).collect();
+    let sinks = sinks.as_slice();
     let scheme = build_scheme(
         &format!("{path}.verify"),
         raw.verify,
@@ -610,6 +677,23 @@ fn build_source(
         warnings,
         name,
     );
+    let scheme_name = scheme.as_ref().map_or("", Scheme::name);
+    let (kind, callback_ids) = build_kind(
+        &path,
+        raw.kind,
+        raw.purpose,
+        raw.callback_id.as_deref(),
+        raw.decision,
+        scheme_name,
+        sink_specs,
+        errors,
+        warnings,
+    );
+    if matches!(kind, Some(SourceKind::Callback(_))) && raw.ack == AckMode::Accept {
+        errors.push(format!(
+            "{path}.ack: \"accept\" cannot be used for a callback: the answer must follow a durable event"
+        ));
+    }
 
     let sink = match (&raw.sink, sinks) {
         (Some(s), _) if sinks.contains(&s.as_str()) => s.clone(),
@@ -632,9 +716,17 @@ fn build_source(
 
     // Without a scheme the source is an error already; its defaults no longer matter.
     let (default_id, default_type) = default_locators(scheme.as_ref().map_or("", Scheme::name));
-    let event_id = match raw.event_id {
-        Some(l) => parse_locators(&format!("{path}.event_id"), &l, errors),
-        None => default_id,
+    let event_id = match (callback_ids, raw.event_id) {
+        // An approval's events are its decisions, keyed by callback ID.
+        (Some(ids), None) => ids,
+        (Some(_), Some(_)) => {
+            errors.push(format!(
+                "{path}.event_id: an approval callback is keyed by callback_id; remove event_id"
+            ));
+            Vec::new()
+        }
+        (None, Some(l)) => parse_locators(&format!("{path}.event_id"), &l, errors),
+        (None, None) => default_id,
     };
     let event_type = match raw.event_type {
         Some(l) => parse_locators(&format!("{path}.event_type"), &l, errors),
@@ -661,6 +753,7 @@ fn build_source(
         return None;
     }
     let scheme = scheme?;
+    let kind = kind?;
     let replay_window = match raw.replay_window_secs {
         Some(0) => None,
         Some(secs) => {
@@ -677,7 +770,10 @@ fn build_source(
     };
     Some(SourceSpec {
         name: name.to_owned(),
-        kind: SourceKind::Webhook,
+        // Approvals have their own memory (decisions); event dedup would answer a retry
+        // before the decision is looked up.
+        dedup: raw.dedup && kind.approval().is_none(),
+        kind,
         verifier: SourceVerifier::new(scheme, replay_window),
         event_id,
         event_type,
@@ -692,8 +788,151 @@ fn build_source(
         rate_limit,
         rate_limit_per_ip,
         ack: raw.ack,
-        dedup: raw.dedup,
     })
+}
+
+/// The source kind, and for approvals the callback ID locators. `None` kind: errors recorded.
+#[allow(clippy::too_many_arguments)]
+fn build_kind(
+    path: &str,
+    kind: RawKind,
+    purpose: Option<RawPurpose>,
+    callback_id: Option<&[RawLocator]>,
+    decision: Option<RawDecision>,
+    scheme: &str,
+    sinks: &[SinkSpec],
+    errors: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> (Option<SourceKind>, Option<Vec<Locator>>) {
+    if kind == RawKind::Webhook {
+        for (set, field) in [
+            (purpose.is_some(), "purpose"),
+            (callback_id.is_some(), "callback_id"),
+            (decision.is_some(), "decision"),
+        ] {
+            if set {
+                errors.push(format!("{path}.{field}: only for kind = \"callback\""));
+            }
+        }
+        return (Some(SourceKind::Webhook), None);
+    }
+    // An empty name: the scheme itself is invalid and already reported.
+    if !scheme.is_empty() && !matches!(scheme, "cobo-waas2" | "cobo-waas1") {
+        errors.push(format!(
+            "{path}.kind: \"callback\" is for the cobo-waas2 and cobo-waas1 schemes (this source uses {scheme})"
+        ));
+    }
+    let Some(purpose) = purpose else {
+        errors.push(format!("{path}.purpose: required for kind = \"callback\": \"approval\" (ok approves, e.g. a withdrawal) or \"notification\" (ok acknowledges a durable event)"));
+        return (None, None);
+    };
+    if purpose == RawPurpose::Notification {
+        if decision.is_some() || callback_id.is_some() {
+            errors.push(format!("{path}.decision: a notification is answered ok once durable; decision and callback_id are for purpose = \"approval\""));
+        }
+        return (Some(SourceKind::Callback(Purpose::Notification)), None);
+    }
+    let ids = match callback_id {
+        Some(l) => parse_locators(&format!("{path}.callback_id"), l, errors),
+        None => match scheme {
+            "cobo-waas2" => vec![Locator::Body("/transaction_id".to_owned())],
+            _ => vec![
+                Locator::Body("/request_id".to_owned()),
+                Locator::Body("/cobo_id".to_owned()),
+            ],
+        },
+    };
+    let Some(d) = decision else {
+        errors.push(format!("{path}.decision: required for purpose = \"approval\": rules and/or a decision service, and an explicit default"));
+        return (None, None);
+    };
+    let at = format!("{path}.decision");
+    let rules = d
+        .rules
+        .into_iter()
+        .map(|r| callback::rules::RuleText {
+            name: r.name,
+            when: r.when,
+            decision: r.decision,
+            reason: r.reason,
+        })
+        .collect();
+    let rules = RuleSet::compile(&format!("{at}.rules"), rules)
+        .map_err(|e| errors.extend(e))
+        .unwrap_or_default();
+    let otherwise = match d.default {
+        RawDefault::Ok => Otherwise::Decide(callback::Verdict::Ok),
+        RawDefault::Deny => Otherwise::Decide(callback::Verdict::Deny),
+        RawDefault::Ask => Otherwise::Ask,
+    };
+    if otherwise == Otherwise::Decide(callback::Verdict::Ok) {
+        warnings.push(format!(
+            "{at}.default = \"ok\": every callback that no rule denies is APPROVED"
+        ));
+    }
+    let service = match (d.service, otherwise) {
+        (Some(s), Otherwise::Ask) => {
+            match sinks.iter().find(|k| k.name == s.sink).map(|k| &k.kind) {
+                Some(SinkKind::Kafka(_) | SinkKind::RabbitMq(_)) => {}
+                Some(other) => errors.push(format!(
+                    "{at}.service.sink: {:?} is a {} sink; a decision service needs a kafka or rabbitmq sink",
+                    s.sink,
+                    other.type_name()
+                )),
+                None => errors.push(format!("{at}.service.sink: no sink named {:?}", s.sink)),
+            }
+            for (v, field) in [(&s.requests, "requests"), (&s.replies, "replies")] {
+                if v.is_empty()
+                    || v.len() > 249
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+                {
+                    errors.push(format!(
+                        "{at}.service.{field}: 1 to 249 characters of a-z, A-Z, 0-9, '.', '_', '-'"
+                    ));
+                }
+            }
+            Some(ServiceSpec {
+                sink: s.sink,
+                requests: s.requests,
+                replies: s.replies,
+            })
+        }
+        (None, Otherwise::Ask) => {
+            errors.push(format!(
+                "{at}.service: required for default = \"ask\" (the decision service to ask)"
+            ));
+            None
+        }
+        (Some(_), Otherwise::Decide(_)) => {
+            errors.push(format!(
+                "{at}.service: only asked when default = \"ask\"; remove it or set default = \"ask\""
+            ));
+            None
+        }
+        (None, Otherwise::Decide(_)) => None,
+    };
+    if d.timeout_ms == 0 || d.timeout_ms > 10_000 {
+        errors.push(format!("{at}.timeout_ms: between 1 and 10000"));
+    } else if d.timeout_ms >= 2_000 {
+        warnings.push(format!(
+            "{at}.timeout_ms = {}: Cobo stops waiting after 2 s",
+            d.timeout_ms
+        ));
+    }
+    let approval = Approval {
+        rules,
+        otherwise,
+        service,
+        timeout: Duration::from_millis(d.timeout_ms),
+        on_timeout: d.on_timeout,
+        deny_bad_signatures: d.on_bad_signature == RawBadSignature::Deny,
+    };
+    (
+        Some(SourceKind::Callback(Purpose::Approval(approval))),
+        Some(ids),
+    )
 }
 
 /// CIDR blocks or single addresses (`/32`, `/128` implied), IPv4 and IPv6.
@@ -938,9 +1177,10 @@ pub fn summary(config: &Config) -> String {
             .replay_window()
             .map_or_else(|| "off".to_owned(), |w| format!("{} s", w.as_secs()));
         lines.push(format!(
-            "  {} POST {} kind webhook, scheme {} ({} key(s)), replay window {window}, event id [{}] then sha256, sink {}, ack deadline {} ms",
+            "  {} POST {} kind {}, scheme {} ({} key(s)), replay window {window}, event id [{}] then sha256, sink {}, ack deadline {} ms",
             s.name,
             s.route(),
+            s.kind.name(),
             s.verifier.scheme().name(),
             s.verifier.scheme().key_count(),
             ids.join(", "),

@@ -315,8 +315,108 @@ pub enum RawKind {
     /// Answered 200 once the event is durable.
     #[default]
     Webhook,
-    /// Answered `ok`/`deny` from a decision (not available yet: refused at load).
+    /// A Cobo callback, answered with a plain-text `ok` or `deny`; needs `purpose`.
     Callback,
+}
+
+/// What a callback source is for. Explicit, because `ok` means "received" for one and
+/// "approved" for the other.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum RawPurpose {
+    /// `ok` approves (withdrawal confirmation, WaaS 2.0 callback): needs `[…decision]`.
+    Approval,
+    /// `ok` acknowledges a durable event (WaaS 1.0 transaction notification).
+    Notification,
+}
+
+/// `[sources.<name>.decision]`: how an approval callback is decided.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDecision {
+    /// Rules tried in order; the first whose `when` is true decides.
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+    /// When no rule matches: `ok`, `deny`, or `ask` (the decision service). Required.
+    pub default: RawDefault,
+    /// The decision service, for `default = "ask"`.
+    pub service: Option<RawService>,
+    /// Longest wait for the decision service, in ms. Default 1 500 (Cobo waits 2 s).
+    #[serde(default = "default_decision_timeout")]
+    pub timeout_ms: u64,
+    /// `retry` (default: 503, Cobo retries) or `deny` when the service does not answer in time.
+    #[serde(default)]
+    pub on_timeout: crate::callback::OnTimeout,
+    /// `reject` (default: 401) or `deny` (200 `deny`) for a request whose signature fails.
+    #[serde(default)]
+    pub on_bad_signature: RawBadSignature,
+}
+
+const fn default_decision_timeout() -> u64 {
+    1_500
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum RawDefault {
+    Ok,
+    Deny,
+    Ask,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RawBadSignature {
+    #[default]
+    Reject,
+    Deny,
+}
+
+/// One policy rule: `{ name = "…", when = "<CEL>", decision = "ok" | "deny", reason = "…" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    pub when: String,
+    pub decision: crate::callback::Verdict,
+    pub reason: Option<String>,
+}
+
+/// `service = { sink = "…", requests = "…", replies = "…" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    /// A Kafka or RabbitMQ sink whose connection settings are used.
+    pub sink: String,
+    /// Kafka topic / RabbitMQ queue for decision requests. Default `hookbridge.decisions`.
+    #[serde(default = "default_requests")]
+    pub requests: String,
+    /// Kafka topic / RabbitMQ fanout exchange for replies. Default `hookbridge.decisions.replies`.
+    #[serde(default = "default_replies")]
+    pub replies: String,
+}
+
+fn default_requests() -> String {
+    "hookbridge.decisions".to_owned()
+}
+fn default_replies() -> String {
+    "hookbridge.decisions.replies".to_owned()
+}
+
+/// `[decisions]`: where callback decisions are remembered.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDecisions {
+    /// `memory` or `redis`. Default: the `[dedup]` backend.
+    pub store: Option<DedupBackend>,
+    /// For `redis`. Default: `dedup.redis_url`.
+    pub redis_url: Option<String>,
+    /// How long a decision is remembered, in seconds. Default 2 592 000 (30 days).
+    pub remember_secs: Option<u64>,
+    /// For `memory`: most decisions remembered. Default 100 000.
+    pub max_entries: Option<u64>,
+    /// For `redis`: key prefix. Default `hookbridge:decision:`.
+    pub key_prefix: Option<String>,
 }
 
 /// An event-ID or event-type locator: `"/json/pointer"`, `"header:Name"`, or a list of
@@ -370,6 +470,13 @@ pub struct RawSource {
     /// Deduplicate provider retries by event ID. Default true.
     #[serde(default = "default_true")]
     pub dedup: bool,
+    /// For `kind = "callback"` (required there): `approval` or `notification`.
+    pub purpose: Option<RawPurpose>,
+    /// For approval callbacks: callback ID locators, tried in order. Default `/transaction_id`
+    /// (cobo-waas2); `/request_id` then `/cobo_id` (cobo-waas1).
+    pub callback_id: Option<Vec<RawLocator>>,
+    /// For approval callbacks (required there): how the decision is made.
+    pub decision: Option<RawDecision>,
 }
 
 const fn default_ack_deadline() -> u64 {

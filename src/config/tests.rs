@@ -72,17 +72,111 @@ sink = "kafka"
 }
 
 #[test]
-fn callback_kind_is_refused_clearly() {
+fn callback_sources_must_say_what_ok_means_and_how_to_decide() {
     let text = r#"
-[sources.cb]
+[sinks.f]
+type = "file"
+path = "/tmp/x.jsonl"
+
+[sinks.r]
+type = "rabbitmq"
+url = "amqp://localhost"
+
+[sources.no-purpose]
 kind = "callback"
+sink = "f"
 verify = { scheme = "cobo-waas2", public_keys = ["prod"] }
+
+[sources.no-decision]
+kind = "callback"
+purpose = "approval"
+sink = "f"
+verify = { scheme = "cobo-waas1", public_keys = ["prod"] }
+
+[sources.ask-nobody]
+kind = "callback"
+purpose = "approval"
+sink = "f"
+verify = { scheme = "cobo-waas2", public_keys = ["prod"] }
+decision = { default = "ask" }
+
+[sources.ask-file]
+kind = "callback"
+purpose = "approval"
+sink = "f"
+verify = { scheme = "cobo-waas2", public_keys = ["prod"] }
+decision = { default = "ask", service = { sink = "f" } }
+
+[sources.bad-rule]
+kind = "callback"
+purpose = "approval"
+sink = "f"
+ack = "accept"
+verify = { scheme = "cobo-waas2", public_keys = ["prod"] }
+decision = { default = "deny", rules = [{ name = "x", when = "body.amount >", decision = "ok" }] }
+
+[sources.hmac-callback]
+kind = "callback"
+purpose = "notification"
+sink = "f"
+verify = { scheme = "shared-secret", header = "x-t", secrets = ["s"] }
+
+[sources.webhook-with-decision]
+sink = "f"
+verify = { scheme = "cobo-waas2", public_keys = ["prod"] }
+decision = { default = "deny" }
+
+[sources.unused-service]
+kind = "callback"
+purpose = "approval"
+sink = "r"
+verify = { scheme = "cobo-waas2", public_keys = ["prod"] }
+decision = { default = "deny", service = { sink = "r" } }
 "#;
     let all = load(text, &no_env).unwrap_err().0.join("\n");
+    for expected in [
+        "sources.no-purpose.purpose: required for kind = \"callback\"",
+        "sources.no-decision.decision: required for purpose = \"approval\"",
+        "sources.ask-nobody.decision.service: required for default = \"ask\"",
+        "sources.ask-file.decision.service.sink: \"f\" is a file sink",
+        "sources.bad-rule.decision.rules[0].when: not a valid CEL expression",
+        "sources.bad-rule.ack: \"accept\" cannot be used for a callback",
+        "sources.hmac-callback.kind: \"callback\" is for the cobo-waas2 and cobo-waas1 schemes",
+        "sources.webhook-with-decision.decision: only for kind = \"callback\"",
+        "sources.unused-service.decision.service: only asked when default = \"ask\"",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn an_approval_callback_is_keyed_by_its_callback_id() {
+    let text = r#"
+[sources.withdrawals]
+kind = "callback"
+purpose = "approval"
+verify = { scheme = "cobo-waas1", public_keys = ["sandbox-legacy"] }
+decision = { default = "ok", rules = [{ name = "big", when = "int(body.amount) > 100", decision = "deny" }] }
+
+[sources.pushes]
+kind = "callback"
+purpose = "notification"
+verify = { scheme = "cobo-waas1", public_keys = ["sandbox-legacy"] }
+"#;
+    let cfg = load(text, &no_env).expect("valid");
+    let w = cfg.sources.iter().find(|s| s.name == "withdrawals").expect("w");
+    let ids: Vec<String> = w.event_id.iter().map(ToString::to_string).collect();
+    assert_eq!(ids, ["body:/request_id", "body:/cobo_id"]);
+    assert!(w.kind.approval().is_some() && !w.dedup);
+    // default = "ok" approves what no rule denies: allowed, but said loudly.
     assert!(
-        all.contains("sources.cb.kind: \"callback\" is not available"),
-        "{all}"
+        cfg.warnings.iter().any(|w| w.contains("APPROVED")),
+        "{:?}",
+        cfg.warnings
     );
+    let p = cfg.sources.iter().find(|s| s.name == "pushes").expect("p");
+    assert_eq!(p.kind.name(), "callback (notification)");
+    assert!(p.dedup);
 }
 
 #[test]

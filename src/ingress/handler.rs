@@ -12,9 +12,11 @@ use governor::clock::Clock;
 use http::{HeaderMap, Method};
 use warp::reply::Response;
 
+use super::callback::{self, Answered};
 use super::reject::{self, Rejection};
 use super::{PeerAddr, Route, State, client};
-use crate::config::AckMode;
+use crate::callback::Purpose;
+use crate::config::{AckMode, SourceKind};
 use crate::dedup::Claim;
 use crate::metrics;
 use crate::normalize::Envelope;
@@ -58,10 +60,20 @@ where
     };
     let result = process(route, &state, method, headers, body, &mut ctx).await;
     match result {
-        Ok((envelope, delivery)) => {
+        Ok(Outcome::Event(envelope, delivery)) => {
             audit(&name, &ctx, Ok((&envelope, delivery)));
             metrics::ack_latency(&name, started.elapsed());
-            reject::accepted(envelope.id())
+            if matches!(route.spec.kind, SourceKind::Callback(Purpose::Notification)) {
+                // A notification's `ok` only says "received": sent once durable, like a 200.
+                reject::decided(crate::callback::Verdict::Ok)
+            } else {
+                reject::accepted(envelope.id())
+            }
+        }
+        Ok(Outcome::Decided(answered)) => {
+            audit_decision(&name, &ctx, &answered);
+            metrics::ack_latency(&name, started.elapsed());
+            reject::decided(answered.decision.decision)
         }
         Err(r) => {
             audit(&name, &ctx, Err(&r));
@@ -78,6 +90,14 @@ struct AuditCtx {
     started: Instant,
 }
 
+/// What an accepted request led to.
+enum Outcome {
+    /// An event made durable (webhooks and notification callbacks).
+    Event(Envelope, Delivery),
+    /// An approval callback's decision.
+    Decided(Answered),
+}
+
 /// Cheap checks first (no body read yet): method, TLS, address, rate; then the body, the
 /// signature, the envelope, and the sink under the ack deadline.
 async fn process<S, B>(
@@ -87,7 +107,7 @@ async fn process<S, B>(
     headers: HeaderMap,
     body: S,
     ctx: &mut AuditCtx,
-) -> Result<(Envelope, Delivery), Rejection>
+) -> Result<Outcome, Rejection>
 where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf + Send,
@@ -141,10 +161,23 @@ where
     ctx.bytes = body.len();
 
     let received = SystemTime::now();
-    let verified = route
+    let approval = route.spec.kind.approval();
+    let verified = match route
         .spec
         .verifier
-        .verify(IncomingWebhook { headers, body }, received)?;
+        .verify(IncomingWebhook { headers, body }, received)
+    {
+        Ok(v) => v,
+        Err(e) if approval.is_some_and(|a| a.deny_bad_signatures) => {
+            return Ok(Outcome::Decided(Answered::bad_signature(e.reason())));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(approval) = approval {
+        return callback::approve(route, state, approval, verified, received)
+            .await
+            .map(Outcome::Decided);
+    }
     let envelope = Envelope::build(verified, &route.spec, received)?;
 
     let token = if route.spec.dedup {
@@ -152,7 +185,7 @@ where
             Claim::New(token) => Some(token),
             Claim::Done => {
                 metrics::dedup_hit(&route.spec.name);
-                return Ok((envelope, Delivery::Duplicate));
+                return Ok(Outcome::Event(envelope, Delivery::Duplicate));
             }
             Claim::InFlight => return Err(Rejection::DuplicateInFlight),
         }
@@ -166,7 +199,7 @@ where
             Err(_) => state.dedup.release(token).await,
         }
     }
-    delivered.map(|d| (envelope, d))
+    delivered.map(|d| Outcome::Event(envelope, d))
 }
 
 /// How an accepted event was made safe.
@@ -194,7 +227,7 @@ impl Delivery {
 }
 
 /// Makes the event durable according to the source's ack mode.
-async fn deliver(route: &Route, state: &State, envelope: &Envelope) -> Result<Delivery, Rejection> {
+pub(super) async fn deliver(route: &Route, state: &State, envelope: &Envelope) -> Result<Delivery, Rejection> {
     let sink_name = route.spec.sink.as_str();
     let spool = state.spool.as_ref().filter(|s| s.has_sink(sink_name));
     match (route.spec.ack, spool) {
@@ -351,6 +384,34 @@ fn audit(source: &str, ctx: &AuditCtx, outcome: Result<(&Envelope, Delivery), &R
             );
         }
     }
+}
+
+/// The audit line of an approval callback: the decision, who made it and why.
+fn audit_decision(source: &str, ctx: &AuditCtx, a: &Answered) {
+    let latency_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let peer = ctx.peer.map(|p| p.to_string()).unwrap_or_default();
+    let client = ctx.client.map(|c| c.to_string()).unwrap_or_default();
+    let by: &'static str = if a.remembered {
+        "remembered"
+    } else {
+        match a.decision.decided_by.split(':').next().unwrap_or_default() {
+            "rule" => "rule",
+            "default" => "default",
+            "service" => "service",
+            "timeout" => "timeout",
+            _ => "bad_signature",
+        }
+    };
+    metrics::request(source, "decided");
+    metrics::decision(source, a.decision.decision.body(), by);
+    tracing::info!(
+        target: "hookbridge::audit",
+        source, client, peer, outcome = "decided", status = 200u16,
+        decision = a.decision.decision.body(), decided_by = %a.decision.decided_by,
+        reason = %a.decision.reason, remembered = a.remembered, callback_id = %a.callback_id,
+        bytes = ctx.bytes, latency_us,
+        "callback answered"
+    );
 }
 
 #[cfg(test)]

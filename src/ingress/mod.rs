@@ -2,6 +2,7 @@
 //! `/metrics`. Owns reading the body under limits, the per-request pipeline
 //! (verify → normalize → sink, under the ack deadline) and the audit line; owns no broker code.
 
+pub mod callback;
 pub mod client;
 mod handler;
 mod reject;
@@ -20,6 +21,8 @@ use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+use crate::callback::service::DecisionService;
+use crate::callback::store::DecisionStore;
 use crate::config::{Rate, SourceSpec};
 use crate::dedup::Dedup;
 use crate::sink::{Sink, Sinks};
@@ -36,6 +39,8 @@ pub struct PeerAddr(pub SocketAddr);
 pub struct Route {
     pub spec: SourceSpec,
     pub sink: Arc<Sink>,
+    /// The decision service an approval callback asks (`default = "ask"`).
+    pub service: Option<Arc<DecisionService>>,
     limiter: Option<DefaultDirectRateLimiter>,
     ip_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
 }
@@ -45,12 +50,13 @@ fn quota(rate: Rate) -> Quota {
 }
 
 impl Route {
-    pub fn new(spec: SourceSpec, sink: Arc<Sink>) -> Self {
+    pub fn new(spec: SourceSpec, sink: Arc<Sink>, service: Option<Arc<DecisionService>>) -> Self {
         let limiter = spec.rate_limit.map(|r| RateLimiter::direct(quota(r)));
         let ip_limiter = spec.rate_limit_per_ip.map(|r| RateLimiter::keyed(quota(r)));
         Self {
             spec,
             sink,
+            service,
             limiter,
             ip_limiter,
         }
@@ -80,6 +86,8 @@ pub struct State {
     /// Durable fallback (and `ack = "spool"`); `None` when disabled.
     pub spool: Option<Arc<Spool>>,
     pub dedup: Arc<Dedup>,
+    /// Remembered callback decisions.
+    pub decisions: Arc<DecisionStore>,
     /// Permits for requests in flight (`server.max_in_flight`).
     pub in_flight: Arc<Semaphore>,
 }
@@ -126,7 +134,16 @@ pub fn routes(state: Arc<State>, serve: Serve) -> BoxedFilter<(Response,)> {
                 .collect();
             let spool_ready = state.spool.as_ref().is_none_or(|s| s.is_ready());
             // Ready when every sink is connected, or when the spool can take what they cannot.
-            let ready = state.sinks.all_ready() || (state.spool.is_some() && spool_ready);
+            // Callbacks that ask a decision service cannot be answered without it (no spool
+            // can stand in for a decision).
+            let services: serde_json::Map<String, serde_json::Value> = state
+                .routes
+                .values()
+                .filter_map(|r| r.service.as_ref().map(|s| (r.spec.name.clone(), s.is_ready())))
+                .map(|(name, ready)| (name, serde_json::Value::Bool(ready)))
+                .collect();
+            let ready = (state.sinks.all_ready() || (state.spool.is_some() && spool_ready))
+                && services.values().all(|v| v.as_bool() == Some(true));
             let status = if ready {
                 StatusCode::OK
             } else {
@@ -134,7 +151,7 @@ pub fn routes(state: Arc<State>, serve: Serve) -> BoxedFilter<(Response,)> {
             };
             reject::json_response(
                 status,
-                &serde_json::json!({ "ready": ready, "sinks": sinks }),
+                &serde_json::json!({ "ready": ready, "sinks": sinks, "decision_services": services }),
             )
         });
     let metrics = warp::path!("metrics")

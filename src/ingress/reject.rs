@@ -6,6 +6,8 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
+use crate::callback::Verdict;
+use crate::callback::store::StoreError;
 use crate::normalize::{EventId, NormalizeError};
 use crate::sink::PublishError;
 use crate::spool::SpoolError;
@@ -44,6 +46,14 @@ pub enum Rejection {
     DuplicateInFlight,
     #[error("too many requests in flight")]
     Overloaded,
+    #[error("callback body is not JSON")]
+    CallbackNotJson,
+    #[error("no callback ID in the callback body")]
+    NoCallbackId,
+    #[error("no decision yet for this callback")]
+    NoDecision,
+    #[error(transparent)]
+    DecisionStore(#[from] StoreError),
 }
 
 impl Rejection {
@@ -55,13 +65,17 @@ impl Rejection {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::BodyRead(_) | Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::BodyRead(_) | Self::Malformed(_) | Self::CallbackNotJson | Self::NoCallbackId => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Unverified(_) => StatusCode::UNAUTHORIZED,
             Self::Publish(_)
             | Self::AckTimeout
             | Self::Spool(_)
             | Self::DuplicateInFlight
-            | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::Overloaded
+            | Self::NoDecision
+            | Self::DecisionStore(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -83,6 +97,10 @@ impl Rejection {
             Self::Spool(e) => e.reason(),
             Self::DuplicateInFlight => "duplicate_in_flight",
             Self::Overloaded => "overloaded",
+            Self::CallbackNotJson => "callback_not_json",
+            Self::NoCallbackId => "no_callback_id",
+            Self::NoDecision => "no_decision",
+            Self::DecisionStore(_) => "decision_store_unavailable",
         }
     }
 
@@ -102,6 +120,9 @@ impl Rejection {
             Self::Publish(_) | Self::AckTimeout | Self::Spool(_) => "event not stored, retry later",
             Self::DuplicateInFlight => "this event is being stored right now, retry later",
             Self::Overloaded => "too busy, retry later",
+            Self::CallbackNotJson => "callback body must be JSON",
+            Self::NoCallbackId => "callback ID not found in the body",
+            Self::NoDecision | Self::DecisionStore(_) => "no decision yet, retry later",
         }
     }
 
@@ -109,7 +130,8 @@ impl Rejection {
     fn retry_after(&self) -> Option<u32> {
         match self {
             Self::Publish(_) | Self::AckTimeout | Self::Spool(_) => Some(5),
-            Self::DuplicateInFlight | Self::Overloaded => Some(1),
+            Self::DuplicateInFlight | Self::Overloaded | Self::NoDecision => Some(1),
+            Self::DecisionStore(_) => Some(5),
             Self::RateLimited { retry_after } => Some(*retry_after),
             _ => None,
         }
@@ -136,6 +158,16 @@ pub fn accepted(id: &EventId) -> Response {
         StatusCode::OK,
         &serde_json::json!({ "status": "accepted", "id": id.as_str() }),
     )
+}
+
+/// A callback's answer: 200 with exactly `ok` or `deny` as plain text (Cobo reads nothing else).
+pub fn decided(verdict: Verdict) -> Response {
+    let mut resp = Response::new(Bytes::from_static(verdict.body().as_bytes()).into());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {

@@ -19,7 +19,7 @@ async fn state(dir: &std::path::Path, sources: &str) -> Arc<State> {
         .into_iter()
         .map(|spec| {
             let sink = Arc::clone(sinks.get(&spec.sink).unwrap());
-            (spec.name.clone(), Route::new(spec, sink))
+            (spec.name.clone(), Route::new(spec, sink, None))
         })
         .collect();
     Arc::new(State {
@@ -32,6 +32,10 @@ async fn state(dir: &std::path::Path, sources: &str) -> Arc<State> {
         tls_listener: false,
         spool: None,
         dedup: Arc::new(crate::dedup::Dedup::memory(Duration::from_secs(60), 1000)),
+        decisions: Arc::new(crate::callback::store::DecisionStore::memory(
+            Duration::from_secs(60),
+            1000,
+        )),
         in_flight: Arc::new(tokio::sync::Semaphore::new(100)),
     })
 }

@@ -69,7 +69,7 @@ pub struct KafkaSink {
 
 /// The one place librdkafka settings are decided. User overrides come last, but cannot touch
 /// what delivery guarantees depend on (refused at config load).
-fn client_config(spec: &KafkaSpec) -> ClientConfig {
+pub(crate) fn client_config(spec: &KafkaSpec) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &spec.brokers)
         .set("enable.idempotence", "true")
@@ -302,7 +302,7 @@ async fn supervise(
     }
 }
 
-async fn create_topics(spec: &KafkaSpec, topics: &[String]) -> anyhow::Result<()> {
+pub(crate) async fn create_topics(spec: &KafkaSpec, topics: &[String]) -> anyhow::Result<()> {
     let mut cfg = client_config(spec);
     // Producer-only settings make an admin client warn; drop them.
     for k in [

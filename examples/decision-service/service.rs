@@ -1,0 +1,188 @@
+//! The example decision service: consumes hookbridge's decision requests from RabbitMQ or
+//! Kafka, decides by a simple policy, and publishes `{"id", "decision", "reason"}` to the reply
+//! address each request names. Shared by `main.rs` and hookbridge's integration tests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// Deny listed IDs and amounts above a limit; approve the rest.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// `transaction_id`, `request_id` or `cobo_id` values to deny.
+    pub deny_ids: Vec<String>,
+    /// Deny when the callback's `amount` is larger.
+    pub max_amount: Option<f64>,
+}
+
+impl Policy {
+    /// The decision and its reason for a callback body.
+    pub fn decide(&self, data: &Value) -> (&'static str, String) {
+        for field in ["transaction_id", "request_id", "cobo_id"] {
+            if let Some(id) = data.get(field).and_then(Value::as_str)
+                && self.deny_ids.iter().any(|d| d == id)
+            {
+                return ("deny", format!("{field} {id} is on the deny list"));
+            }
+        }
+        if let Some(max) = self.max_amount {
+            let amount = data.get("amount").and_then(|a| match a {
+                Value::String(s) => s.parse::<f64>().ok(),
+                other => other.as_f64(),
+            });
+            match amount {
+                Some(a) if a > max => return ("deny", format!("amount {a} is over {max}")),
+                None => return ("deny", "no readable amount".to_owned()),
+                Some(_) => {}
+            }
+        }
+        ("ok", "within policy".to_owned())
+    }
+
+    /// The reply to a decision request (a CloudEvent from hookbridge), and where to send it.
+    ///
+    /// # Errors
+    /// When the request is not a hookbridge decision request.
+    pub fn answer(&self, request: &[u8]) -> Result<(String, Vec<u8>), String> {
+        let event: Value = serde_json::from_slice(request).map_err(|e| e.to_string())?;
+        let id = event["id"].as_str().ok_or("request without id")?;
+        let reply_to = event["hbreplyto"].as_str().ok_or("request without hbreplyto")?;
+        let (decision, reason) = self.decide(&event["data"]);
+        let reply = json!({ "id": id, "decision": decision, "reason": reason, "decided_by": "example-policy" });
+        Ok((reply_to.to_owned(), reply.to_string().into_bytes()))
+    }
+}
+
+/// Where requests come from.
+#[derive(Debug, Clone)]
+pub enum Broker {
+    RabbitMq { url: String, requests: String },
+    Kafka { brokers: String, requests: String },
+}
+
+/// Serves until an error; `served` counts the requests answered.
+///
+/// # Errors
+/// A broker error (the caller may restart it).
+pub async fn run(broker: Broker, policy: Policy, served: Arc<AtomicUsize>) -> anyhow::Result<()> {
+    match broker {
+        Broker::RabbitMq { url, requests } => rabbit(&url, &requests, &policy, &served).await,
+        Broker::Kafka { brokers, requests } => kafka(&brokers, &requests, &policy, &served).await,
+    }
+}
+
+async fn rabbit(
+    url: &str,
+    requests: &str,
+    policy: &Policy,
+    served: &AtomicUsize,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions,
+    };
+    use lapin::types::FieldTable;
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    channel.basic_qos(16, BasicQosOptions::default()).await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(requests.into(), durable, FieldTable::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            requests.into(),
+            "example-decision-service".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        match policy.answer(&delivery.data) {
+            Ok((reply_to, reply)) => {
+                let props = BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_correlation_id(
+                        delivery
+                            .properties
+                            .correlation_id()
+                            .clone()
+                            .unwrap_or_default(),
+                    );
+                channel
+                    .basic_publish(
+                        reply_to.as_str().into(),
+                        "".into(),
+                        BasicPublishOptions::default(),
+                        &reply,
+                        props,
+                    )
+                    .await?
+                    .await?;
+                served.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(e) => eprintln!("decision-service: skipping a message: {e}"),
+        }
+        // Acknowledged after the reply is confirmed: a crash in between re-delivers the request.
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
+    anyhow::bail!("the request consumer ended")
+}
+
+async fn kafka(
+    brokers: &str,
+    requests: &str,
+    policy: &Policy,
+    served: &AtomicUsize,
+) -> anyhow::Result<()> {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "example-decision-service")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[requests])?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "1")
+        .create()?;
+    loop {
+        let msg = consumer.recv().await?;
+        match msg.payload().map(|p| policy.answer(p)) {
+            Some(Ok((reply_to, reply))) => {
+                let key = msg.key().map(<[u8]>::to_vec).unwrap_or_default();
+                producer
+                    .send(
+                        FutureRecord::to(&reply_to).key(&key).payload(&reply),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)?;
+                served.fetch_add(1, Ordering::SeqCst);
+            }
+            Some(Err(e)) => eprintln!("decision-service: skipping a message: {e}"),
+            None => {}
+        }
+        // Committed after the reply is delivered: a crash in between re-delivers the request.
+        consumer.commit_message(&msg, CommitMode::Sync)?;
+    }
+}

@@ -1,0 +1,614 @@
+//! Request-reply with the user's decision service, over the broker of one of the configured
+//! sinks (its connection settings are reused; the connection is this module's own).
+//!
+//! - A decision request is a CloudEvent (`hookbridge.callback.decision_request`) whose `data` is
+//!   the callback body byte for byte, with the correlation ID as its `id` (also the Kafka key,
+//!   the AMQP `correlation_id` and `message_id`) and the reply address in `hbreplyto` (also the
+//!   AMQP `reply_to`). RabbitMQ: a durable queue declared here, persistent messages, publisher
+//!   confirms. Kafka: a topic, `acks=all`.
+//! - The service answers `{"id": <correlation id>, "decision": "ok"|"deny", "reason": "…"}` to
+//!   the reply address. RabbitMQ: a fanout exchange; Kafka: a topic.
+//! - **Every replica sees every reply**: on RabbitMQ each binds its own exclusive queue to the
+//!   fanout exchange; on Kafka each reads all partitions from the end, without a consumer group.
+//!   So the replica holding the request is woken whichever replica "got" the reply, and each
+//!   records it in the shared store for retries that land elsewhere.
+//!
+//! Anyone who can publish to the reply address can approve a callback: restrict it with broker
+//! permissions (documented in docs/configuration.md).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::{Notify, mpsc};
+
+use super::{Decision, ServiceSpec, Verdict};
+use crate::config::{SinkKind, SinkSpec};
+use crate::sink::PublishError;
+
+/// A reply from the decision service, validated.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The correlation ID (`<source>:<callback id>`).
+    pub id: String,
+    pub decision: Decision,
+}
+
+#[derive(Deserialize)]
+struct RawReply {
+    id: String,
+    decision: Verdict,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    decided_by: Option<String>,
+}
+
+/// Longest reason kept from a reply (it is logged and published).
+const MAX_REASON: usize = 1024;
+
+/// Parses a reply. Anything but `ok`/`deny` is refused: an unknown word must never approve.
+///
+/// # Errors
+/// A short description of what is wrong.
+pub fn parse_reply(payload: &[u8], service: &str) -> Result<Reply, String> {
+    let raw: RawReply =
+        serde_json::from_slice(payload).map_err(|e| format!("not a decision reply: {e}"))?;
+    if raw.id.is_empty() || raw.id.len() > 512 {
+        return Err("reply id must be 1 to 512 bytes".into());
+    }
+    let mut reason = raw.reason;
+    if reason.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    let by = match raw.decided_by {
+        Some(who) if !who.is_empty() => format!("service:{service}/{}", who.chars().take(128).collect::<String>()),
+        _ => format!("service:{service}"),
+    };
+    Ok(Reply {
+        id: raw.id,
+        decision: Decision::new(raw.decision, reason, by),
+    })
+}
+
+/// A decision request, ready to publish.
+pub struct Request {
+    pub correlation_id: String,
+    /// The CloudEvent (structured JSON).
+    pub json: Bytes,
+}
+
+pub struct DecisionService {
+    label: String,
+    transport: Transport,
+    ready: Arc<AtomicBool>,
+    stop: Arc<Notify>,
+}
+
+enum Transport {
+    #[cfg(feature = "rabbitmq")]
+    Rabbit(rabbit::Requests),
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::Requests),
+}
+
+impl DecisionService {
+    /// Starts the request publisher and the reply consumer (connecting in the background).
+    /// Valid replies are sent to `replies`.
+    ///
+    /// # Errors
+    /// When the sink is not a broker this build supports, or its client settings are invalid.
+    pub async fn start(
+        spec: &ServiceSpec,
+        sink: &SinkSpec,
+        replies: mpsc::Sender<Reply>,
+    ) -> anyhow::Result<Self> {
+        let ready = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Notify::new());
+        let label = sink.name.clone();
+        let transport = match &sink.kind {
+            #[cfg(feature = "rabbitmq")]
+            SinkKind::RabbitMq(r) => Transport::Rabbit(rabbit::start(
+                label.clone(),
+                r.url.clone(),
+                spec.clone(),
+                replies,
+                Arc::clone(&ready),
+                Arc::clone(&stop),
+            )),
+            #[cfg(feature = "kafka")]
+            SinkKind::Kafka(k) => Transport::Kafka(
+                kafka::start(
+                    label.clone(),
+                    k,
+                    spec.clone(),
+                    replies,
+                    Arc::clone(&ready),
+                    Arc::clone(&stop),
+                )
+                .await?,
+            ),
+            #[allow(unreachable_patterns)]
+            other => {
+                let _ = (replies, spec);
+                anyhow::bail!(
+                    "decision service on sink {}: a {} sink cannot carry requests and replies",
+                    sink.name,
+                    other.type_name()
+                )
+            }
+        };
+        Ok(Self {
+            label,
+            transport,
+            ready,
+            stop,
+        })
+    }
+
+    /// The sink name, for logs and `decided_by`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Connected, and consuming replies.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Publishes a decision request; `Ok` once the broker has it.
+    ///
+    /// # Errors
+    /// See [`PublishError`].
+    pub async fn ask(&self, request: &Request) -> Result<(), PublishError> {
+        if !self.is_ready() {
+            return Err(PublishError::Unavailable(format!(
+                "decision service on {} is not connected",
+                self.label
+            )));
+        }
+        match &self.transport {
+            #[cfg(feature = "rabbitmq")]
+            Transport::Rabbit(r) => r.publish(request).await,
+            #[cfg(feature = "kafka")]
+            Transport::Kafka(k) => k.publish(request).await,
+        }
+    }
+
+    pub fn close(&self) {
+        self.stop.notify_waiters();
+        self.ready.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Hands a consumed payload to the reply channel, or logs why it was dropped.
+fn forward(payload: &[u8], service: &str, replies: &mpsc::Sender<Reply>) {
+    match parse_reply(payload, service) {
+        Ok(reply) => {
+            if replies.try_send(reply).is_err() {
+                tracing::warn!(service, "decision reply dropped: the reply queue is full");
+            }
+        }
+        Err(e) => tracing::warn!(service, error = %e, "ignoring an invalid decision reply"),
+    }
+}
+
+#[cfg(feature = "rabbitmq")]
+mod rabbit {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, RwLock};
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use lapin::options::{
+        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+        QueueBindOptions, QueueDeclareOptions,
+    };
+    use lapin::types::{FieldTable, ShortString};
+    use lapin::{
+        BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event,
+        ExchangeKind,
+    };
+    use tokio::sync::{Notify, mpsc};
+
+    use super::{Reply, Request, ServiceSpec, forward};
+    use crate::config::redact_url;
+    use crate::sink::PublishError;
+
+    pub struct Requests {
+        channel: Arc<RwLock<Option<Channel>>>,
+        queue: String,
+        reply_to: String,
+    }
+
+    pub fn start(
+        label: String,
+        url: String,
+        spec: ServiceSpec,
+        replies: mpsc::Sender<Reply>,
+        ready: Arc<AtomicBool>,
+        stop: Arc<Notify>,
+    ) -> Requests {
+        let channel = Arc::new(RwLock::new(None));
+        tokio::spawn(supervise(
+            label,
+            url,
+            spec.clone(),
+            Arc::clone(&channel),
+            replies,
+            ready,
+            stop,
+        ));
+        Requests {
+            channel,
+            queue: spec.requests,
+            reply_to: spec.replies,
+        }
+    }
+
+    impl Requests {
+        pub async fn publish(&self, request: &Request) -> Result<(), PublishError> {
+            let channel = self
+                .channel
+                .read()
+                .ok()
+                .and_then(|c| c.clone())
+                .ok_or_else(|| PublishError::Unavailable("decision channel is down".into()))?;
+            let id = ShortString::try_new(request.correlation_id.as_str())
+                .map_err(|_| PublishError::Refused("correlation id over 255 bytes".into()))?;
+            let props = BasicProperties::default()
+                .with_message_id(id.clone())
+                .with_correlation_id(id)
+                .with_reply_to(self.reply_to.as_str().into())
+                .with_content_type("application/cloudevents+json".into())
+                .with_delivery_mode(2)
+                .with_app_id("hookbridge".into());
+            let unavailable = |e: lapin::Error| PublishError::Unavailable(e.to_string());
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    self.queue.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &request.json,
+                    props,
+                )
+                .await
+                .map_err(unavailable)?;
+            match confirm.await.map_err(unavailable)? {
+                Confirmation::Ack(None) => Ok(()),
+                Confirmation::Ack(Some(_)) => Err(PublishError::Refused(format!(
+                    "decision request queue {} does not exist",
+                    self.queue
+                ))),
+                Confirmation::Nack(_) => Err(PublishError::Refused("broker nacked".into())),
+                Confirmation::NotRequested => {
+                    Err(PublishError::Unavailable("channel not in confirm mode".into()))
+                }
+            }
+        }
+    }
+
+    async fn connect(
+        url: &str,
+        spec: &ServiceSpec,
+    ) -> anyhow::Result<(Connection, Channel, lapin::Consumer)> {
+        let props = ConnectionProperties::default()
+            .with_connection_name("hookbridge-decisions".into())
+            .configure_backoff(|b| b.with_max_times(0));
+        let conn = tokio::time::timeout(Duration::from_secs(5), Connection::connect(url, props))
+            .await
+            .map_err(|_| anyhow::anyhow!("connect timed out"))??;
+        let publish = conn.create_channel().await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        publish
+            .queue_declare(spec.requests.as_str().into(), durable, FieldTable::default())
+            .await?;
+        let consume = conn.create_channel().await?;
+        consume
+            .exchange_declare(
+                spec.replies.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let own = consume
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        consume
+            .queue_bind(
+                own.name().clone(),
+                spec.replies.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = consume
+            .basic_consume(
+                own.name().clone(),
+                "hookbridge-decisions".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((conn, publish, consumer))
+    }
+
+    async fn supervise(
+        label: String,
+        url: String,
+        spec: ServiceSpec,
+        slot: Arc<RwLock<Option<Channel>>>,
+        replies: mpsc::Sender<Reply>,
+        ready: Arc<AtomicBool>,
+        stop: Arc<Notify>,
+    ) {
+        let shown = redact_url(&url);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let connected = tokio::select! {
+                c = connect(&url, &spec) => c,
+                () = stop.notified() => return,
+            };
+            let (conn, channel, mut consumer) = match connected {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(service = %label, url = %shown, error = %e, "decision service connection failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.notified() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            let mut events = conn.events_listener();
+            if let Ok(mut s) = slot.write() {
+                *s = Some(channel);
+            }
+            ready.store(true, Ordering::SeqCst);
+            tracing::info!(service = %label, requests = %spec.requests, replies = %spec.replies, "decision service channel ready (RabbitMQ)");
+            let stopping = loop {
+                tokio::select! {
+                    d = consumer.next() => match d {
+                        Some(Ok(delivery)) => forward(&delivery.data, &label, &replies),
+                        Some(Err(e)) => {
+                            tracing::warn!(service = %label, error = %e, "decision reply consumer failed");
+                            break false;
+                        }
+                        None => break false,
+                    },
+                    ev = events.next() => if matches!(ev, Some(Event::Error(_)) | None) {
+                        tracing::warn!(service = %label, "decision service connection lost");
+                        break false;
+                    },
+                    () = stop.notified() => break true,
+                }
+            };
+            ready.store(false, Ordering::SeqCst);
+            if let Ok(mut s) = slot.write() {
+                *s = None;
+            }
+            if conn.status().connected()
+                && let Err(e) = conn.close(200, "bye".into()).await
+            {
+                tracing::debug!(service = %label, error = %e, "closing the decision connection");
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(feature = "kafka")]
+mod kafka {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Header, Message, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    use tokio::sync::{Notify, mpsc};
+
+    use super::{Reply, Request, ServiceSpec, forward};
+    use crate::config::KafkaSpec;
+    use crate::sink::PublishError;
+    use crate::sink::kafka::{client_config, create_topics};
+
+    const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+    pub struct Requests {
+        producer: FutureProducer,
+        topic: String,
+        reply_to: String,
+    }
+
+    impl Requests {
+        pub async fn publish(&self, request: &Request) -> Result<(), PublishError> {
+            let headers = OwnedHeaders::new_with_capacity(4)
+                .insert(Header {
+                    key: "ce_id",
+                    value: Some(request.correlation_id.as_str()),
+                })
+                .insert(Header {
+                    key: "ce_type",
+                    value: Some(super::super::REQUEST_TYPE),
+                })
+                .insert(Header {
+                    key: "hbreplyto",
+                    value: Some(self.reply_to.as_str()),
+                })
+                .insert(Header {
+                    key: "content-type",
+                    value: Some("application/cloudevents+json; charset=UTF-8"),
+                });
+            let record = FutureRecord::to(&self.topic)
+                .key(request.correlation_id.as_str())
+                .payload(request.json.as_ref())
+                .headers(headers);
+            self.producer
+                .send(record, Duration::ZERO)
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| PublishError::Unavailable(e.to_string()))
+        }
+    }
+
+    pub async fn start(
+        label: String,
+        sink: &KafkaSpec,
+        spec: ServiceSpec,
+        replies: mpsc::Sender<Reply>,
+        ready: Arc<AtomicBool>,
+        stop: Arc<Notify>,
+    ) -> anyhow::Result<Requests> {
+        let producer: FutureProducer = client_config(sink)
+            .create()
+            .map_err(|e| anyhow::anyhow!("decision service on {label}: {e}"))?;
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &sink.brokers);
+        for (k, v) in &sink.librdkafka {
+            // Connection and security settings carry over; producer tuning does not apply.
+            if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+                cfg.set(k, v);
+            }
+        }
+        // No group: every replica reads every reply, from where the topic ends now.
+        cfg.set(
+            "group.id",
+            format!("hookbridge-decisions-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("client.id", "hookbridge-decisions");
+        let consumer: StreamConsumer = cfg
+            .create()
+            .map_err(|e| anyhow::anyhow!("decision service on {label}: {e}"))?;
+        let topics = if sink.create_topics {
+            vec![spec.requests.clone(), spec.replies.clone()]
+        } else {
+            Vec::new()
+        };
+        tokio::spawn(consume(
+            label,
+            sink.clone(),
+            topics,
+            spec.replies.clone(),
+            Arc::new(consumer),
+            replies,
+            ready,
+            stop,
+        ));
+        Ok(Requests {
+            producer,
+            topic: spec.requests,
+            reply_to: spec.replies,
+        })
+    }
+
+    /// Assigns every partition of the reply topic at its current end.
+    fn assign_at_end(consumer: &StreamConsumer, topic: &str) -> anyhow::Result<usize> {
+        let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        anyhow::ensure!(!partitions.is_empty(), "reply topic {topic} has no partitions (does it exist?)");
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            let (_low, high) = consumer.fetch_watermarks(topic, *p, METADATA_TIMEOUT)?;
+            tpl.add_partition_offset(topic, *p, Offset::Offset(high))?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(partitions.len())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn consume(
+        label: String,
+        sink: KafkaSpec,
+        mut topics: Vec<String>,
+        reply_topic: String,
+        consumer: Arc<StreamConsumer>,
+        replies: mpsc::Sender<Reply>,
+        ready: Arc<AtomicBool>,
+        stop: Arc<Notify>,
+    ) {
+        // Assignment needs the topic: create it first when asked to, then retry until it works.
+        loop {
+            if !topics.is_empty() {
+                match create_topics(&sink, &topics).await {
+                    Ok(()) => topics.clear(),
+                    Err(e) => tracing::warn!(service = %label, error = %e, "creating decision topics failed; retrying"),
+                }
+            }
+            let c = Arc::clone(&consumer);
+            let t = reply_topic.clone();
+            let assigned = tokio::task::spawn_blocking(move || assign_at_end(&c, &t)).await;
+            match assigned {
+                Ok(Ok(n)) if topics.is_empty() => {
+                    tracing::info!(service = %label, replies = %reply_topic, partitions = n, "decision service ready (Kafka)");
+                    break;
+                }
+                Ok(Err(e)) => tracing::warn!(service = %label, error = %e, "decision replies not assignable yet"),
+                _ => {}
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = stop.notified() => return,
+            }
+        }
+        ready.store(true, Ordering::SeqCst);
+        loop {
+            tokio::select! {
+                m = consumer.recv() => match m {
+                    Ok(msg) => {
+                        if let Some(payload) = msg.payload() {
+                            forward(payload, &label, &replies);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %label, error = %e, "decision reply consumer error");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+                () = stop.notified() => return,
+            }
+        }
+    }
+}
