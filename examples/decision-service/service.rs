@@ -48,7 +48,9 @@ impl Policy {
     pub fn answer(&self, request: &[u8]) -> Result<(String, Vec<u8>), String> {
         let event: Value = serde_json::from_slice(request).map_err(|e| e.to_string())?;
         let id = event["id"].as_str().ok_or("request without id")?;
-        let reply_to = event["hbreplyto"].as_str().ok_or("request without hbreplyto")?;
+        let reply_to = event["hbreplyto"]
+            .as_str()
+            .ok_or("request without hbreplyto")?;
         let (decision, reason) = self.decide(&event["data"]);
         let reply = json!({ "id": id, "decision": decision, "reason": reason, "decided_by": "example-policy" });
         Ok((reply_to.to_owned(), reply.to_string().into_bytes()))

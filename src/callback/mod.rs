@@ -65,7 +65,11 @@ pub struct Decision {
 }
 
 impl Decision {
-    pub fn new(decision: Verdict, reason: impl Into<String>, decided_by: impl Into<String>) -> Self {
+    pub fn new(
+        decision: Verdict,
+        reason: impl Into<String>,
+        decided_by: impl Into<String>,
+    ) -> Self {
         Self {
             decision,
             reason: reason.into(),

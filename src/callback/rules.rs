@@ -74,7 +74,10 @@ pub enum Outcome {
     },
     NoMatch,
     /// A rule could not be evaluated: the caller denies (see the module docs).
-    Failed { rule: String, error: String },
+    Failed {
+        rule: String,
+        error: String,
+    },
 }
 
 impl RuleSet {
@@ -268,18 +271,21 @@ mod tests {
 
     #[test]
     fn no_match_and_failures_are_distinct() {
-        let set = RuleSet::compile(
-            "r",
-            vec![rule("coin", "body.coin == 'BTC'", Verdict::Ok)],
-        )
-        .expect("valid");
+        let set = RuleSet::compile("r", vec![rule("coin", "body.coin == 'BTC'", Verdict::Ok)])
+            .expect("valid");
         assert_eq!(set.evaluate("s", "id", &body()), Outcome::NoMatch);
         // A missing field is an evaluation error, not a silent false.
         let set = RuleSet::compile("r", vec![rule("m", "body.missing == 1", Verdict::Ok)])
             .expect("valid");
-        assert!(matches!(set.evaluate("s", "id", &body()), Outcome::Failed { .. }));
+        assert!(matches!(
+            set.evaluate("s", "id", &body()),
+            Outcome::Failed { .. }
+        ));
         let set = RuleSet::compile("r", vec![rule("n", "body.decimal", Verdict::Ok)]).expect("ok");
-        assert!(matches!(set.evaluate("s", "id", &body()), Outcome::Failed { .. }));
+        assert!(matches!(
+            set.evaluate("s", "id", &body()),
+            Outcome::Failed { .. }
+        ));
         // has() is how an optional field is tested.
         let set = RuleSet::compile(
             "r",
@@ -290,7 +296,10 @@ mod tests {
             )],
         )
         .expect("valid");
-        assert!(matches!(set.evaluate("s", "id", &body()), Outcome::Matched { .. }));
+        assert!(matches!(
+            set.evaluate("s", "id", &body()),
+            Outcome::Matched { .. }
+        ));
     }
 
     #[test]
@@ -306,9 +315,21 @@ mod tests {
         )
         .expect_err("invalid");
         let all = errors.join("\n");
-        assert!(all.contains("rules[0].when: not a valid CEL expression"), "{all}");
-        assert!(all.contains("rules[1].when: unknown variable \"nope\""), "{all}");
-        assert!(all.contains("rules[2].when: unknown function \"lowerAscii\""), "{all}");
-        assert!(all.contains("rules[3].name: \"c\" is used by another rule"), "{all}");
+        assert!(
+            all.contains("rules[0].when: not a valid CEL expression"),
+            "{all}"
+        );
+        assert!(
+            all.contains("rules[1].when: unknown variable \"nope\""),
+            "{all}"
+        );
+        assert!(
+            all.contains("rules[2].when: unknown function \"lowerAscii\""),
+            "{all}"
+        );
+        assert!(
+            all.contains("rules[3].name: \"c\" is used by another rule"),
+            "{all}"
+        );
     }
 }

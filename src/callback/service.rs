@@ -67,7 +67,10 @@ pub fn parse_reply(payload: &[u8], service: &str) -> Result<Reply, String> {
         reason.truncate(cut);
     }
     let by = match raw.decided_by {
-        Some(who) if !who.is_empty() => format!("service:{service}/{}", who.chars().take(128).collect::<String>()),
+        Some(who) if !who.is_empty() => format!(
+            "service:{service}/{}",
+            who.chars().take(128).collect::<String>()
+        ),
         _ => format!("service:{service}"),
     };
     Ok(Reply {
@@ -289,9 +292,9 @@ mod rabbit {
                     self.queue
                 ))),
                 Confirmation::Nack(_) => Err(PublishError::Refused("broker nacked".into())),
-                Confirmation::NotRequested => {
-                    Err(PublishError::Unavailable("channel not in confirm mode".into()))
-                }
+                Confirmation::NotRequested => Err(PublishError::Unavailable(
+                    "channel not in confirm mode".into(),
+                )),
             }
         }
     }
@@ -315,7 +318,11 @@ mod rabbit {
             ..QueueDeclareOptions::default()
         };
         publish
-            .queue_declare(spec.requests.as_str().into(), durable, FieldTable::default())
+            .queue_declare(
+                spec.requests.as_str().into(),
+                durable,
+                FieldTable::default(),
+            )
             .await?;
         let consume = conn.create_channel().await?;
         consume
@@ -548,7 +555,10 @@ mod kafka {
             .filter(|t| t.name() == topic && t.error().is_none())
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
-        anyhow::ensure!(!partitions.is_empty(), "reply topic {topic} has no partitions (does it exist?)");
+        anyhow::ensure!(
+            !partitions.is_empty(),
+            "reply topic {topic} has no partitions (does it exist?)"
+        );
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
             let (_low, high) = consumer.fetch_watermarks(topic, *p, METADATA_TIMEOUT)?;
@@ -574,7 +584,9 @@ mod kafka {
             if !topics.is_empty() {
                 match create_topics(&sink, &topics).await {
                     Ok(()) => topics.clear(),
-                    Err(e) => tracing::warn!(service = %label, error = %e, "creating decision topics failed; retrying"),
+                    Err(e) => {
+                        tracing::warn!(service = %label, error = %e, "creating decision topics failed; retrying")
+                    }
                 }
             }
             let c = Arc::clone(&consumer);
@@ -585,7 +597,9 @@ mod kafka {
                     tracing::info!(service = %label, replies = %reply_topic, partitions = n, "decision service ready (Kafka)");
                     break;
                 }
-                Ok(Err(e)) => tracing::warn!(service = %label, error = %e, "decision replies not assignable yet"),
+                Ok(Err(e)) => {
+                    tracing::warn!(service = %label, error = %e, "decision replies not assignable yet")
+                }
                 _ => {}
             }
             tokio::select! {

@@ -105,8 +105,10 @@ impl DecisionStore {
                     .query_async(&mut conn)
                     .await
                     .map_err(|e| StoreError::Redis(e.to_string()))?;
-                raw.map(|r| serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string())))
-                    .transpose()
+                raw.map(|r| {
+                    serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string()))
+                })
+                .transpose()
             }
         }
     }
@@ -118,15 +120,12 @@ impl DecisionStore {
     /// When Redis cannot be asked.
     pub async fn record(&self, key: &str, decision: Decision) -> Result<Decision, StoreError> {
         let standing = match &self.backend {
-            Backend::Memory(cache) => cache
-                .entry(key.to_owned())
-                .or_insert(decision)
-                .into_value(),
+            Backend::Memory(cache) => cache.entry(key.to_owned()).or_insert(decision).into_value(),
             Backend::Redis { conn, ttl, prefix } => {
                 let mut conn = conn.read().await.clone().ok_or(StoreError::Disconnected)?;
                 let full = format!("{prefix}{key}");
-                let value =
-                    serde_json::to_string(&decision).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let value = serde_json::to_string(&decision)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let set: Option<String> = redis::cmd("SET")
                     .arg(&full)
                     .arg(&value)

@@ -164,7 +164,11 @@ purpose = "notification"
 verify = { scheme = "cobo-waas1", public_keys = ["sandbox-legacy"] }
 "#;
     let cfg = load(text, &no_env).expect("valid");
-    let w = cfg.sources.iter().find(|s| s.name == "withdrawals").expect("w");
+    let w = cfg
+        .sources
+        .iter()
+        .find(|s| s.name == "withdrawals")
+        .expect("w");
     let ids: Vec<String> = w.event_id.iter().map(ToString::to_string).collect();
     assert_eq!(ids, ["body:/request_id", "body:/cobo_id"]);
     assert!(w.kind.approval().is_some() && !w.dedup);

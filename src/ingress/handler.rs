@@ -227,7 +227,11 @@ impl Delivery {
 }
 
 /// Makes the event durable according to the source's ack mode.
-pub(super) async fn deliver(route: &Route, state: &State, envelope: &Envelope) -> Result<Delivery, Rejection> {
+pub(super) async fn deliver(
+    route: &Route,
+    state: &State,
+    envelope: &Envelope,
+) -> Result<Delivery, Rejection> {
     let sink_name = route.spec.sink.as_str();
     let spool = state.spool.as_ref().filter(|s| s.has_sink(sink_name));
     match (route.spec.ack, spool) {

@@ -7,14 +7,22 @@
 //! - `kafka`, `rabbitmq`: the broker sinks against real brokers started by `scripts/test.sh`.
 //! - `durability`: spool fallback and drain, ack modes, a full spool, Redis dedup, backpressure.
 //! - `chaos`: broker restarts, SIGKILL, a cut connection, all under load (run serially).
+//! - `callback`: Cobo callbacks decided by rules and by the example decision service
+//!   (RabbitMQ, Kafka), remembered decisions shared through Redis.
 //! - `tap`, `proxy`: a durable RabbitMQ queue to count by message id; a TCP fault injector.
 
 // Test code: a panic is how a test fails, and cleanup results do not matter.
 #![allow(clippy::unwrap_used, clippy::let_underscore_must_use)]
 
 #[cfg(all(feature = "kafka", feature = "rabbitmq"))]
+mod callback;
+#[cfg(all(feature = "kafka", feature = "rabbitmq"))]
 mod chaos;
 mod cli;
+/// The example decision service (`examples/decision-service`), driven in-process.
+#[cfg(all(feature = "kafka", feature = "rabbitmq"))]
+#[path = "../../examples/decision-service/service.rs"]
+mod decision_service;
 #[cfg(all(feature = "kafka", feature = "rabbitmq"))]
 mod durability;
 mod helpers;
