@@ -28,7 +28,7 @@ trap cleanup EXIT
 log() { printf '\n==> %s\n' "$*"; }
 
 log "build (release, with the load generator)"
-cargo build --release --locked --features loadgen --bins
+cargo build --release --locked --features loadgen --bins --example decision-service
 
 log "brokers"
 ensure_rabbitmq
@@ -89,6 +89,7 @@ load hb-file-hmac http://127.0.0.1:8081/hooks/hmac hmac-sha256 64
 load hb-file-rsa http://127.0.0.1:8081/hooks/rsa rsa-sha256 64
 load hb-file-2000rps http://127.0.0.1:8081/hooks/cobo cobo-waas2 64 --rate 2000
 load hb-file-1000conns http://127.0.0.1:8081/hooks/standard standard-webhooks 1000
+load hb-callback-rules http://127.0.0.1:8081/hooks/callback-rules cobo-waas2 64
 stop
 
 log "hookbridge, RabbitMQ sink"
@@ -99,6 +100,13 @@ max=$(python3 -c "import json;print(int(json.load(open('$OUT/hb-rabbitmq-cobo.js
 load hb-rabbitmq-2000rps http://127.0.0.1:8082/hooks/cobo cobo-waas2 256 --rate 2000
 load hb-rabbitmq-halfmax http://127.0.0.1:8082/hooks/cobo cobo-waas2 256 --rate "$((max / 2))" \
   --check-rabbitmq "amqp://guest:guest@127.0.0.1:5672/%2f,hookbridge-bench-$BENCH_RUN"
+# Approval callbacks through the example decision service (request-reply over RabbitMQ).
+target/release/examples/decision-service --rabbitmq "amqp://guest:guest@127.0.0.1:5672/%2f" \
+  --requests hookbridge-bench-decisions >"$OUT/decision-service.log" 2>&1 &
+PIDS+=("$!")
+for _ in $(seq 1 50); do curl -sf http://127.0.0.1:8082/readyz >/dev/null && break; sleep 0.2; done
+load hb-callback-ask-200rps http://127.0.0.1:8082/hooks/callback-ask cobo-waas2 64 --rate 200
+load hb-callback-ask http://127.0.0.1:8082/hooks/callback-ask cobo-waas2 64
 stop
 $LG amqp-bind --exchange hookbridge-bench --queue "hookbridge-bench-$BENCH_RUN" --delete
 

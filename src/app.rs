@@ -205,8 +205,10 @@ impl App {
             let state = Arc::clone(&self.state);
             tokio::spawn(async move {
                 while let Some(reply) = rx.recv().await {
-                    // One at a time: each waits for a durable audit event; replies are rare.
-                    ingress::callback::on_reply(&state, reply).await;
+                    // Each reply waits for its durable audit event: one slow publish must not
+                    // hold the others past their requests' deadlines.
+                    let state = Arc::clone(&state);
+                    tokio::spawn(async move { ingress::callback::on_reply(&state, reply).await });
                 }
             })
         });

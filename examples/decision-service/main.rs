@@ -29,6 +29,9 @@ struct Args {
     /// The queue or topic hookbridge publishes requests to (`decision.service.requests`).
     #[arg(long, default_value = "hookbridge.decisions")]
     requests: String,
+    /// Kafka consumer group (replicas of this service share it).
+    #[arg(long, default_value = "hookbridge-decision-service")]
+    group: String,
     /// Deny callbacks with this transaction_id, request_id or cobo_id (repeatable).
     #[arg(long = "deny-id")]
     deny_ids: Vec<String>,
@@ -48,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         (None, Some(brokers)) => service::Broker::Kafka {
             brokers,
             requests: args.requests,
+            group: args.group,
         },
         (None, None) => anyhow::bail!("--rabbitmq or --kafka is required"),
     };

@@ -60,8 +60,16 @@ impl Policy {
 /// Where requests come from.
 #[derive(Debug, Clone)]
 pub enum Broker {
-    RabbitMq { url: String, requests: String },
-    Kafka { brokers: String, requests: String },
+    RabbitMq {
+        url: String,
+        requests: String,
+    },
+    /// `group`: the consumer group; replicas of the service share one.
+    Kafka {
+        brokers: String,
+        requests: String,
+        group: String,
+    },
 }
 
 /// Serves until an error; `served` counts the requests answered.
@@ -71,7 +79,11 @@ pub enum Broker {
 pub async fn run(broker: Broker, policy: Policy, served: Arc<AtomicUsize>) -> anyhow::Result<()> {
     match broker {
         Broker::RabbitMq { url, requests } => rabbit(&url, &requests, &policy, &served).await,
-        Broker::Kafka { brokers, requests } => kafka(&brokers, &requests, &policy, &served).await,
+        Broker::Kafka {
+            brokers,
+            requests,
+            group,
+        } => kafka(&brokers, &requests, &group, &policy, &served).await,
     }
 }
 
@@ -146,6 +158,7 @@ async fn rabbit(
 async fn kafka(
     brokers: &str,
     requests: &str,
+    group: &str,
     policy: &Policy,
     served: &AtomicUsize,
 ) -> anyhow::Result<()> {
@@ -156,7 +169,9 @@ async fn kafka(
 
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", "example-decision-service")
+        .set("group.id", group)
+        // A member that vanished without leaving holds its partitions this long.
+        .set("session.timeout.ms", "10000")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .create()?;
@@ -185,6 +200,7 @@ async fn kafka(
             None => {}
         }
         // Committed after the reply is delivered: a crash in between re-delivers the request.
-        consumer.commit_message(&msg, CommitMode::Sync)?;
+        // Async: a synchronous commit would block the runtime's thread.
+        consumer.commit_message(&msg, CommitMode::Async)?;
     }
 }

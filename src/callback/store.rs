@@ -39,6 +39,23 @@ pub enum StoreError {
 pub struct DecisionStore {
     backend: Backend,
     notify: broadcast::Sender<Recorded>,
+    /// Keys this process is recording from a reply right now: the same reply delivered twice
+    /// (a retry asked again) is recorded once, with one audit event.
+    recording: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
+}
+
+/// A key being recorded by this process; released on drop.
+pub struct Recording<'a> {
+    store: &'a DecisionStore,
+    key: Arc<str>,
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.store.recording.lock() {
+            set.remove(&self.key);
+        }
+    }
 }
 
 enum Backend {
@@ -64,6 +81,7 @@ impl DecisionStore {
                     .build(),
             ),
             notify: broadcast::channel(BROADCAST_CAPACITY).0,
+            recording: std::sync::Mutex::default(),
         }
     }
 
@@ -77,6 +95,7 @@ impl DecisionStore {
                 prefix,
             },
             notify: broadcast::channel(BROADCAST_CAPACITY).0,
+            recording: std::sync::Mutex::default(),
         })
     }
 
@@ -84,6 +103,19 @@ impl DecisionStore {
         match &self.backend {
             Backend::Memory(_) => "memory",
             Backend::Redis { .. } => "redis",
+        }
+    }
+
+    /// Claims `key` for recording in this process; `None` while another task records it (that
+    /// task announces the result to every waiter).
+    pub fn try_begin(&self, key: &str) -> Option<Recording<'_>> {
+        let key: Arc<str> = key.into();
+        // Not `then_some`: it would build (and drop) a guard that releases another task's claim.
+        let inserted = self.recording.lock().ok()?.insert(Arc::clone(&key));
+        if inserted {
+            Some(Recording { store: self, key })
+        } else {
+            None
         }
     }
 
@@ -183,5 +215,19 @@ mod tests {
         assert_eq!(store.get("s:1").await.expect("get"), Some(ok.clone()));
         let first = rx.recv().await.expect("broadcast");
         assert_eq!((&*first.key, &first.decision), ("s:1", &ok));
+    }
+
+    #[test]
+    fn one_recording_per_key_at_a_time() {
+        let store = DecisionStore::memory(Duration::from_secs(60), 100);
+        let first = store.try_begin("s:1").expect("free");
+        assert!(store.try_begin("s:1").is_none());
+        assert!(
+            store.try_begin("s:1").is_none(),
+            "a refused claim releases nothing"
+        );
+        assert!(store.try_begin("s:2").is_some());
+        drop(first);
+        assert!(store.try_begin("s:1").is_some());
     }
 }

@@ -210,6 +210,9 @@ pub async fn on_reply(state: &State, reply: Reply) {
         tracing::warn!(id = %reply.id, "decision reply for a source that asks no decision service; ignored");
         return;
     };
+    let Some(_recording) = state.decisions.try_begin(&reply.id) else {
+        return;
+    };
     match state.decisions.get(&reply.id).await {
         Ok(Some(standing)) => {
             state.decisions.announce(&reply.id, &standing);

@@ -50,7 +50,8 @@ fn assert_text(r: &Reply, body: &str) {
     assert_eq!(r.headers["content-type"], "text/plain; charset=utf-8");
 }
 
-#[tokio::test]
+// Several threads: the example service's Kafka consumer blocks a thread when it is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waas1_withdrawal_vector_is_approved_or_denied_by_rules_and_tampering_never_gets_ok() {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
@@ -340,7 +341,8 @@ async fn request_reply_scenario(app: &TestApp, broker: Broker) {
     service.stop().await;
 }
 
-#[tokio::test]
+// Several threads: the example service's Kafka consumer blocks a thread when it is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waas2_callbacks_decided_by_the_example_service_over_rabbitmq() {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
@@ -396,7 +398,8 @@ exchange = "hb-{unique}"
     app.stop().await;
 }
 
-#[tokio::test]
+// Several threads: the example service's Kafka consumer blocks a thread when it is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waas2_callbacks_decided_by_the_example_service_over_kafka() {
     let brokers =
         std::env::var("HOOKBRIDGE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
@@ -424,6 +427,7 @@ partitions = 2
     let broker = Broker::Kafka {
         brokers: brokers.clone(),
         requests,
+        group: format!("decision-service-{unique}"),
     };
     request_reply_scenario(&app, broker).await;
     // The decisions' audit trail on the sink's topic, keyed by transaction ID.
@@ -442,7 +446,8 @@ partitions = 2
     app.stop().await;
 }
 
-#[tokio::test]
+// Several threads: the example service's Kafka consumer blocks a thread when it is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_on_another_instance_gets_the_same_decision_through_redis() {
     let dir = tempfile::tempdir().unwrap();
     let unique = uuid::Uuid::new_v4().simple().to_string();

@@ -23,6 +23,7 @@ fn check(path: &std::path::Path) -> std::process::Output {
             .map(|k| (k, "placeholder")),
         )
         .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+        .env("REDIS_URL", "redis://127.0.0.1:6379/0")
         .env("STANDARD_WEBHOOKS_SECRET", "whsec_cGxhY2Vob2xkZXI=")
         .output()
         .unwrap()
