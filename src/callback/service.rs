@@ -24,7 +24,9 @@ use serde::Deserialize;
 use tokio::sync::{Notify, mpsc};
 
 use super::{Decision, ServiceSpec, Verdict};
-use crate::config::{SinkKind, SinkSpec};
+#[cfg(any(feature = "kafka", feature = "rabbitmq"))]
+use crate::config::SinkKind;
+use crate::config::SinkSpec;
 use crate::sink::PublishError;
 
 /// A reply from the decision service, validated.
@@ -98,6 +100,10 @@ enum Transport {
     Rabbit(rabbit::Requests),
     #[cfg(feature = "kafka")]
     Kafka(kafka::Requests),
+    /// Builds without broker clients have no transport; never constructed.
+    #[cfg(not(any(feature = "kafka", feature = "rabbitmq")))]
+    #[allow(dead_code)]
+    Unavailable(std::convert::Infallible),
 }
 
 impl DecisionService {
@@ -113,41 +119,9 @@ impl DecisionService {
     ) -> anyhow::Result<Self> {
         let ready = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(Notify::new());
-        let label = sink.name.clone();
-        let transport = match &sink.kind {
-            #[cfg(feature = "rabbitmq")]
-            SinkKind::RabbitMq(r) => Transport::Rabbit(rabbit::start(
-                label.clone(),
-                r.url.clone(),
-                spec.clone(),
-                replies,
-                Arc::clone(&ready),
-                Arc::clone(&stop),
-            )),
-            #[cfg(feature = "kafka")]
-            SinkKind::Kafka(k) => Transport::Kafka(
-                kafka::start(
-                    label.clone(),
-                    k,
-                    spec.clone(),
-                    replies,
-                    Arc::clone(&ready),
-                    Arc::clone(&stop),
-                )
-                .await?,
-            ),
-            #[allow(unreachable_patterns)]
-            other => {
-                let _ = (replies, spec);
-                anyhow::bail!(
-                    "decision service on sink {}: a {} sink cannot carry requests and replies",
-                    sink.name,
-                    other.type_name()
-                )
-            }
-        };
+        let transport = transport(spec, sink, replies, &ready, &stop).await?;
         Ok(Self {
-            label,
+            label: sink.name.clone(),
             transport,
             ready,
             stop,
@@ -180,6 +154,11 @@ impl DecisionService {
             Transport::Rabbit(r) => r.publish(request).await,
             #[cfg(feature = "kafka")]
             Transport::Kafka(k) => k.publish(request).await,
+            #[cfg(not(any(feature = "kafka", feature = "rabbitmq")))]
+            Transport::Unavailable(never) => {
+                let _ = request;
+                match *never {}
+            }
         }
     }
 
@@ -189,7 +168,51 @@ impl DecisionService {
     }
 }
 
+/// The transport for `sink`'s broker.
+async fn transport(
+    spec: &ServiceSpec,
+    sink: &SinkSpec,
+    replies: mpsc::Sender<Reply>,
+    ready: &Arc<AtomicBool>,
+    stop: &Arc<Notify>,
+) -> anyhow::Result<Transport> {
+    let label = sink.name.clone();
+    match &sink.kind {
+        #[cfg(feature = "rabbitmq")]
+        SinkKind::RabbitMq(r) => Ok(Transport::Rabbit(rabbit::start(
+            label,
+            r.url.clone(),
+            spec.clone(),
+            replies,
+            Arc::clone(ready),
+            Arc::clone(stop),
+        ))),
+        #[cfg(feature = "kafka")]
+        SinkKind::Kafka(k) => Ok(Transport::Kafka(
+            kafka::start(
+                label,
+                k,
+                spec.clone(),
+                replies,
+                Arc::clone(ready),
+                Arc::clone(stop),
+            )
+            .await?,
+        )),
+        #[allow(unreachable_patterns)]
+        other => {
+            let _ = (replies, spec, ready, stop, label);
+            anyhow::bail!(
+                "decision service on sink {}: a {} sink cannot carry requests and replies (or this build has no client for it)",
+                sink.name,
+                other.type_name()
+            )
+        }
+    }
+}
+
 /// Hands a consumed payload to the reply channel, or logs why it was dropped.
+#[cfg(any(feature = "kafka", feature = "rabbitmq"))]
 fn forward(payload: &[u8], service: &str, replies: &mpsc::Sender<Reply>) {
     match parse_reply(payload, service) {
         Ok(reply) => {
