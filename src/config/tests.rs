@@ -15,7 +15,9 @@ fn every_file_in_config_dir_validates() {
             // Example configs take secrets from the environment; supply placeholders of the
             // right shape.
             let env = |name: &str| {
-                Some(if name.ends_with("_URL") {
+                Some(if name.starts_with("REDIS") {
+                    "redis://127.0.0.1:6379/0".to_owned()
+                } else if name.ends_with("_URL") {
                     "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()
                 } else if name.starts_with("STANDARD_WEBHOOKS") {
                     "whsec_cGxhY2Vob2xkZXI=".to_owned()
