@@ -21,6 +21,9 @@ use crate::sink::Sinks;
 use crate::spool::Spool;
 use crate::tls::ReloadableAcceptor;
 
+/// Decision replies recorded at once.
+const REPLIES_IN_FLIGHT: usize = 64;
+
 pub struct App {
     listener: TcpListener,
     /// Replies from decision services, recorded by a task of [`App::run`].
@@ -121,6 +124,13 @@ impl App {
             .values()
             .any(|r| r.service.is_some())
             .then_some(reply_rx);
+        if decisions.backend() == "memory"
+            && routes.values().any(|r| r.spec.kind.approval().is_some())
+        {
+            tracing::warn!(
+                "callback decisions are remembered in this process only ([decisions] store = \"memory\"): with several replicas use store = \"redis\", or a retry on another replica is decided again"
+            );
+        }
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
@@ -203,12 +213,20 @@ impl App {
         };
         let reply_task = self.replies.take().map(|mut rx| {
             let state = Arc::clone(&self.state);
+            // Each reply waits for its durable audit event: one slow publish must not hold the
+            // others past their requests' deadlines. Bounded, so a flood of replies (from
+            // whoever can publish to the reply address) queues instead of spawning without end.
+            let permits = Arc::new(tokio::sync::Semaphore::new(REPLIES_IN_FLIGHT));
             tokio::spawn(async move {
                 while let Some(reply) = rx.recv().await {
-                    // Each reply waits for its durable audit event: one slow publish must not
-                    // hold the others past their requests' deadlines.
+                    let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                        return;
+                    };
                     let state = Arc::clone(&state);
-                    tokio::spawn(async move { ingress::callback::on_reply(&state, reply).await });
+                    tokio::spawn(async move {
+                        ingress::callback::on_reply(&state, reply).await;
+                        drop(permit);
+                    });
                 }
             })
         });

@@ -32,10 +32,11 @@ impl Policy {
                 Value::String(s) => s.parse::<f64>().ok(),
                 other => other.as_f64(),
             });
+            // Fail closed: NaN, infinities and negative amounts are not "within the limit".
             match amount {
-                Some(a) if a > max => return ("deny", format!("amount {a} is over {max}")),
+                Some(a) if a.is_finite() && (0.0..=max).contains(&a) => {}
+                Some(a) => return ("deny", format!("amount {a} is not within 0..={max}")),
                 None => return ("deny", "no readable amount".to_owned()),
-                Some(_) => {}
             }
         }
         ("ok", "within policy".to_owned())

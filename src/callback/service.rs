@@ -250,6 +250,8 @@ mod rabbit {
         channel: Arc<RwLock<Option<Channel>>>,
         queue: String,
         reply_to: String,
+        /// Wakes the supervisor when a publish finds the channel closed.
+        broken: Arc<Notify>,
     }
 
     pub fn start(
@@ -261,6 +263,7 @@ mod rabbit {
         stop: Arc<Notify>,
     ) -> Requests {
         let channel = Arc::new(RwLock::new(None));
+        let broken = Arc::new(Notify::new());
         tokio::spawn(supervise(
             label,
             url,
@@ -268,12 +271,14 @@ mod rabbit {
             Arc::clone(&channel),
             replies,
             ready,
+            Arc::clone(&broken),
             stop,
         ));
         Requests {
             channel,
             queue: spec.requests,
             reply_to: spec.replies,
+            broken,
         }
     }
 
@@ -294,7 +299,12 @@ mod rabbit {
                 .with_content_type("application/cloudevents+json".into())
                 .with_delivery_mode(2)
                 .with_app_id("hookbridge".into());
-            let unavailable = |e: lapin::Error| PublishError::Unavailable(e.to_string());
+            let unavailable = |e: lapin::Error| {
+                if !channel.status().connected() {
+                    self.broken.notify_one();
+                }
+                PublishError::Unavailable(e.to_string())
+            };
             let confirm = channel
                 .basic_publish(
                     "".into(),
@@ -394,6 +404,7 @@ mod rabbit {
         Ok((conn, publish, consumer))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn supervise(
         label: String,
         url: String,
@@ -401,6 +412,7 @@ mod rabbit {
         slot: Arc<RwLock<Option<Channel>>>,
         replies: mpsc::Sender<Reply>,
         ready: Arc<AtomicBool>,
+        broken: Arc<Notify>,
         stop: Arc<Notify>,
     ) {
         let shown = redact_url(&url);
@@ -443,6 +455,10 @@ mod rabbit {
                         tracing::warn!(service = %label, "decision service connection lost");
                         break false;
                     },
+                    () = broken.notified() => {
+                        tracing::warn!(service = %label, "decision request channel closed; reconnecting");
+                        break false;
+                    }
                     () = stop.notified() => break true,
                 }
             };
@@ -457,6 +473,11 @@ mod rabbit {
             }
             if stopping {
                 return;
+            }
+            // A connection that keeps dropping is not reconnected in a tight loop.
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = stop.notified() => return,
             }
         }
     }
@@ -616,7 +637,8 @@ mod kafka {
             let t = reply_topic.clone();
             let assigned = tokio::task::spawn_blocking(move || assign_at_end(&c, &t)).await;
             match assigned {
-                Ok(Ok(n)) if topics.is_empty() => {
+                // Assigned: the topics exist, whoever made them (creation may be forbidden).
+                Ok(Ok(n)) => {
                     tracing::info!(service = %label, replies = %reply_topic, partitions = n, "decision service ready (Kafka)");
                     break;
                 }

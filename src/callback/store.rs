@@ -2,8 +2,9 @@
 //! answer without asking again: in memory for one replica, in Redis for several.
 //!
 //! The first decision recorded wins ([`DecisionStore::record`] is `SET NX` in Redis): two
-//! replicas racing on the same callback end up answering the same. A decision is only recorded
-//! after its audit event is durable, so a remembered decision always has its audit trail.
+//! replicas racing on the same callback end up answering the same. Only the standing decision's
+//! audit event is published; it is marked `audited` once durable, and no answer is sent before
+//! that (an unaudited decision found later is published again first, with the same content).
 //!
 //! Unlike dedup, an unreachable Redis is not bypassed: without the store a replica could
 //! answer differently from another, so a callback then gets no decision (503, Cobo retries).
@@ -26,6 +27,27 @@ pub struct Recorded {
     pub decision: Decision,
 }
 
+/// A remembered decision, and whether its audit event is known to be durable.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stored {
+    pub decision: Decision,
+    #[serde(default)]
+    pub audited: bool,
+}
+
+fn parse(raw: &str) -> Result<Stored, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[allow(clippy::needless_pass_by_value)]
+fn redis_error(e: redis::RedisError) -> StoreError {
+    StoreError::Redis(e.to_string())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("decision store (Redis) is not connected")]
@@ -38,6 +60,8 @@ pub enum StoreError {
 
 pub struct DecisionStore {
     backend: Backend,
+    /// Keys asked about, for the memory backend (Redis keeps them under `<prefix>asked:`).
+    asked: moka::sync::Cache<String, ()>,
     notify: broadcast::Sender<Recorded>,
     /// Keys this process is recording from a reply right now: the same reply delivered twice
     /// (a retry asked again) is recorded once, with one audit event.
@@ -59,12 +83,19 @@ impl Drop for Recording<'_> {
 }
 
 enum Backend {
-    Memory(moka::sync::Cache<String, Decision>),
+    Memory(moka::sync::Cache<String, Stored>),
     Redis {
         conn: Arc<RwLock<Option<ConnectionManager>>>,
         ttl: Duration,
         prefix: String,
     },
+}
+
+fn asked_cache(ttl: Duration, max_entries: u64) -> moka::sync::Cache<String, ()> {
+    moka::sync::Cache::builder()
+        .max_capacity(max_entries)
+        .time_to_live(ttl)
+        .build()
 }
 
 /// Waiting requests are few (callbacks are rare) and each reads every message, so a small buffer
@@ -80,6 +111,7 @@ impl DecisionStore {
                     .time_to_live(ttl)
                     .build(),
             ),
+            asked: asked_cache(ttl, max_entries),
             notify: broadcast::channel(BROADCAST_CAPACITY).0,
             recording: std::sync::Mutex::default(),
         }
@@ -94,6 +126,7 @@ impl DecisionStore {
                 ttl,
                 prefix,
             },
+            asked: asked_cache(ttl, 1),
             notify: broadcast::channel(BROADCAST_CAPACITY).0,
             recording: std::sync::Mutex::default(),
         })
@@ -127,7 +160,7 @@ impl DecisionStore {
     ///
     /// # Errors
     /// When Redis cannot be asked.
-    pub async fn get(&self, key: &str) -> Result<Option<Decision>, StoreError> {
+    pub async fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
         match &self.backend {
             Backend::Memory(cache) => Ok(cache.get(key)),
             Backend::Redis { conn, prefix, .. } => {
@@ -136,59 +169,139 @@ impl DecisionStore {
                     .arg(format!("{prefix}{key}"))
                     .query_async(&mut conn)
                     .await
-                    .map_err(|e| StoreError::Redis(e.to_string()))?;
-                raw.map(|r| {
-                    serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string()))
-                })
-                .transpose()
+                    .map_err(redis_error)?;
+                raw.map(|r| parse(&r)).transpose()
             }
         }
     }
 
-    /// Records `decision` unless one is already recorded; returns the one that stands, and
-    /// wakes the requests of this process waiting for it.
+    /// Records `decision` (not yet audited) unless a decision is already recorded; returns the
+    /// one that stands. Callers publish its audit event, then [`DecisionStore::mark_audited`].
     ///
     /// # Errors
-    /// When Redis cannot be asked.
-    pub async fn record(&self, key: &str, decision: Decision) -> Result<Decision, StoreError> {
-        let standing = match &self.backend {
-            Backend::Memory(cache) => cache.entry(key.to_owned()).or_insert(decision).into_value(),
+    /// When Redis cannot be asked, or keeps losing the key between `SET NX` and `GET`.
+    pub async fn record(&self, key: &str, decision: Decision) -> Result<Stored, StoreError> {
+        let proposed = Stored {
+            decision,
+            audited: false,
+        };
+        match &self.backend {
+            Backend::Memory(cache) => {
+                Ok(cache.entry(key.to_owned()).or_insert(proposed).into_value())
+            }
             Backend::Redis { conn, ttl, prefix } => {
                 let mut conn = conn.read().await.clone().ok_or(StoreError::Disconnected)?;
                 let full = format!("{prefix}{key}");
-                let value = serde_json::to_string(&decision)
+                let value = serde_json::to_string(&proposed)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(&full)
-                    .arg(&value)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| StoreError::Redis(e.to_string()))?;
-                if set.is_some() {
-                    decision
-                } else {
+                // A key that vanishes between SET NX and GET (expiry, eviction) is tried again:
+                // answering a decision that is not stored would let another replica decide anew.
+                for _ in 0..3 {
+                    let set: Option<String> = redis::cmd("SET")
+                        .arg(&full)
+                        .arg(&value)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(millis(*ttl))
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(redis_error)?;
+                    if set.is_some() {
+                        return Ok(proposed);
+                    }
                     let existing: Option<String> = redis::cmd("GET")
                         .arg(&full)
                         .query_async(&mut conn)
                         .await
-                        .map_err(|e| StoreError::Redis(e.to_string()))?;
-                    match existing {
-                        Some(e) => serde_json::from_str(&e)
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                        // Expired between the two commands: ours stands for this answer.
-                        None => decision,
+                        .map_err(redis_error)?;
+                    if let Some(e) = existing {
+                        return parse(&e);
                     }
                 }
+                Err(StoreError::Redis(
+                    "the decision key keeps disappearing".into(),
+                ))
             }
-        };
-        self.announce(key, &standing);
-        Ok(standing)
+        }
     }
 
-    /// Wakes this process's requests waiting on `key` with a decision found elsewhere.
+    /// The standing decision's audit event is durable: later answers need not publish it, and
+    /// this process's waiting requests may answer it now.
+    ///
+    /// # Errors
+    /// When Redis cannot be asked (the next answer then publishes the same event again).
+    pub async fn mark_audited(&self, key: &str, decision: &Decision) -> Result<(), StoreError> {
+        let audited = Stored {
+            decision: decision.clone(),
+            audited: true,
+        };
+        match &self.backend {
+            Backend::Memory(cache) => cache.insert(key.to_owned(), audited),
+            Backend::Redis { conn, prefix, .. } => {
+                let mut conn = conn.read().await.clone().ok_or(StoreError::Disconnected)?;
+                let value = serde_json::to_string(&audited)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                // XX: only over the standing decision, keeping its expiry.
+                let _set: Option<String> = redis::cmd("SET")
+                    .arg(format!("{prefix}{key}"))
+                    .arg(value)
+                    .arg("XX")
+                    .arg("KEEPTTL")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+            }
+        }
+        self.announce(key, decision);
+        Ok(())
+    }
+
+    /// Notes that a decision service was asked about `key`: only then is a reply for it
+    /// accepted, so a stray or forged reply cannot pre-decide a callback nobody asked about.
+    ///
+    /// # Errors
+    /// When Redis cannot be asked.
+    pub async fn mark_asked(&self, key: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Memory(_) => {
+                self.asked.insert(key.to_owned(), ());
+                Ok(())
+            }
+            Backend::Redis { conn, ttl, prefix } => {
+                let mut conn = conn.read().await.clone().ok_or(StoreError::Disconnected)?;
+                let _set: Option<String> = redis::cmd("SET")
+                    .arg(format!("{prefix}asked:{key}"))
+                    .arg("1")
+                    .arg("PX")
+                    .arg(millis(*ttl))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether a decision service was asked about `key` (by any replica sharing the store).
+    ///
+    /// # Errors
+    /// When Redis cannot be asked.
+    pub async fn was_asked(&self, key: &str) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Memory(_) => Ok(self.asked.contains_key(key)),
+            Backend::Redis { conn, prefix, .. } => {
+                let mut conn = conn.read().await.clone().ok_or(StoreError::Disconnected)?;
+                let n: u64 = redis::cmd("EXISTS")
+                    .arg(format!("{prefix}asked:{key}"))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                Ok(n > 0)
+            }
+        }
+    }
+
+    /// Wakes this process's requests waiting on `key` with an audited decision.
     pub fn announce(&self, key: &str, decision: &Decision) {
         // No receiver is normal: nobody is waiting.
         let _nobody_waits = self.notify.send(Recorded {
@@ -204,17 +317,27 @@ mod tests {
     use crate::callback::Verdict;
 
     #[tokio::test]
-    async fn the_first_decision_stands_and_is_broadcast() {
+    async fn the_first_decision_stands_and_is_announced_once_audited() {
         let store = DecisionStore::memory(Duration::from_secs(60), 100);
         let mut rx = store.subscribe();
         assert_eq!(store.get("s:1").await.expect("get"), None);
         let ok = Decision::new(Verdict::Ok, "r", "rule:a");
         let deny = Decision::new(Verdict::Deny, "r", "rule:b");
-        assert_eq!(store.record("s:1", ok.clone()).await.expect("rec"), ok);
-        assert_eq!(store.record("s:1", deny).await.expect("rec"), ok);
-        assert_eq!(store.get("s:1").await.expect("get"), Some(ok.clone()));
+        let first = store.record("s:1", ok.clone()).await.expect("rec");
+        assert_eq!((&first.decision, first.audited), (&ok, false));
+        assert_eq!(store.record("s:1", deny).await.expect("rec").decision, ok);
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing is announced before the audit"
+        );
+        store.mark_audited("s:1", &ok).await.expect("mark");
+        let stored = store.get("s:1").await.expect("get").expect("some");
+        assert_eq!((&stored.decision, stored.audited), (&ok, true));
         let first = rx.recv().await.expect("broadcast");
         assert_eq!((&*first.key, &first.decision), ("s:1", &ok));
+        assert!(!store.was_asked("s:2").await.expect("asked"));
+        store.mark_asked("s:2").await.expect("mark");
+        assert!(store.was_asked("s:2").await.expect("asked"));
     }
 
     #[test]

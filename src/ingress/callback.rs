@@ -1,6 +1,7 @@
 //! The request flow of an approval callback: find the callback ID, answer a remembered decision,
-//! else decide (rules, default, or the decision service under a deadline), make the decision's
-//! audit event durable, remember the decision, and only then answer `ok`/`deny`.
+//! else decide (rules, default, or the decision service under a deadline), remember the decision
+//! (the first one recorded stands), make the standing decision's audit event durable, and only
+//! then answer `ok`/`deny`.
 //!
 //! Anything that goes wrong on the way is a non-200 (Cobo retries); nothing here can answer
 //! `ok` without a recorded decision.
@@ -14,9 +15,10 @@ use super::reject::Rejection;
 use super::{Route, State, handler};
 use crate::callback::rules::Outcome;
 use crate::callback::service::{Reply, Request};
+use crate::callback::store::Stored;
 use crate::callback::{Approval, Decision, OnTimeout, Otherwise, Verdict, correlation_id};
 use crate::metrics;
-use crate::normalize::{self, Envelope, IdOrigin};
+use crate::normalize::{self, Envelope, IdOrigin, MAX_EVENT_ID_LEN, NormalizeError};
 use crate::verify::VerifiedWebhook;
 
 /// A decided callback, for the answer and the audit line.
@@ -63,7 +65,16 @@ pub(super) async fn approve(
     let source = route.spec.name.as_str();
     let callback_id = envelope.id().as_str().to_owned();
     let key = correlation_id(source, &callback_id);
-    if let Some(decision) = state.decisions.get(&key).await? {
+    // The key is also the AMQP correlation id (a short string).
+    if key.len() > MAX_EVENT_ID_LEN {
+        return Err(NormalizeError::TooLong {
+            field: "callback_id",
+        }
+        .into());
+    }
+    if let Some(stored) = state.decisions.get(&key).await? {
+        let decision =
+            ensure_audited(route, state, &key, &callback_id, stored, Some(&envelope)).await?;
         return Ok(Answered {
             decision,
             callback_id,
@@ -92,7 +103,7 @@ pub(super) async fn approve(
             }
         },
     };
-    let decision = record(route, state, &key, &callback_id, decision, Some(&envelope)).await?;
+    let decision = settle(route, state, &key, &callback_id, decision, Some(&envelope)).await?;
     Ok(Answered {
         decision,
         callback_id,
@@ -122,77 +133,100 @@ async fn ask(
         correlation_id: key.to_owned(),
         json: normalize::decision_request(&route.spec, callback_id, key, &spec.replies, body)?,
     };
-    let asked = match tokio::time::timeout_at(deadline, service.ask(&request)).await {
-        Ok(Ok(())) => true,
+    // Before publishing: the reply may come (to any replica) before `ask` returns.
+    state.decisions.mark_asked(key).await?;
+    match tokio::time::timeout_at(deadline, service.ask(&request)).await {
+        Ok(Ok(())) => {}
+        // Not asked is not "no answer in time": never a remembered `deny`, always a 503.
         Ok(Err(e)) => {
             tracing::warn!(source = %route.spec.name, callback_id, error = %e, "decision request not published");
-            false
+            return Err(Rejection::NoDecision);
         }
         Err(_) => {
             tracing::warn!(source = %route.spec.name, callback_id, "decision request not confirmed before the deadline");
-            false
+            return Err(Rejection::NoDecision);
+        }
+    }
+    let announced = loop {
+        match tokio::time::timeout_at(deadline, replies.recv()).await {
+            Ok(Ok(r)) if &*r.key == key => break Some(r.decision),
+            Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {}
+            Ok(Err(RecvError::Closed)) | Err(_) => break None,
         }
     };
-    let found = if asked {
-        loop {
-            match tokio::time::timeout_at(deadline, replies.recv()).await {
-                Ok(Ok(r)) if &*r.key == key => break Some(r.decision),
-                Ok(Ok(_)) => {}
-                Ok(Err(RecvError::Lagged(_))) => {
-                    if let Some(d) = state.decisions.get(key).await? {
-                        break Some(d);
-                    }
-                }
-                Ok(Err(RecvError::Closed)) | Err(_) => break None,
-            }
-        }
-    } else {
-        None
-    };
-    // A reply recorded by another replica (or just now) still counts.
-    let found = match found {
-        Some(d) => Some(d),
-        None => state.decisions.get(key).await?,
-    };
-    if let Some(decision) = found {
-        return Ok(Answered {
+    let answered = |decision| {
+        Ok(Answered {
             decision,
             callback_id: callback_id.to_owned(),
             remembered: false,
-        });
+        })
+    };
+    if let Some(decision) = announced {
+        // Announced only once audited.
+        return answered(decision);
+    }
+    // Recorded by another replica, or just now: make sure it is audited, then answer it.
+    if let Some(stored) = state.decisions.get(key).await? {
+        return answered(
+            ensure_audited(route, state, key, callback_id, stored, Some(envelope)).await?,
+        );
     }
     metrics::decision_timeout(&route.spec.name);
     match approval.on_timeout {
         OnTimeout::Retry => Err(Rejection::NoDecision),
         OnTimeout::Deny => {
+            // A reply this process is recording right now must win over the timeout.
+            let Some(_recording) = state.decisions.try_begin(key) else {
+                return Err(Rejection::NoDecision);
+            };
             let timeout = Decision::new(
                 Verdict::Deny,
                 "the decision service did not answer in time",
                 "timeout",
             );
-            let decision = record(route, state, key, callback_id, timeout, Some(envelope)).await?;
-            Ok(Answered {
-                decision,
-                callback_id: callback_id.to_owned(),
-                remembered: false,
-            })
+            answered(settle(route, state, key, callback_id, timeout, Some(envelope)).await?)
         }
     }
 }
 
-/// Publishes the decision's audit event (durable: broker or spool), then remembers the
-/// decision; returns the decision that stands (another replica's, if it was first).
-async fn record(
+/// Records `proposed` unless a decision already stands, then makes the standing decision's
+/// audit event durable; returns the standing decision.
+async fn settle(
     route: &Route,
     state: &State,
     key: &str,
     callback_id: &str,
-    decision: Decision,
+    proposed: Decision,
     callback: Option<&Envelope>,
 ) -> Result<Decision, Rejection> {
-    let event = Envelope::decision(&route.spec, callback_id, &decision, callback)?;
+    let standing = state.decisions.record(key, proposed).await?;
+    ensure_audited(route, state, key, callback_id, standing, callback).await
+}
+
+/// Publishes the audit event of a stored decision unless it is known to be durable already
+/// (same ID and content each time, so a second copy is a plain duplicate), marks it, and wakes
+/// this process's waiting requests.
+async fn ensure_audited(
+    route: &Route,
+    state: &State,
+    key: &str,
+    callback_id: &str,
+    stored: Stored,
+    callback: Option<&Envelope>,
+) -> Result<Decision, Rejection> {
+    if stored.audited {
+        // Another replica audited it: wake this process's waiters too.
+        state.decisions.announce(key, &stored.decision);
+        return Ok(stored.decision);
+    }
+    let event = Envelope::decision(&route.spec, callback_id, &stored.decision, callback)?;
     handler::deliver(route, state, &event).await?;
-    Ok(state.decisions.record(key, decision).await?)
+    if let Err(e) = state.decisions.mark_audited(key, &stored.decision).await {
+        // The event is durable; the next answer publishes it once more, which is harmless.
+        tracing::warn!(source = %route.spec.name, callback_id, error = %e, "could not mark a decision audited");
+        state.decisions.announce(key, &stored.decision);
+    }
+    Ok(stored.decision)
 }
 
 /// A reply from a decision service, consumed by this replica (every replica consumes every
@@ -213,19 +247,19 @@ pub async fn on_reply(state: &State, reply: Reply) {
     let Some(_recording) = state.decisions.try_begin(&reply.id) else {
         return;
     };
-    match state.decisions.get(&reply.id).await {
-        Ok(Some(standing)) => {
-            state.decisions.announce(&reply.id, &standing);
+    match state.decisions.was_asked(&reply.id).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(id = %reply.id, "decision reply for a callback nobody asked about; ignored");
             return;
         }
-        Ok(None) => {}
         Err(e) => {
             tracing::warn!(id = %reply.id, error = %e, "decision reply not recorded: the store is unavailable; the callback's retry asks again");
             return;
         }
     }
     let verdict = reply.decision.decision;
-    match record(route, state, &reply.id, callback_id, reply.decision, None).await {
+    match settle(route, state, &reply.id, callback_id, reply.decision, None).await {
         Ok(standing) => tracing::info!(
             source, callback_id, decision = %standing.decision, decided_by = %standing.decided_by,
             "decision recorded"

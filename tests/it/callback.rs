@@ -520,13 +520,21 @@ exchange = "hb-{unique}"
         &post(&b.url("/hooks/withdrawals"), &deny_headers, deny_body).await,
         "deny",
     );
-    // No request reached the broker for them…
-    assert_eq!(waiting_requests(&requests).await, 0);
+    // A reply for a callback nobody asked about (stray, or forged by whoever can publish to the
+    // reply exchange) decides nothing.
+    let forged_tx = uuid::Uuid::new_v4().to_string();
+    publish_reply(&replies, &format!("withdrawals:{forged_tx}"), "ok").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (forged_body, forged_headers) = waas2_callback(&forged_tx);
+    let r = post(&b.url("/hooks/withdrawals"), &forged_headers, forged_body).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    // No request reached the broker for the decided ones (the forged one asked once)…
+    assert_eq!(waiting_requests(&requests).await, 1);
     // …while a callback nobody decided yet is asked about, and gets no answer from B.
     let (new_body, new_headers) = waas2_callback(&uuid::Uuid::new_v4().to_string());
     let r = post(&b.url("/hooks/withdrawals"), &new_headers, new_body).await;
     assert_eq!(r.status, 503);
-    assert_eq!(waiting_requests(&requests).await, 1);
+    assert_eq!(waiting_requests(&requests).await, 2);
     a.stop().await;
     b.stop().await;
 }
@@ -553,4 +561,30 @@ async fn waiting_requests(queue: &str) -> u32 {
         .unwrap();
     let _ = conn.close(200, "bye".into()).await;
     q.message_count()
+}
+
+/// Publishes a decision reply to a RabbitMQ reply (fanout) exchange, as a decision service would.
+async fn publish_reply(exchange: &str, id: &str, decision: &str) {
+    let conn = lapin::Connection::connect(
+        &crate::rabbitmq::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let body =
+        serde_json::json!({ "id": id, "decision": decision, "reason": "forged" }).to_string();
+    channel
+        .basic_publish(
+            exchange.into(),
+            "".into(),
+            lapin::options::BasicPublishOptions::default(),
+            body.as_bytes(),
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let _ = conn.close(200, "bye".into()).await;
 }
