@@ -501,6 +501,7 @@ mod kafka {
     use crate::sink::kafka::{client_config, create_topics};
 
     const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+    const PROBE_EVERY: Duration = Duration::from_secs(2);
 
     pub struct Requests {
         producer: FutureProducer,
@@ -653,8 +654,23 @@ mod kafka {
             }
         }
         ready.store(true, Ordering::SeqCst);
+        // librdkafka reconnects by itself; this probe only keeps `ready` (and `/readyz`) true
+        // to what it can reach, as the Kafka sink's probe does.
+        let mut probe = tokio::time::interval(PROBE_EVERY);
         loop {
             tokio::select! {
+                _ = probe.tick() => {
+                    let c = Arc::clone(&consumer);
+                    let t = reply_topic.clone();
+                    let reachable = tokio::task::spawn_blocking(move || {
+                        c.fetch_metadata(Some(&t), METADATA_TIMEOUT).is_ok_and(|m| !m.brokers().is_empty())
+                    })
+                    .await
+                    .unwrap_or(false);
+                    if reachable != ready.swap(reachable, Ordering::SeqCst) {
+                        tracing::warn!(service = %label, reachable, "decision service (Kafka) reachability changed");
+                    }
+                }
                 m = consumer.recv() => match m {
                     Ok(msg) => {
                         if let Some(payload) = msg.payload() {
