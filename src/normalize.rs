@@ -214,15 +214,7 @@ impl Envelope {
             callback: Option<&'a serde_json::value::RawValue>,
         }
         #[derive(Serialize)]
-        struct Event<'a> {
-            specversion: &'static str,
-            id: &'a str,
-            source: &'a str,
-            #[serde(rename = "type")]
-            ty: &'static str,
-            time: &'a str,
-            datacontenttype: &'static str,
-            hbsource: &'a str,
+        struct Extensions<'a> {
             hbdecision: &'static str,
             data: Data<'a>,
         }
@@ -230,23 +222,19 @@ impl Envelope {
             .map(|c| serde_json::from_slice::<&serde_json::value::RawValue>(c.json()))
             .transpose()
             .map_err(|_| NormalizeError::Encode)?;
-        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        let event = Event {
-            specversion: "1.0",
-            id: callback_id,
-            source: &source.ce_source,
-            ty: crate::callback::DECISION_TYPE,
-            time: &time,
-            datacontenttype: "application/json",
-            hbsource: &source.name,
-            hbdecision: decision.decision.body(),
-            data: Data {
-                callback_id,
-                decision,
-                callback,
+        let json = own_event(
+            source,
+            callback_id,
+            crate::callback::DECISION_TYPE,
+            Extensions {
+                hbdecision: decision.decision.body(),
+                data: Data {
+                    callback_id,
+                    decision,
+                    callback,
+                },
             },
-        };
-        let json = serde_json::to_vec(&event).map_err(|_| NormalizeError::Encode)?;
+        )?;
         Ok(Self {
             id: EventId(callback_id.into()),
             source_name: source.name.as_str().into(),
@@ -271,7 +259,36 @@ pub(crate) fn decision_request(
     body: &[u8],
 ) -> Result<Bytes, NormalizeError> {
     #[derive(Serialize)]
-    struct Request<'a> {
+    struct Extensions<'a> {
+        hbcallbackid: &'a str,
+        hbreplyto: &'a str,
+        data: &'a serde_json::value::RawValue,
+    }
+    let data: &serde_json::value::RawValue =
+        serde_json::from_slice(body).map_err(|_| NormalizeError::Encode)?;
+    own_event(
+        source,
+        correlation_id,
+        crate::callback::REQUEST_TYPE,
+        Extensions {
+            hbcallbackid: callback_id,
+            hbreplyto: reply_to,
+            data,
+        },
+    )
+    .map(Bytes::from)
+}
+
+/// A CloudEvent hookbridge itself emits (not a provider's webhook): the context attributes
+/// with `datacontenttype: application/json`, then `rest` (extensions and `data`).
+fn own_event<T: Serialize>(
+    source: &SourceSpec,
+    id: &str,
+    ty: &'static str,
+    rest: T,
+) -> Result<Vec<u8>, NormalizeError> {
+    #[derive(Serialize)]
+    struct Event<'a, T> {
         specversion: &'static str,
         id: &'a str,
         source: &'a str,
@@ -280,27 +297,21 @@ pub(crate) fn decision_request(
         time: &'a str,
         datacontenttype: &'static str,
         hbsource: &'a str,
-        hbcallbackid: &'a str,
-        hbreplyto: &'a str,
-        data: &'a serde_json::value::RawValue,
+        #[serde(flatten)]
+        rest: T,
     }
-    let data: &serde_json::value::RawValue =
-        serde_json::from_slice(body).map_err(|_| NormalizeError::Encode)?;
     let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    let json = serde_json::to_vec(&Request {
+    serde_json::to_vec(&Event {
         specversion: "1.0",
-        id: correlation_id,
+        id,
         source: &source.ce_source,
-        ty: crate::callback::REQUEST_TYPE,
+        ty,
         time: &time,
         datacontenttype: "application/json",
         hbsource: &source.name,
-        hbcallbackid: callback_id,
-        hbreplyto: reply_to,
-        data,
+        rest,
     })
-    .map_err(|_| NormalizeError::Encode)?;
-    Ok(Bytes::from(json))
+    .map_err(|_| NormalizeError::Encode)
 }
 
 /// CloudEvents context attributes plus hookbridge's extensions (lower-case, ≤ 20 characters as

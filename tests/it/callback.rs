@@ -348,29 +348,7 @@ async fn waas2_callbacks_decided_by_the_example_service_over_rabbitmq() {
     let events = dir.path().join("events.jsonl");
     let unique = uuid::Uuid::new_v4().simple().to_string();
     let (requests, replies) = (format!("decisions-{unique}"), format!("replies-{unique}"));
-    let app = TestApp::spawn(&format!(
-        r#"
-[spool]
-enabled = false
-
-[sinks.audit]
-type = "file"
-path = "{events}"
-
-[sinks.rabbit]
-type = "rabbitmq"
-url = "{amqp}"
-exchange = "hb-{unique}"
-{source}"#,
-        events = events.display(),
-        amqp = crate::rabbitmq::amqp_url(),
-        source = callback_source(
-            "audit",
-            "rabbit",
-            &format!("requests = \"{requests}\", replies = \"{replies}\"")
-        ),
-    ))
-    .await;
+    let app = TestApp::spawn(&rabbit_config(&events, &unique, &requests, &replies, "")).await;
     let broker = Broker::RabbitMq {
         url: crate::rabbitmq::amqp_url(),
         requests,
@@ -453,35 +431,13 @@ async fn a_retry_on_another_instance_gets_the_same_decision_through_redis() {
     let unique = uuid::Uuid::new_v4().simple().to_string();
     let (requests, replies) = (format!("decisions-{unique}"), format!("replies-{unique}"));
     let config = |n: u8| {
-        format!(
-            r#"
-[spool]
-enabled = false
-
-[decisions]
-store = "redis"
-redis_url = "{redis}"
-key_prefix = "hb-test-{unique}:"
-
-[sinks.audit]
-type = "file"
-path = "{events}"
-
-[sinks.rabbit]
-type = "rabbitmq"
-url = "{amqp}"
-exchange = "hb-{unique}"
-{source}"#,
-            redis = std::env::var("HOOKBRIDGE_TEST_REDIS")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into()),
-            events = dir.path().join(format!("events-{n}.jsonl")).display(),
-            amqp = crate::rabbitmq::amqp_url(),
-            source = callback_source(
-                "audit",
-                "rabbit",
-                &format!("requests = \"{requests}\", replies = \"{replies}\"")
-            ),
-        )
+        let store = format!(
+            "[decisions]\nstore = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"hb-test-{unique}:\"\n",
+            std::env::var("HOOKBRIDGE_TEST_REDIS")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+        );
+        let events = dir.path().join(format!("events-{n}.jsonl"));
+        rabbit_config(&events, &unique, &requests, &replies, &store)
     };
     let a = TestApp::spawn(&config(1)).await;
     let b = TestApp::spawn(&config(2)).await;
@@ -587,4 +543,36 @@ async fn publish_reply(exchange: &str, id: &str, decision: &str) {
         .await
         .unwrap();
     let _ = conn.close(200, "bye".into()).await;
+}
+
+/// An app with the audit trail in a file and the decision service on RabbitMQ.
+fn rabbit_config(
+    events: &std::path::Path,
+    unique: &str,
+    requests: &str,
+    replies: &str,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+[spool]
+enabled = false
+{extra}
+[sinks.audit]
+type = "file"
+path = "{events}"
+
+[sinks.rabbit]
+type = "rabbitmq"
+url = "{amqp}"
+exchange = "hb-{unique}"
+{source}"#,
+        events = events.display(),
+        amqp = crate::rabbitmq::amqp_url(),
+        source = callback_source(
+            "audit",
+            "rabbit",
+            &format!("requests = \"{requests}\", replies = \"{replies}\"")
+        ),
+    )
 }
