@@ -91,8 +91,9 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
 }
 
+/// A key-value store: edge dedup (`[dedup]`) and remembered callback decisions (`[decisions]`).
 #[derive(Clone)]
-pub struct DedupConfig {
+pub struct StoreConfig {
     pub backend: DedupBackend,
     /// May carry a password: never logged.
     pub redis_url: Option<String>,
@@ -101,9 +102,9 @@ pub struct DedupConfig {
     pub key_prefix: String,
 }
 
-impl fmt::Debug for DedupConfig {
+impl fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DedupConfig")
+        f.debug_struct("StoreConfig")
             .field("backend", &self.backend)
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("ttl", &self.ttl)
@@ -111,26 +112,10 @@ impl fmt::Debug for DedupConfig {
     }
 }
 
-/// Where callback decisions are remembered (`[decisions]`).
-#[derive(Clone)]
-pub struct DecisionsConfig {
-    pub backend: DedupBackend,
-    /// May carry a password: never logged.
-    pub redis_url: Option<String>,
-    pub ttl: Duration,
-    pub max_entries: u64,
-    pub key_prefix: String,
-}
-
-impl fmt::Debug for DecisionsConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DecisionsConfig")
-            .field("backend", &self.backend)
-            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
-            .field("ttl", &self.ttl)
-            .finish_non_exhaustive()
-    }
-}
+/// `[dedup]`: claims on (source, event ID).
+pub type DedupConfig = StoreConfig;
+/// `[decisions]`: where callback decisions are remembered.
+pub type DecisionsConfig = StoreConfig;
 
 #[derive(Debug, Clone)]
 pub struct AuditConfig {

@@ -497,13 +497,7 @@ async fn a_retry_on_another_instance_gets_the_same_decision_through_redis() {
 
 /// Decision requests waiting in a RabbitMQ queue (nobody consuming).
 async fn waiting_requests(queue: &str) -> u32 {
-    let conn = lapin::Connection::connect(
-        &crate::rabbitmq::amqp_url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
-    let channel = conn.create_channel().await.unwrap();
+    let (conn, channel) = amqp_channel().await;
     let q = channel
         .queue_declare(
             queue.into(),
@@ -521,13 +515,7 @@ async fn waiting_requests(queue: &str) -> u32 {
 
 /// Publishes a decision reply to a RabbitMQ reply (fanout) exchange, as a decision service would.
 async fn publish_reply(exchange: &str, id: &str, decision: &str) {
-    let conn = lapin::Connection::connect(
-        &crate::rabbitmq::amqp_url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
-    let channel = conn.create_channel().await.unwrap();
+    let (conn, channel) = amqp_channel().await;
     let body =
         serde_json::json!({ "id": id, "decision": decision, "reason": "forged" }).to_string();
     channel
@@ -575,4 +563,15 @@ exchange = "hb-{unique}"
             &format!("requests = \"{requests}\", replies = \"{replies}\"")
         ),
     )
+}
+
+async fn amqp_channel() -> (lapin::Connection, lapin::Channel) {
+    let conn = lapin::Connection::connect(
+        &crate::rabbitmq::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    (conn, channel)
 }
