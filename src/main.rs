@@ -64,10 +64,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            if let Err(e) = telemetry::init(cli.log_format, &cfg.audit) {
-                eprintln!("cannot open the audit log: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
+            // Held until the end of this arm: dropping it flushes the log writers.
+            let _log_writers = match telemetry::init(cli.log_format, &cfg.audit) {
+                Ok(guards) => guards,
+                Err(e) => {
+                    eprintln!("cannot open the audit log: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
             match tokio::runtime::Runtime::new() {
                 Ok(rt) => match rt.block_on(serve(cfg)) {
                     Ok(()) => ExitCode::SUCCESS,

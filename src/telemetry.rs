@@ -2,9 +2,13 @@
 //! pipelines. `RUST_LOG` filters the service log (default `info`). The audit log (target
 //! `hookbridge::audit`, one line per request) goes with it, to its own JSON-lines file, or
 //! nowhere, as `[audit]` says.
+//!
+//! Lines are handed to a writer thread (tracing-appender, buffered, never dropping: a full
+//! queue makes the logging call wait) instead of one `write(2)` per line on the request path.
+//! [`init`]'s guards flush the queues when dropped at exit; a crash can lose the last few ms of
+//! lines, never an event (events are durable in their sink before the 2xx).
 
-use std::sync::Arc;
-
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, Layer, fmt};
@@ -20,17 +24,35 @@ pub enum LogFormat {
     Json,
 }
 
+/// Flushes the log writers when dropped: keep it until the process ends.
+#[must_use = "dropping the guards stops the log writers"]
+pub struct Guards(#[allow(dead_code)] Vec<WorkerGuard>);
+
+fn writer<W: std::io::Write + Send + 'static>(
+    w: W,
+    guards: &mut Vec<WorkerGuard>,
+) -> tracing_appender::non_blocking::NonBlocking {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("hookbridge-log")
+        .finish(w);
+    guards.push(guard);
+    writer
+}
+
 /// # Errors
 /// When the audit file cannot be opened.
-pub fn init(format: LogFormat, audit: &AuditConfig) -> std::io::Result<()> {
+pub fn init(format: LogFormat, audit: &AuditConfig) -> std::io::Result<Guards> {
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut guards = Vec::new();
+    let stdout = writer(std::io::stdout(), &mut guards);
     let main = match format {
-        LogFormat::Text => fmt::layer().with_writer(std::io::stdout).boxed(),
+        LogFormat::Text => fmt::layer().with_writer(stdout).boxed(),
         LogFormat::Json => fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .with_writer(std::io::stdout)
+            .with_writer(stdout)
             .boxed(),
     };
     let audit_in_main = audit.output == AuditOutput::Stdout;
@@ -44,11 +66,12 @@ pub fn init(format: LogFormat, audit: &AuditConfig) -> std::io::Result<()> {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
             }
-            let file = Arc::new(
+            let file = writer(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)?,
+                &mut guards,
             );
             Some(
                 fmt::layer()
@@ -69,5 +92,5 @@ pub fn init(format: LogFormat, audit: &AuditConfig) -> std::io::Result<()> {
     {
         eprintln!("logging already initialised: {e}");
     }
-    Ok(())
+    Ok(Guards(guards))
 }
