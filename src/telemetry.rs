@@ -47,7 +47,11 @@ pub fn init(format: LogFormat, audit: &AuditConfig) -> std::io::Result<Guards> {
     let mut guards = Vec::new();
     let stdout = writer(std::io::stdout(), &mut guards);
     let main = match format {
-        LogFormat::Text => fmt::layer().with_writer(stdout).boxed(),
+        // Colours only for a terminal: the writer thread hides what stdout is from the layer.
+        LogFormat::Text => fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_writer(stdout)
+            .boxed(),
         LogFormat::Json => fmt::layer()
             .json()
             .flatten_event(true)
