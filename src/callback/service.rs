@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use serde::Deserialize;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{mpsc, watch};
 
 use super::{Decision, ServiceSpec, Verdict};
 #[cfg(any(feature = "kafka", feature = "rabbitmq"))]
@@ -92,7 +92,7 @@ pub struct DecisionService {
     label: String,
     transport: Transport,
     ready: Arc<AtomicBool>,
-    stop: Arc<Notify>,
+    stop: watch::Sender<bool>,
 }
 
 enum Transport {
@@ -118,7 +118,7 @@ impl DecisionService {
         replies: mpsc::Sender<Reply>,
     ) -> anyhow::Result<Self> {
         let ready = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(Notify::new());
+        let stop = watch::Sender::new(false);
         let transport = transport(spec, sink, replies, &ready, &stop).await?;
         Ok(Self {
             label: sink.name.clone(),
@@ -163,7 +163,8 @@ impl DecisionService {
     }
 
     pub fn close(&self) {
-        self.stop.notify_waiters();
+        // A watch, not a Notify: a supervisor between two waits still sees it.
+        self.stop.send_replace(true);
         self.ready.store(false, Ordering::SeqCst);
     }
 }
@@ -174,7 +175,7 @@ async fn transport(
     sink: &SinkSpec,
     replies: mpsc::Sender<Reply>,
     ready: &Arc<AtomicBool>,
-    stop: &Arc<Notify>,
+    stop: &watch::Sender<bool>,
 ) -> anyhow::Result<Transport> {
     let label = sink.name.clone();
     match &sink.kind {
@@ -185,7 +186,7 @@ async fn transport(
             spec.clone(),
             replies,
             Arc::clone(ready),
-            Arc::clone(stop),
+            stop.subscribe(),
         ))),
         #[cfg(feature = "kafka")]
         SinkKind::Kafka(k) => Ok(Transport::Kafka(
@@ -195,7 +196,7 @@ async fn transport(
                 spec.clone(),
                 replies,
                 Arc::clone(ready),
-                Arc::clone(stop),
+                stop.subscribe(),
             )
             .await?,
         )),
@@ -209,6 +210,13 @@ async fn transport(
             )
         }
     }
+}
+
+/// Resolves once `stop` says so (at once if it already has).
+#[cfg(any(feature = "kafka", feature = "rabbitmq"))]
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // Err: the sender is gone, which also means stop.
+    let _stopping = stop.wait_for(|s| *s).await;
 }
 
 /// Hands a consumed payload to the reply channel, or logs why it was dropped.
@@ -240,9 +248,9 @@ mod rabbit {
         BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event,
         ExchangeKind,
     };
-    use tokio::sync::{Notify, mpsc};
+    use tokio::sync::{Notify, mpsc, watch};
 
-    use super::{Reply, Request, ServiceSpec, forward};
+    use super::{Reply, Request, ServiceSpec, forward, stopped};
     use crate::config::redact_url;
     use crate::sink::PublishError;
 
@@ -260,7 +268,7 @@ mod rabbit {
         spec: ServiceSpec,
         replies: mpsc::Sender<Reply>,
         ready: Arc<AtomicBool>,
-        stop: Arc<Notify>,
+        stop: watch::Receiver<bool>,
     ) -> Requests {
         let channel = Arc::new(RwLock::new(None));
         let broken = Arc::new(Notify::new());
@@ -413,14 +421,14 @@ mod rabbit {
         replies: mpsc::Sender<Reply>,
         ready: Arc<AtomicBool>,
         broken: Arc<Notify>,
-        stop: Arc<Notify>,
+        mut stop: watch::Receiver<bool>,
     ) {
         let shown = redact_url(&url);
         let mut backoff = Duration::from_millis(100);
         loop {
             let connected = tokio::select! {
                 c = connect(&url, &spec) => c,
-                () = stop.notified() => return,
+                () = stopped(&mut stop) => return,
             };
             let (conn, channel, mut consumer) = match connected {
                 Ok(c) => c,
@@ -428,7 +436,7 @@ mod rabbit {
                     tracing::warn!(service = %label, url = %shown, error = %e, "decision service connection failed");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
-                        () = stop.notified() => return,
+                        () = stopped(&mut stop) => return,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
@@ -459,7 +467,7 @@ mod rabbit {
                         tracing::warn!(service = %label, "decision request channel closed; reconnecting");
                         break false;
                     }
-                    () = stop.notified() => break true,
+                    () = stopped(&mut stop) => break true,
                 }
             };
             ready.store(false, Ordering::SeqCst);
@@ -477,7 +485,7 @@ mod rabbit {
             // A connection that keeps dropping is not reconnected in a tight loop.
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
-                () = stop.notified() => return,
+                () = stopped(&mut stop) => return,
             }
         }
     }
@@ -493,9 +501,9 @@ mod kafka {
     use rdkafka::message::{Header, Message, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    use tokio::sync::{Notify, mpsc};
+    use tokio::sync::{mpsc, watch};
 
-    use super::{Reply, Request, ServiceSpec, forward};
+    use super::{Reply, Request, ServiceSpec, forward, stopped};
     use crate::config::KafkaSpec;
     use crate::sink::PublishError;
     use crate::sink::kafka::{client_config, create_topics};
@@ -546,7 +554,7 @@ mod kafka {
         spec: ServiceSpec,
         replies: mpsc::Sender<Reply>,
         ready: Arc<AtomicBool>,
-        stop: Arc<Notify>,
+        stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Requests> {
         let producer: FutureProducer = client_config(sink)
             .create()
@@ -622,7 +630,7 @@ mod kafka {
         consumer: Arc<StreamConsumer>,
         replies: mpsc::Sender<Reply>,
         ready: Arc<AtomicBool>,
-        stop: Arc<Notify>,
+        mut stop: watch::Receiver<bool>,
     ) {
         // Assignment needs the topic: create it first when asked to, then retry until it works.
         loop {
@@ -650,7 +658,7 @@ mod kafka {
             }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                () = stop.notified() => return,
+                () = stopped(&mut stop) => return,
             }
         }
         ready.store(true, Ordering::SeqCst);
@@ -682,7 +690,7 @@ mod kafka {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 },
-                () = stop.notified() => return,
+                () = stopped(&mut stop) => return,
             }
         }
     }
