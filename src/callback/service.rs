@@ -244,15 +244,13 @@ mod rabbit {
         QueueBindOptions, QueueDeclareOptions,
     };
     use lapin::types::{FieldTable, ShortString};
-    use lapin::{
-        BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event,
-        ExchangeKind,
-    };
+    use lapin::{BasicProperties, Channel, Connection, Event, ExchangeKind};
     use tokio::sync::{Notify, mpsc, watch};
 
     use super::{Reply, Request, ServiceSpec, forward, stopped};
     use crate::config::redact_url;
     use crate::sink::PublishError;
+    use crate::sink::rabbitmq::{confirmed, open};
 
     pub struct Requests {
         channel: Arc<RwLock<Option<Channel>>>,
@@ -326,17 +324,10 @@ mod rabbit {
                 )
                 .await
                 .map_err(unavailable)?;
-            match confirm.await.map_err(unavailable)? {
-                Confirmation::Ack(None) => Ok(()),
-                Confirmation::Ack(Some(_)) => Err(PublishError::Refused(format!(
-                    "decision request queue {} does not exist",
-                    self.queue
-                ))),
-                Confirmation::Nack(_) => Err(PublishError::Refused("broker nacked".into())),
-                Confirmation::NotRequested => Err(PublishError::Unavailable(
-                    "channel not in confirm mode".into(),
-                )),
-            }
+            let confirmation = confirm.await.map_err(unavailable)?;
+            confirmed(confirmation, |_| {
+                format!("decision request queue {} does not exist", self.queue)
+            })
         }
     }
 
@@ -344,12 +335,7 @@ mod rabbit {
         url: &str,
         spec: &ServiceSpec,
     ) -> anyhow::Result<(Connection, Channel, lapin::Consumer)> {
-        let props = ConnectionProperties::default()
-            .with_connection_name("hookbridge-decisions".into())
-            .configure_backoff(|b| b.with_max_times(0));
-        let conn = tokio::time::timeout(Duration::from_secs(5), Connection::connect(url, props))
-            .await
-            .map_err(|_| anyhow::anyhow!("connect timed out"))??;
+        let conn = open(url, "hookbridge-decisions").await?;
         let publish = conn.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())

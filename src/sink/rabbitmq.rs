@@ -126,17 +126,13 @@ impl RabbitSink {
             )
             .await
             .map_err(|e| self.failed(channel, &e))?;
-        match confirm.await.map_err(|e| self.failed(channel, &e))? {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(ret)) => Err(PublishError::Refused(format!(
+        let confirmation = confirm.await.map_err(|e| self.failed(channel, &e))?;
+        confirmed(confirmation, |ret| {
+            format!(
                 "unroutable: {} {} (bind a queue to exchange {})",
                 ret.reply_code, ret.reply_text, self.spec.exchange
-            ))),
-            Confirmation::Nack(_) => Err(PublishError::Refused("broker nacked the message".into())),
-            Confirmation::NotRequested => Err(PublishError::Unavailable(
-                "channel is not in confirm mode".into(),
-            )),
-        }
+            )
+        })
     }
 
     fn failed(&self, channel: &Channel, e: &lapin::Error) -> PublishError {
@@ -173,15 +169,36 @@ impl RabbitSink {
     }
 }
 
-async fn connect(spec: &RabbitSpec) -> anyhow::Result<Pool> {
-    // lapin's own retry would make connect block for minutes while the broker is down; the
-    // supervisor retries instead, so a single attempt under a timeout.
+/// A confirmed publish's outcome: only an `Ack` without a `basic.return` is a success.
+/// `unroutable` words the error for a returned (mandatory, unroutable) message.
+pub(crate) fn confirmed(
+    confirmation: Confirmation,
+    unroutable: impl FnOnce(&lapin::message::BasicReturnMessage) -> String,
+) -> Result<(), PublishError> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(ret)) => Err(PublishError::Refused(unroutable(&ret))),
+        Confirmation::Nack(_) => Err(PublishError::Refused("broker nacked the message".into())),
+        Confirmation::NotRequested => Err(PublishError::Unavailable(
+            "channel is not in confirm mode".into(),
+        )),
+    }
+}
+
+/// One connection attempt under [`CONNECT_TIMEOUT`]: lapin's own retry would make connect block
+/// for minutes while the broker is down, and every caller has a supervisor that retries.
+pub(crate) async fn open(url: &str, name: &str) -> anyhow::Result<Connection> {
     let props = ConnectionProperties::default()
-        .with_connection_name("hookbridge".into())
+        .with_connection_name(name.into())
         .configure_backoff(|b| b.with_max_times(0));
-    let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&spec.url, props))
+    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props))
         .await
-        .map_err(|_| anyhow::anyhow!("connect timed out after {CONNECT_TIMEOUT:?}"))??;
+        .map_err(|_| anyhow::anyhow!("connect timed out after {CONNECT_TIMEOUT:?}"))?
+        .map_err(Into::into)
+}
+
+async fn connect(spec: &RabbitSpec) -> anyhow::Result<Pool> {
+    let conn = open(&spec.url, "hookbridge").await?;
     let mut channels = Vec::with_capacity(spec.channels);
     for _ in 0..spec.channels {
         let ch = conn.create_channel().await?;
