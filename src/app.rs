@@ -124,7 +124,7 @@ impl App {
             .values()
             .any(|r| r.service.is_some())
             .then_some(reply_rx);
-        if decisions.backend() == "memory"
+        if config.decisions.backend == DedupBackend::Memory
             && routes.values().any(|r| r.spec.kind.approval().is_some())
         {
             tracing::warn!(

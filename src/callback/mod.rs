@@ -65,6 +65,18 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The kind of decider, for the metric label: `rule`, `default`, `service`, `timeout` or
+    /// `bad_signature` (the prefix of `decided_by`).
+    pub fn decider(&self) -> &'static str {
+        match self.decided_by.split(':').next().unwrap_or_default() {
+            "rule" => "rule",
+            "default" => "default",
+            "service" => "service",
+            "timeout" => "timeout",
+            _ => "bad_signature",
+        }
+    }
+
     pub fn new(
         decision: Verdict,
         reason: impl Into<String>,

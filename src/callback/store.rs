@@ -132,13 +132,6 @@ impl DecisionStore {
         })
     }
 
-    pub fn backend(&self) -> &'static str {
-        match &self.backend {
-            Backend::Memory(_) => "memory",
-            Backend::Redis { .. } => "redis",
-        }
-    }
-
     /// Claims `key` for recording in this process; `None` while another task records it (that
     /// task announces the result to every waiter).
     pub fn try_begin(&self, key: &str) -> Option<Recording<'_>> {

@@ -90,6 +90,17 @@ struct AuditCtx {
     started: Instant,
 }
 
+impl AuditCtx {
+    /// Client address, peer address and latency so far (µs), as the audit line writes them.
+    fn fields(&self) -> (String, String, u64) {
+        (
+            self.client.map(|c| c.to_string()).unwrap_or_default(),
+            self.peer.map(|p| p.to_string()).unwrap_or_default(),
+            u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        )
+    }
+}
+
 /// What an accepted request led to.
 enum Outcome {
     /// An event made durable (webhooks and notification callbacks).
@@ -362,9 +373,7 @@ where
 
 /// The audit line: one per request, with the outcome and why. Never bodies, signatures or keys.
 fn audit(source: &str, ctx: &AuditCtx, outcome: Result<(&Envelope, Delivery), &Rejection>) {
-    let latency_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    let peer = ctx.peer.map(|p| p.to_string()).unwrap_or_default();
-    let client = ctx.client.map(|c| c.to_string()).unwrap_or_default();
+    let (client, peer, latency_us) = ctx.fields();
     let bytes = ctx.bytes;
     match outcome {
         Ok((env, delivery)) => {
@@ -392,19 +401,11 @@ fn audit(source: &str, ctx: &AuditCtx, outcome: Result<(&Envelope, Delivery), &R
 
 /// The audit line of an approval callback: the decision, who made it and why.
 fn audit_decision(source: &str, ctx: &AuditCtx, a: &Answered) {
-    let latency_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    let peer = ctx.peer.map(|p| p.to_string()).unwrap_or_default();
-    let client = ctx.client.map(|c| c.to_string()).unwrap_or_default();
-    let by: &'static str = if a.remembered {
+    let (client, peer, latency_us) = ctx.fields();
+    let by = if a.remembered {
         "remembered"
     } else {
-        match a.decision.decided_by.split(':').next().unwrap_or_default() {
-            "rule" => "rule",
-            "default" => "default",
-            "service" => "service",
-            "timeout" => "timeout",
-            _ => "bad_signature",
-        }
+        a.decision.decider()
     };
     metrics::request(source, "decided");
     metrics::decision(source, a.decision.decision.body(), by);
