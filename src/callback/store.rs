@@ -44,6 +44,13 @@ fn redis_error(e: redis::RedisError) -> StoreError {
     StoreError::Redis(e.to_string())
 }
 
+/// The Redis connection, once the background connect has made one.
+async fn connected(
+    slot: &RwLock<Option<ConnectionManager>>,
+) -> Result<ConnectionManager, StoreError> {
+    slot.read().await.clone().ok_or(StoreError::Disconnected)
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -157,7 +164,7 @@ impl DecisionStore {
         match &self.backend {
             Backend::Memory(cache) => Ok(cache.get(key)),
             Backend::Redis { conn, prefix, .. } => {
-                let mut conn = conn.read().await.clone().ok_or(StoreError::Disconnected)?;
+                let mut conn = connected(conn).await?;
                 let raw: Option<String> = redis::cmd("GET")
                     .arg(format!("{prefix}{key}"))
                     .query_async(&mut conn)
@@ -183,7 +190,7 @@ impl DecisionStore {
                 Ok(cache.entry(key.to_owned()).or_insert(proposed).into_value())
             }
             Backend::Redis { conn, ttl, prefix } => {
-                let mut conn = conn.read().await.clone().ok_or(StoreError::Disconnected)?;
+                let mut conn = connected(conn).await?;
                 let full = format!("{prefix}{key}");
                 let value = serde_json::to_string(&proposed)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -231,7 +238,7 @@ impl DecisionStore {
         match &self.backend {
             Backend::Memory(cache) => cache.insert(key.to_owned(), audited),
             Backend::Redis { conn, prefix, .. } => {
-                let mut conn = conn.read().await.clone().ok_or(StoreError::Disconnected)?;
+                let mut conn = connected(conn).await?;
                 let value = serde_json::to_string(&audited)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 // XX: only over the standing decision, keeping its expiry.
@@ -261,7 +268,7 @@ impl DecisionStore {
                 Ok(())
             }
             Backend::Redis { conn, ttl, prefix } => {
-                let mut conn = conn.read().await.clone().ok_or(StoreError::Disconnected)?;
+                let mut conn = connected(conn).await?;
                 let _set: Option<String> = redis::cmd("SET")
                     .arg(format!("{prefix}asked:{key}"))
                     .arg("1")
@@ -283,7 +290,7 @@ impl DecisionStore {
         match &self.backend {
             Backend::Memory(_) => Ok(self.asked.contains_key(key)),
             Backend::Redis { conn, prefix, .. } => {
-                let mut conn = conn.read().await.clone().ok_or(StoreError::Disconnected)?;
+                let mut conn = connected(conn).await?;
                 let n: u64 = redis::cmd("EXISTS")
                     .arg(format!("{prefix}asked:{key}"))
                     .query_async(&mut conn)
