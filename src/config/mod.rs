@@ -367,13 +367,12 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         None => RawDedup::default(),
     };
     if raw_dedup.backend == DedupBackend::Redis {
-        match &raw_dedup.redis_url {
-            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {}
-            Some(_) => {
-                errors.push("dedup.redis_url: must start with redis:// or rediss://".to_owned())
-            }
-            None => errors.push("dedup.redis_url: required for backend = \"redis\"".to_owned()),
-        }
+        check_redis_url(
+            "dedup",
+            raw_dedup.redis_url.as_deref(),
+            "backend = \"redis\"",
+            &mut errors,
+        );
     }
     if raw_dedup.ttl_secs == 0 {
         errors.push("dedup.ttl_secs: must be greater than 0".to_owned());
@@ -393,13 +392,13 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
             .key_prefix
             .unwrap_or_else(|| "hookbridge:decision:".to_owned()),
     };
-    if decisions.backend == DedupBackend::Redis
-        && !decisions
-            .redis_url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("redis://") || u.starts_with("rediss://"))
-    {
-        errors.push("decisions.redis_url: a redis:// or rediss:// URL is required for store = \"redis\" (or set dedup.redis_url)".to_owned());
+    if decisions.backend == DedupBackend::Redis {
+        check_redis_url(
+            "decisions",
+            decisions.redis_url.as_deref(),
+            "store = \"redis\" (or set dedup.redis_url)",
+            &mut errors,
+        );
     }
     if decisions.ttl.is_zero() {
         errors.push("decisions.remember_secs: must be greater than 0".to_owned());
@@ -517,6 +516,17 @@ fn section<T: DeserializeOwned>(
             errors.push(format!("{at}: {}", env::redact_values(first)));
             None
         }
+    }
+}
+
+/// A Redis URL is present (`needed_for` says why) and has a Redis scheme.
+fn check_redis_url(section: &str, url: Option<&str>, needed_for: &str, errors: &mut Vec<String>) {
+    match url {
+        Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {}
+        Some(_) => errors.push(format!(
+            "{section}.redis_url: must start with redis:// or rediss://"
+        )),
+        None => errors.push(format!("{section}.redis_url: required for {needed_for}")),
     }
 }
 
