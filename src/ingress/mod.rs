@@ -139,11 +139,10 @@ pub fn routes(state: Arc<State>, serve: Serve) -> BoxedFilter<(Response,)> {
             let services: serde_json::Map<String, serde_json::Value> = state
                 .routes
                 .values()
-                .filter_map(|r| r.service.as_ref().map(|s| (r.spec.name.clone(), s.is_ready())))
-                .map(|(name, ready)| (name, serde_json::Value::Bool(ready)))
+                .filter_map(|r| Some((r.spec.name.clone(), r.service.as_ref()?.is_ready().into())))
                 .collect();
             let ready = (state.sinks.all_ready() || (state.spool.is_some() && spool_ready))
-                && services.values().all(|v| v.as_bool() == Some(true));
+                && services.values().all(|v| v == &serde_json::Value::Bool(true));
             let status = if ready {
                 StatusCode::OK
             } else {
