@@ -88,8 +88,12 @@ load hb-file-cobo http://127.0.0.1:8081/hooks/cobo cobo-waas2 64
 load hb-file-hmac http://127.0.0.1:8081/hooks/hmac hmac-sha256 64
 load hb-file-rsa http://127.0.0.1:8081/hooks/rsa rsa-sha256 64
 load hb-file-2000rps http://127.0.0.1:8081/hooks/cobo cobo-waas2 64 --rate 2000
-load hb-file-1000conns http://127.0.0.1:8081/hooks/standard standard-webhooks 1000
 load hb-callback-rules http://127.0.0.1:8081/hooks/callback-rules cobo-waas2 64
+stop
+# A fresh process for the RSS target, so its peak is what 1000 connections cost (plus the dedup
+# memory of this run's own events), not the dedup memory of every run before it.
+start hb-file-conns 8081 $HB serve --config bench/hookbridge-file.toml
+load hb-file-1000conns http://127.0.0.1:8081/hooks/standard standard-webhooks 1000
 stop
 
 log "hookbridge, RabbitMQ sink"

@@ -59,22 +59,23 @@ impl App {
             }
             None => None,
         };
+        let longest_deadline = config
+            .sources
+            .iter()
+            .map(|s| s.ack_deadline)
+            .max()
+            .unwrap_or_default();
+        let pending = crate::dedup::pending_ttl(longest_deadline);
         let dedup = match config.dedup.backend {
-            DedupBackend::Memory => Dedup::memory(config.dedup.ttl, config.dedup.max_entries),
-            DedupBackend::Redis => {
-                let longest = config
-                    .sources
-                    .iter()
-                    .map(|s| s.ack_deadline)
-                    .max()
-                    .unwrap_or_default();
-                Dedup::redis(
-                    config.dedup.redis_url.as_deref().unwrap_or_default(),
-                    config.dedup.ttl,
-                    crate::dedup::pending_ttl(longest),
-                    config.dedup.key_prefix.clone(),
-                )?
+            DedupBackend::Memory => {
+                Dedup::memory(config.dedup.ttl, pending, config.dedup.max_entries)
             }
+            DedupBackend::Redis => Dedup::redis(
+                config.dedup.redis_url.as_deref().unwrap_or_default(),
+                config.dedup.ttl,
+                pending,
+                config.dedup.key_prefix.clone(),
+            )?,
         };
         tracing::info!(
             backend = dedup.backend(),

@@ -5,10 +5,10 @@
 //! retry that finds `pending` gets 503 (the first attempt may still fail, and a 200 then would
 //! lose the event); one that finds `done` gets 200. A failed publish releases the claim so the
 //! next retry can succeed. `pending` claims expire after [`pending_ttl`], so a replica that died
-//! mid-request cannot block an event for long ([`pending_ttl`]).
+//! mid-request (or a request dropped when its client hung up) cannot block an event for long.
 //!
-//! Backends: in-process memory (moka, bounded, TTL) for one replica; Redis (`SET NX PX`) shared by
-//! all replicas. If Redis is unreachable the request proceeds without dedup (and the error is
+//! Backends: in-process memory (bounded, TTL; see [`MemoryDedup`]) for one replica; Redis
+//! (`SET NX PX`) shared by all replicas. If Redis is unreachable the request proceeds without dedup (and the error is
 //! counted): a possible duplicate is better than refusing events. Consumers still deduplicate by
 //! key; at-least-once is the contract.
 
@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use moka::ops::compute::Op;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Instant;
+
 use redis::aio::ConnectionManager;
 use tokio::sync::RwLock;
 
@@ -49,7 +52,10 @@ pub enum Claim {
 /// Proof of a claim, needed to complete or release it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Token {
+    /// The Redis key (empty for memory).
     key: String,
+    /// The memory key.
+    digest: u128,
     value: u64,
     /// Claims made while the store was unreachable are not recorded anywhere.
     recorded: bool,
@@ -59,10 +65,132 @@ pub struct Token {
 pub struct Dedup(Backend);
 
 enum Backend {
-    /// Keyed by a 128-bit digest of (source, event ID): a fixed 16 bytes per remembered event
-    /// instead of the strings.
-    Memory(moka::sync::Cache<u128, State>),
+    Memory(MemoryDedup),
     Redis(RedisDedup),
+}
+
+/// The in-process claim store, keyed by a 128-bit digest of (source, event ID).
+///
+/// Every entry lives for the same TTL, so insertion order is expiry order: each shard keeps a
+/// map plus a FIFO of (key, claim, expiry), and the FIFO's front is always the next entry to
+/// expire or, past the bound, the oldest to evict (the retry least likely to come). No per-entry
+/// timers or eviction policy: moka cost about 8 µs and 380 bytes per event on this path; this
+/// costs one uncontended lock and about 100 bytes.
+struct MemoryDedup {
+    shards: Box<[Mutex<Shard>]>,
+    ttl: Duration,
+    pending_ttl: Duration,
+    per_shard: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<u128, Entry>,
+    /// (key, the claim that queued it, when it expires); stale once the key's entry is gone or
+    /// belongs to a later claim.
+    order: VecDeque<(u128, u64, Instant)>,
+}
+
+struct Entry {
+    state: State,
+    /// The claim that queued this entry (matches its `order` record).
+    claim: u64,
+    claimed_at: Instant,
+}
+
+const SHARDS: usize = 16;
+
+impl MemoryDedup {
+    fn new(ttl: Duration, pending_ttl: Duration, max_entries: u64) -> Self {
+        let per_shard = usize::try_from(max_entries).unwrap_or(usize::MAX) / SHARDS;
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            ttl,
+            pending_ttl,
+            per_shard: per_shard.max(1),
+        }
+    }
+
+    fn shard(&self, key: u128) -> std::sync::MutexGuard<'_, Shard> {
+        // The key is a hash already: its low bits spread evenly. A panic while holding the lock
+        // leaves a consistent map (every mutation is one call), so poisoning is ignored.
+        #[allow(clippy::cast_possible_truncation)]
+        let i = (key as usize) % SHARDS;
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn claim(&self, key: u128, value: u64) -> Claim {
+        let now = Instant::now();
+        let mut shard = self.shard(key);
+        shard.expire(now, self.per_shard);
+        if let Some(e) = shard.map.get(&key) {
+            match e.state {
+                State::Done => return Claim::Done,
+                State::Pending(_) if now < e.claimed_at + self.pending_ttl => {
+                    return Claim::InFlight;
+                }
+                // A claim left pending past its deadline: its request is gone.
+                State::Pending(_) => {}
+            }
+        }
+        shard.put(key, State::Pending(value), value, now, now + self.ttl);
+        Claim::New(Token {
+            key: String::new(),
+            digest: key,
+            value,
+            recorded: true,
+        })
+    }
+
+    fn complete(&self, token: &Token) {
+        let now = Instant::now();
+        let mut shard = self.shard(token.digest);
+        match shard.map.get_mut(&token.digest) {
+            Some(e) => e.state = State::Done,
+            // Evicted meanwhile: remember it again, from now.
+            None => shard.put(token.digest, State::Done, token.value, now, now + self.ttl),
+        }
+    }
+
+    fn release(&self, token: &Token) {
+        let mut shard = self.shard(token.digest);
+        if shard
+            .map
+            .get(&token.digest)
+            .is_some_and(|e| e.state == State::Pending(token.value))
+        {
+            shard.map.remove(&token.digest);
+        }
+    }
+}
+
+impl Shard {
+    fn put(&mut self, key: u128, state: State, claim: u64, now: Instant, expires: Instant) {
+        self.map.insert(
+            key,
+            Entry {
+                state,
+                claim,
+                claimed_at: now,
+            },
+        );
+        self.order.push_back((key, claim, expires));
+    }
+
+    /// Drops expired entries, then the oldest ones past the bound.
+    fn expire(&mut self, now: Instant, bound: usize) {
+        while let Some(&(key, claim, expires)) = self.order.front() {
+            if expires > now && self.map.len() < bound && self.order.len() < bound * 2 {
+                break;
+            }
+            self.order.pop_front();
+            if self.map.get(&key).is_some_and(|e| e.claim == claim) {
+                self.map.remove(&key);
+            }
+        }
+    }
 }
 
 struct RedisDedup {
@@ -80,13 +208,13 @@ fn token_value() -> u64 {
 }
 
 impl Dedup {
-    pub fn memory(ttl: Duration, max_entries: u64) -> Self {
-        Self(Backend::Memory(
-            moka::sync::Cache::builder()
-                .max_capacity(max_entries)
-                .time_to_live(ttl)
-                .build(),
-        ))
+    /// `pending_ttl`: how long a claim may stay pending (see [`pending_ttl`]).
+    pub fn memory(ttl: Duration, pending_ttl: Duration, max_entries: u64) -> Self {
+        Self(Backend::Memory(MemoryDedup::new(
+            ttl,
+            pending_ttl,
+            max_entries,
+        )))
     }
 
     /// Connects in the background: hookbridge starts (without dedup) when Redis is down.
@@ -118,28 +246,7 @@ impl Dedup {
     pub async fn claim(&self, source: &str, id: &EventId) -> Claim {
         let value = token_value();
         match &self.0 {
-            Backend::Memory(cache) => {
-                let key = format!("{source}\u{0}{id}");
-                let mut outcome = Claim::InFlight;
-                cache.entry(digest(&key)).and_compute_with(|existing| {
-                    match existing.map(|e| e.into_value()) {
-                        None => {
-                            outcome = Claim::New(Token {
-                                key,
-                                value,
-                                recorded: true,
-                            });
-                            Op::Put(State::Pending(value))
-                        }
-                        Some(State::Done) => {
-                            outcome = Claim::Done;
-                            Op::Nop
-                        }
-                        Some(State::Pending(_)) => Op::Nop,
-                    }
-                });
-                outcome
-            }
+            Backend::Memory(m) => m.claim(digest(&format!("{source}\u{0}{id}")), value),
             Backend::Redis(r) => r.claim(source, id, value).await,
         }
     }
@@ -150,7 +257,7 @@ impl Dedup {
             return;
         }
         match &self.0 {
-            Backend::Memory(cache) => cache.insert(digest(&token.key), State::Done),
+            Backend::Memory(m) => m.complete(&token),
             Backend::Redis(r) => r.complete(&token).await,
         }
     }
@@ -161,14 +268,7 @@ impl Dedup {
             return;
         }
         match &self.0 {
-            Backend::Memory(cache) => {
-                cache
-                    .entry(digest(&token.key))
-                    .and_compute_with(|existing| match existing.map(|e| e.into_value()) {
-                        Some(State::Pending(v)) if v == token.value => Op::Remove,
-                        _ => Op::Nop,
-                    });
-            }
+            Backend::Memory(m) => m.release(&token),
             Backend::Redis(r) => r.release(&token).await,
         }
     }
@@ -223,6 +323,7 @@ impl RedisDedup {
         let unrecorded = |key: String| {
             Claim::New(Token {
                 key,
+                digest: 0,
                 value,
                 recorded: false,
             })
@@ -243,6 +344,7 @@ impl RedisDedup {
         match set {
             Ok(Some(_)) => Claim::New(Token {
                 key,
+                digest: 0,
                 value,
                 recorded: true,
             }),
@@ -334,7 +436,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_claims_are_exclusive_and_released_on_failure() {
-        let d = Dedup::memory(Duration::from_secs(60), 1000);
+        let d = Dedup::memory(Duration::from_secs(60), Duration::from_secs(30), 1000);
         let Claim::New(token) = d.claim("src", &id("e1")).await else {
             panic!("first claim")
         };
@@ -350,13 +452,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_abandoned_pending_claim_expires() {
+        // A request dropped mid-publish (its client hung up) never completes or releases.
+        let d = Dedup::memory(Duration::from_secs(60), Duration::from_millis(50), 1000);
+        let Claim::New(_abandoned) = d.claim("s", &id("gone")).await else {
+            panic!()
+        };
+        assert_eq!(d.claim("s", &id("gone")).await, Claim::InFlight);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let Claim::New(retry) = d.claim("s", &id("gone")).await else {
+            panic!("the retry after the pending deadline claims it")
+        };
+        d.complete(retry).await;
+        assert_eq!(d.claim("s", &id("gone")).await, Claim::Done);
+    }
+
+    #[tokio::test]
+    async fn memory_is_bounded_and_forgets_the_oldest_first() {
+        // 16 shards of 4: far more events than fit.
+        let d = Dedup::memory(Duration::from_secs(60), Duration::from_secs(30), 64);
+        for i in 0..10_000 {
+            let Claim::New(t) = d.claim("s", &id(&format!("e{i}"))).await else {
+                panic!()
+            };
+            d.complete(t).await;
+        }
+        let Backend::Memory(m) = &d.0 else { panic!() };
+        let held: usize = m.shards.iter().map(|s| s.lock().unwrap().map.len()).sum();
+        assert!(held <= 64, "{held} entries held");
+        // The newest are remembered, the oldest forgotten.
+        assert_eq!(d.claim("s", &id("e9999")).await, Claim::Done);
+        assert!(matches!(d.claim("s", &id("e0")).await, Claim::New(_)));
+    }
+
+    #[tokio::test]
+    async fn entries_expire_after_the_ttl() {
+        let d = Dedup::memory(Duration::from_millis(50), Duration::from_millis(50), 1000);
+        let Claim::New(t) = d.claim("s", &id("old")).await else {
+            panic!()
+        };
+        d.complete(t).await;
+        assert_eq!(d.claim("s", &id("old")).await, Claim::Done);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(matches!(d.claim("s", &id("old")).await, Claim::New(_)));
+    }
+
+    #[tokio::test]
     async fn a_stale_release_does_not_drop_a_newer_claim() {
-        let d = Dedup::memory(Duration::from_secs(60), 1000);
+        let d = Dedup::memory(Duration::from_secs(60), Duration::from_secs(30), 1000);
         let Claim::New(first) = d.claim("s", &id("x")).await else {
             panic!()
         };
         let stale = Token {
             key: first.key.clone(),
+            digest: first.digest,
             value: first.value + 1000,
             recorded: true,
         };

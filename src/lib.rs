@@ -4,7 +4,7 @@
 //! # Layout
 //! In data-flow order:
 //! - [`server`]: accept loop (plain or [`tls`]), connection limits, peer address, drain.
-//! - [`ingress`]: routes, body limits, the per-request pipeline, status mapping, audit line.
+//! - [`ingress`]: routes, body limits, the per-request pipeline, status mapping.
 //! - [`verify`]: signature schemes over the raw body; the only maker of `VerifiedWebhook`.
 //! - [`normalize`]: event ID/type and the CloudEvents envelope.
 //! - [`dedup`]: claims on (source, event ID), memory or Redis.
@@ -14,9 +14,11 @@
 //! - [`spool`]: the fsync'd local queue when a broker is slow or away, and its drainers.
 //!
 //! Around them: [`config`] (load + validate, all errors at once), [`app`] (wiring),
-//! [`metrics`] (every metric name), [`telemetry`] (logging), [`shutdown`] (signals).
+//! [`metrics`] (every metric name), [`audit`] (the per-request audit line), [`telemetry`]
+//! (logging), [`shutdown`] (signals).
 
 pub mod app;
+pub mod audit;
 pub mod callback;
 pub mod config;
 pub mod dedup;

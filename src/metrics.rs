@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+pub use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Requests by `source` and `outcome` (`accepted`, `bad_signature`, `too_large`, …).
@@ -42,16 +43,55 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         .install_recorder()
 }
 
+/// One source's series on the accepted path, registered once when its route is built: the
+/// macros would otherwise copy the label and look the series up on every request.
+pub struct SourceMetrics {
+    /// By [`SourceMetrics::OUTCOMES`] position.
+    outcomes: [Counter; 5],
+    ack_latency: Histogram,
+    publish_latency: Histogram,
+}
+
+impl SourceMetrics {
+    /// The `outcome` labels of accepted requests.
+    pub const OUTCOMES: [&'static str; 5] = [
+        "accepted",
+        "spooled",
+        "accepted_unconfirmed",
+        "duplicate",
+        "decided",
+    ];
+
+    pub fn new(source: &str, sink: &str) -> Self {
+        Self {
+            outcomes: Self::OUTCOMES.map(|outcome| {
+                metrics::counter!(REQUESTS, "source" => source.to_owned(), "outcome" => outcome)
+            }),
+            ack_latency: metrics::histogram!(ACK_LATENCY, "source" => source.to_owned()),
+            publish_latency: metrics::histogram!(PUBLISH_LATENCY, "sink" => sink.to_owned()),
+        }
+    }
+
+    /// Counts an accepted request; `outcome` is one of [`SourceMetrics::OUTCOMES`].
+    pub fn request(&self, outcome: &'static str) {
+        match Self::OUTCOMES.iter().position(|o| *o == outcome) {
+            Some(i) => self.outcomes[i].increment(1),
+            None => debug_assert!(false, "unregistered outcome {outcome}"),
+        }
+    }
+
+    pub fn ack_latency(&self, elapsed: Duration) {
+        self.ack_latency.record(elapsed.as_secs_f64());
+    }
+
+    /// The source's sink's publish latency (a handle: clones share the series).
+    pub fn publish_latency(&self) -> &Histogram {
+        &self.publish_latency
+    }
+}
+
 pub fn request(source: &str, outcome: &'static str) {
     metrics::counter!(REQUESTS, "source" => source.to_owned(), "outcome" => outcome).increment(1);
-}
-
-pub fn ack_latency(source: &str, elapsed: Duration) {
-    metrics::histogram!(ACK_LATENCY, "source" => source.to_owned()).record(elapsed.as_secs_f64());
-}
-
-pub fn publish_latency(sink: &str, elapsed: Duration) {
-    metrics::histogram!(PUBLISH_LATENCY, "sink" => sink.to_owned()).record(elapsed.as_secs_f64());
 }
 
 pub fn sink_ready(sink: &str, ready: bool) {

@@ -1,7 +1,7 @@
 //! Logging setup: human-readable text for a terminal, or one JSON object per line for log
 //! pipelines. `RUST_LOG` filters the service log (default `info`). The audit log (target
-//! `hookbridge::audit`, one line per request) goes with it, to its own JSON-lines file, or
-//! nowhere, as `[audit]` says.
+//! `hookbridge::audit`, one line per request) goes with it, to its own JSON-lines file (written
+//! by [`crate::audit`] directly), or nowhere, as `[audit]` says.
 //!
 //! Lines are handed to a writer thread (tracing-appender, buffered, never dropping: a full
 //! queue makes the logging call wait) instead of one `write(2)` per line on the request path.
@@ -15,8 +15,7 @@ use tracing_subscriber::{EnvFilter, Layer, fmt};
 
 use crate::config::{AuditConfig, AuditOutput};
 
-/// The tracing target of audit lines.
-pub const AUDIT_TARGET: &str = "hookbridge::audit";
+use crate::audit::TARGET as AUDIT_TARGET;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -32,10 +31,12 @@ fn writer<W: std::io::Write + Send + 'static>(
     w: W,
     guards: &mut Vec<WorkerGuard>,
 ) -> tracing_appender::non_blocking::NonBlocking {
+    // The worker thread writes each line to its writer and flushes once its queue is empty:
+    // buffered, a burst of lines costs one `write(2)` instead of one per line.
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("hookbridge-log")
-        .finish(w);
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, w));
     guards.push(guard);
     writer
 }
@@ -65,35 +66,18 @@ pub fn init(format: LogFormat, audit: &AuditConfig) -> std::io::Result<Guards> {
             audit_in_main || m.target() != AUDIT_TARGET
         }))
         .with_filter(env);
-    let audit_layer = match (audit.output, &audit.path) {
-        (AuditOutput::File, Some(path)) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            let file = writer(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-                &mut guards,
-            );
-            Some(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(false)
-                    .with_writer(file)
-                    .with_filter(filter_fn(|m| m.target() == AUDIT_TARGET)),
-            )
+    // The audit file gets its lines straight from `audit` (JSON lines, its own writer thread).
+    if let (AuditOutput::File, Some(path)) = (audit.output, &audit.path) {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
         }
-        _ => None,
-    };
-    if let Err(e) = tracing_subscriber::registry()
-        .with(main)
-        .with(audit_layer)
-        .try_init()
-    {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        crate::audit::to_file(writer(file, &mut guards));
+    }
+    if let Err(e) = tracing_subscriber::registry().with(main).try_init() {
         eprintln!("logging already initialised: {e}");
     }
     Ok(Guards(guards))

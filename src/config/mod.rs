@@ -249,6 +249,17 @@ pub enum Locator {
     Header(HeaderName),
 }
 
+impl Locator {
+    /// The body pointers this locator reads (none for a header).
+    pub fn pointers(&self) -> &[String] {
+        match self {
+            Self::Body(p) => std::slice::from_ref(p),
+            Self::Joined(ps) => ps,
+            Self::Header(_) => &[],
+        }
+    }
+}
+
 impl fmt::Display for Locator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -18,11 +18,11 @@ use super::{PeerAddr, Route, State, client};
 use crate::callback::Purpose;
 use crate::config::{AckMode, SourceKind};
 use crate::dedup::Claim;
-use crate::metrics;
 use crate::normalize::Envelope;
 use crate::sink::PublishError;
 use crate::spool::{Spool, SpoolError, Spooled};
 use crate::verify::IncomingWebhook;
+use crate::{audit, metrics};
 
 pub async fn receive<S, B>(
     name: String,
@@ -61,8 +61,9 @@ where
     let result = process(route, &state, method, headers, body, &mut ctx).await;
     match result {
         Ok(Outcome::Event(envelope, delivery)) => {
+            route.metrics.request(delivery.outcome());
             audit(&name, &ctx, Ok((&envelope, delivery)));
-            metrics::ack_latency(&name, started.elapsed());
+            route.metrics.ack_latency(started.elapsed());
             if matches!(route.spec.kind, SourceKind::Callback(Purpose::Notification)) {
                 // A notification's `ok` only says "received": sent once durable, like a 200.
                 reject::decided(crate::callback::Verdict::Ok)
@@ -71,8 +72,9 @@ where
             }
         }
         Ok(Outcome::Decided(answered)) => {
+            route.metrics.request("decided");
             audit_decision(&name, &ctx, &answered);
-            metrics::ack_latency(&name, started.elapsed());
+            route.metrics.ack_latency(started.elapsed());
             reject::decided(answered.decision.decision)
         }
         Err(r) => {
@@ -254,10 +256,11 @@ pub(super) async fn deliver(
         (AckMode::Accept, spool) => {
             let (sink, spool, env) = (Arc::clone(&route.sink), spool.cloned(), envelope.clone());
             let (deadline, name) = (route.spec.ack_deadline, sink_name.to_owned());
+            let latency = route.metrics.publish_latency().clone();
             tokio::spawn(async move {
                 let mut publish = std::pin::pin!(sink.publish(&env));
                 if !matches!(
-                    confirm_within(&name, deadline, &mut publish).await,
+                    confirm_within(&latency, deadline, &mut publish).await,
                     Some(Ok(()))
                 ) {
                     let spooled = match &spool {
@@ -273,7 +276,13 @@ pub(super) async fn deliver(
         }
         (AckMode::Broker, None) => {
             let mut publish = std::pin::pin!(route.sink.publish(envelope));
-            match confirm_within(sink_name, route.spec.ack_deadline, &mut publish).await {
+            match confirm_within(
+                route.metrics.publish_latency(),
+                route.spec.ack_deadline,
+                &mut publish,
+            )
+            .await
+            {
                 Some(Ok(())) => Ok(Delivery::Published),
                 Some(Err(e)) => Err(e.into()),
                 None => Err(Rejection::AckTimeout),
@@ -289,7 +298,7 @@ pub(super) async fn deliver(
             let budget = route.spec.ack_deadline.mul_f32(0.8);
             let (sink, env) = (Arc::clone(&route.sink), envelope.clone());
             let mut pending = Box::pin(async move { sink.publish(&env).await });
-            match confirm_within(sink_name, budget, &mut pending).await {
+            match confirm_within(route.metrics.publish_latency(), budget, &mut pending).await {
                 Some(Ok(())) => Ok(Delivery::Published),
                 Some(Err(e @ PublishError::Refused(_))) => Err(e.into()),
                 Some(Err(PublishError::Unavailable(_))) => {
@@ -320,7 +329,7 @@ const LATE_CONFIRM_WAIT: Duration = Duration::from_secs(60);
 /// Waits up to `budget` for a sink's confirmation, recording the publish latency when it comes.
 /// `None`: not in time (the publish itself is left to the caller, which may keep waiting).
 async fn confirm_within<F>(
-    sink: &str,
+    latency: &metrics::Histogram,
     budget: Duration,
     publish: &mut F,
 ) -> Option<Result<(), PublishError>>
@@ -330,7 +339,7 @@ where
     let started = Instant::now();
     let result = tokio::time::timeout(budget, publish).await.ok()?;
     if result.is_ok() {
-        metrics::publish_latency(sink, started.elapsed());
+        latency.record(started.elapsed().as_secs_f64());
     }
     Some(result)
 }
@@ -371,30 +380,46 @@ where
     Ok(out.freeze())
 }
 
-/// The audit line: one per request, with the outcome and why. Never bodies, signatures or keys.
+/// Writes the request's audit line (see [`crate::audit`]).
 fn audit(source: &str, ctx: &AuditCtx, outcome: Result<(&Envelope, Delivery), &Rejection>) {
     let (client, peer, latency_us) = ctx.fields();
-    let bytes = ctx.bytes;
+    let mut line = audit::Line {
+        level: tracing::Level::INFO,
+        message: "request accepted",
+        source,
+        client: &client,
+        peer: &peer,
+        outcome: "",
+        reason: "",
+        status: 200,
+        event_id: None,
+        event_type: None,
+        id_from: None,
+        detail: None,
+        decision: None,
+        bytes: ctx.bytes,
+        latency_us,
+    };
+    let (id_from, detail);
     match outcome {
         Ok((env, delivery)) => {
-            let outcome = delivery.outcome();
-            metrics::request(source, outcome);
-            tracing::info!(
-                target: "hookbridge::audit",
-                source, client, peer, outcome, reason = "", status = 200u16,
-                event_id = %env.id(), event_type = env.event_type(), id_from = %env.id_origin(),
-                bytes, latency_us,
-                "request accepted"
-            );
+            id_from = env.id_origin().to_string();
+            line.outcome = delivery.outcome();
+            line.event_id = Some(env.id().as_str());
+            line.event_type = Some(env.event_type());
+            line.id_from = Some(&id_from);
+            line.write();
         }
         Err(r) => {
             metrics::request(source, r.reason());
-            tracing::warn!(
-                target: "hookbridge::audit",
-                source, client, peer, outcome = "rejected", reason = r.reason(),
-                status = r.status().as_u16(), detail = %r, bytes, latency_us,
-                "request rejected"
-            );
+            detail = r.to_string();
+            line.level = tracing::Level::WARN;
+            line.message = "request rejected";
+            line.outcome = "rejected";
+            line.reason = r.reason();
+            line.status = r.status().as_u16();
+            line.detail = Some(&detail);
+            line.write();
         }
     }
 }
@@ -407,16 +432,31 @@ fn audit_decision(source: &str, ctx: &AuditCtx, a: &Answered) {
     } else {
         a.decision.decider()
     };
-    metrics::request(source, "decided");
     metrics::decision(source, a.decision.decision.body(), by);
-    tracing::info!(
-        target: "hookbridge::audit",
-        source, client, peer, outcome = "decided", status = 200u16,
-        decision = a.decision.decision.body(), decided_by = %a.decision.decided_by,
-        reason = %a.decision.reason, remembered = a.remembered, callback_id = %a.callback_id,
-        bytes = ctx.bytes, latency_us,
-        "callback answered"
-    );
+    let decided_by = a.decision.decided_by.to_string();
+    audit::Line {
+        level: tracing::Level::INFO,
+        message: "callback answered",
+        source,
+        client: &client,
+        peer: &peer,
+        outcome: "decided",
+        reason: &a.decision.reason,
+        status: 200,
+        event_id: None,
+        event_type: None,
+        id_from: None,
+        detail: None,
+        decision: Some(audit::DecisionFields {
+            decision: a.decision.decision.body(),
+            decided_by: &decided_by,
+            remembered: a.remembered,
+            callback_id: &a.callback_id,
+        }),
+        bytes: ctx.bytes,
+        latency_us,
+    }
+    .write();
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ pub struct Route {
     pub sink: Arc<Sink>,
     /// The decision service an approval callback asks (`default = "ask"`).
     pub service: Option<Arc<DecisionService>>,
+    metrics: crate::metrics::SourceMetrics,
     limiter: Option<DefaultDirectRateLimiter>,
     ip_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
 }
@@ -53,7 +54,9 @@ impl Route {
     pub fn new(spec: SourceSpec, sink: Arc<Sink>, service: Option<Arc<DecisionService>>) -> Self {
         let limiter = spec.rate_limit.map(|r| RateLimiter::direct(quota(r)));
         let ip_limiter = spec.rate_limit_per_ip.map(|r| RateLimiter::keyed(quota(r)));
+        let metrics = crate::metrics::SourceMetrics::new(&spec.name, &spec.sink);
         Self {
+            metrics,
             spec,
             sink,
             service,

@@ -31,7 +31,11 @@ async fn state(dir: &std::path::Path, sources: &str) -> Arc<State> {
         require_tls: false,
         tls_listener: false,
         spool: None,
-        dedup: Arc::new(crate::dedup::Dedup::memory(Duration::from_secs(60), 1000)),
+        dedup: Arc::new(crate::dedup::Dedup::memory(
+            Duration::from_secs(60),
+            Duration::from_secs(30),
+            1000,
+        )),
         decisions: Arc::new(crate::callback::store::DecisionStore::memory(
             Duration::from_secs(60),
             1000,

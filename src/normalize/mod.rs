@@ -12,11 +12,12 @@ use std::time::SystemTime;
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::Serialize;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Locator, SourceSpec};
 use crate::verify::VerifiedWebhook;
+
+mod scan;
 
 /// Longest event ID accepted: RabbitMQ's `message-id` is a short string (255 bytes).
 pub const MAX_EVENT_ID_LEN: usize = 255;
@@ -118,28 +119,38 @@ impl Envelope {
         received: SystemTime,
     ) -> Result<Self, NormalizeError> {
         let body = webhook.body();
-        // Validate without building a tree (no allocation); locators then descend through
-        // borrowed raw values only as deep as they point. A body with surrounding whitespace is
-        // valid JSON, but splicing it would not be byte-exact: base64 it instead.
-        // UTF-8 first, and every value parsed as a reader would (`Validated`): skipping values
-        // with IgnoredAny checks neither the bytes inside strings nor number ranges, and a
-        // spliced body a parser rejects makes the whole event unreadable (both found by the
-        // `normalize` fuzz target). Deep nesting is also sent as base64: the envelope adds a
-        // level, and common parsers (serde_json: 128) stop short of where the body alone would.
-        let is_json = std::str::from_utf8(body).is_ok_and(|text| {
-            nesting_depth(text.as_bytes()) <= MAX_SPLICE_DEPTH
-                && serde_json::from_str::<Validated>(text).is_ok()
-        });
-        let parsed: Option<&[u8]> = is_json.then_some(body.as_ref());
-        let exact_json = is_json
+        // One pass over the body (no tree, no allocation off the wanted paths) validates it and
+        // picks out every body pointer the ID and type locators name. A body with surrounding
+        // whitespace is valid JSON, but splicing it would not be byte-exact: base64 it instead.
+        // UTF-8 first, and every value parsed as a reader would (`scan`): a spliced body a
+        // parser rejects makes the whole event unreadable (found by the `normalize` fuzz
+        // target). Deep nesting is also sent as base64: the envelope adds a level, and common
+        // parsers (serde_json: 128) stop short of where the body alone would.
+        let pointers: Vec<&str> = source
+            .event_id
+            .iter()
+            .chain(&source.event_type)
+            .flat_map(Locator::pointers)
+            .map(String::as_str)
+            .collect();
+        let found = std::str::from_utf8(body)
+            .ok()
+            .filter(|text| scan::nesting_depth(text.as_bytes()) <= MAX_SPLICE_DEPTH)
+            .and_then(|text| scan::scan(text, &pointers));
+        let exact_json = found.is_some()
             && !body.first().is_some_and(u8::is_ascii_whitespace)
             && !body.last().is_some_and(u8::is_ascii_whitespace);
+        let body_value = |pointer: &str| -> Option<String> {
+            let found = found.as_ref()?;
+            let i = pointers.iter().position(|p| *p == pointer)?;
+            found[i].clone()
+        };
 
-        let (id, id_origin) = match locate(&source.event_id, &webhook, parsed, "event_id")? {
+        let (id, id_origin) = match locate(&source.event_id, &webhook, &body_value, "event_id")? {
             Some((v, origin)) => (v, IdOrigin::Locator(origin)),
             None => (hex::encode(Sha256::digest(body)), IdOrigin::BodySha256),
         };
-        let event_type = locate(&source.event_type, &webhook, parsed, "event_type")?
+        let event_type = locate(&source.event_type, &webhook, &body_value, "event_type")?
             .map_or_else(|| source.default_type.clone(), |(v, _)| v);
 
         let received_at = humantime::format_rfc3339_millis(received).to_string();
@@ -356,7 +367,7 @@ pub enum NormalizeError {
 fn locate(
     locators: &[Locator],
     webhook: &VerifiedWebhook,
-    json: Option<&[u8]>,
+    body_value: &dyn Fn(&str) -> Option<String>,
     field: &'static str,
 ) -> Result<Option<(String, String)>, NormalizeError> {
     for locator in locators {
@@ -366,15 +377,14 @@ fn locate(
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
-            Locator::Body(pointer) => json.and_then(|j| pointer_scalar(j, pointer)),
-            Locator::Joined(pointers) => json.and_then(|j| {
-                let parts: Option<Vec<String>> =
-                    pointers.iter().map(|p| pointer_scalar(j, p)).collect();
+            Locator::Body(pointer) => body_value(pointer),
+            Locator::Joined(pointers) => {
+                let parts: Option<Vec<String>> = pointers.iter().map(|p| body_value(p)).collect();
                 // Every part must be present, and the first (the identifier) non-empty.
                 parts
                     .filter(|p| p.first().is_some_and(|s| !s.is_empty()))
                     .map(|p| p.join(":"))
-            }),
+            }
         };
         if let Some(v) = value.filter(|v| !v.is_empty()) {
             if v.len() > MAX_EVENT_ID_LEN {
@@ -389,119 +399,15 @@ fn locate(
     Ok(None)
 }
 
-/// Parses any JSON value the way a reader would (numbers range-checked, strings decoded) and
-/// keeps nothing: validation without building a tree.
-struct Validated;
-
-impl<'de> serde::Deserialize<'de> for Validated {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ValidatedVisitor)
-    }
-}
-
-struct ValidatedVisitor;
-
-impl<'de> serde::de::Visitor<'de> for ValidatedVisitor {
-    type Value = Validated;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Validated, E> {
-        Ok(Validated)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Validated, E> {
-        Ok(Validated)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Validated, E> {
-        Ok(Validated)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Validated, E> {
-        Ok(Validated)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Validated, E> {
-        Ok(Validated)
-    }
-    fn visit_unit<E>(self) -> Result<Validated, E> {
-        Ok(Validated)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Validated, A::Error> {
-        while seq.next_element::<Validated>()?.is_some() {}
-        Ok(Validated)
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Validated, A::Error> {
-        while map.next_entry::<Validated, Validated>()?.is_some() {}
-        Ok(Validated)
-    }
-}
-
 /// Deepest nesting of a body spliced into `data` (deeper bodies go to `data_base64`).
 const MAX_SPLICE_DEPTH: usize = 64;
-
-/// The deepest `[`/`{` nesting outside strings (the input is checked as JSON separately).
-fn nesting_depth(json: &[u8]) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &b in json {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    max
-}
-
-/// Resolves an RFC 6901 pointer in validated JSON, parsing only the objects and arrays on the
-/// way (as maps and lists of borrowed raw values), and returns a scalar as text.
-fn pointer_scalar(json: &[u8], pointer: &str) -> Option<String> {
-    use serde_json::value::RawValue;
-    let mut current: &RawValue = serde_json::from_slice(json).ok()?;
-    for token in pointer.split('/').skip(1) {
-        let token = token.replace("~1", "/").replace("~0", "~");
-        let text = current.get().trim_start();
-        current = if text.starts_with('{') {
-            let map: std::collections::HashMap<std::borrow::Cow<'_, str>, &RawValue> =
-                serde_json::from_str(current.get()).ok()?;
-            map.get(token.as_str()).copied()?
-        } else if text.starts_with('[') {
-            let list: Vec<&RawValue> = serde_json::from_str(current.get()).ok()?;
-            let index: usize = token.parse().ok()?;
-            list.get(index).copied()?
-        } else {
-            return None;
-        };
-    }
-    let value: Value = serde_json::from_str(current.get()).ok()?;
-    scalar(&value)
-}
-
-fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use http::{HeaderMap, HeaderValue};
+    use serde_json::Value;
 
     use super::*;
     use crate::verify::IncomingWebhook;
@@ -639,21 +545,6 @@ mod tests {
         let env = envelope(&src, deep.as_bytes(), &[]).unwrap();
         let v: Value = serde_json::from_slice(env.json()).expect("the envelope stays parseable");
         assert!(v.get("data_base64").is_some());
-        assert_eq!(nesting_depth(br#"{"a":"[[[[","b":[{"c":"\"}"}]}"#), 3);
-    }
-
-    #[test]
-    fn pointers_resolve_without_a_value_tree() {
-        let j = br#"{"a":{"b":[10,{"c":"x"}],"d/e":true,"f~g":1.5},"n":null,"s":"top"}"#;
-        assert_eq!(pointer_scalar(j, "/s").as_deref(), Some("top"));
-        assert_eq!(pointer_scalar(j, "/a/b/0").as_deref(), Some("10"));
-        assert_eq!(pointer_scalar(j, "/a/b/1/c").as_deref(), Some("x"));
-        assert_eq!(pointer_scalar(j, "/a/d~1e").as_deref(), Some("true"));
-        assert_eq!(pointer_scalar(j, "/a/f~0g").as_deref(), Some("1.5"));
-        // Missing, out of range, through a scalar, or not a scalar: nothing.
-        for p in ["/x", "/a/b/7", "/s/t", "/a", "/n", "/a/b/-1"] {
-            assert_eq!(pointer_scalar(j, p), None, "{p}");
-        }
     }
 
     #[test]

@@ -1,0 +1,335 @@
+//! One pass over a JSON body: checks that it parses as a reader would (numbers range-checked,
+//! strings decoded, no trailing bytes) and picks out the scalars at the wanted RFC 6901
+//! pointers, without building a tree. Everything off the wanted paths is only validated.
+//!
+//! Duplicate keys resolve as in a `serde_json::Value`: the last one wins, so reaching a path a
+//! second time clears what the first visit found below it.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// The scalar found at each pointer, in the order given, as text (`None`: missing, null, or an
+/// object or array). `None` overall when the body is not valid JSON.
+pub fn scan(json: &str, pointers: &[&str]) -> Option<Vec<Option<String>>> {
+    let wants: Vec<Vec<Cow<'_, str>>> = pointers.iter().map(|p| tokens(p)).collect();
+    let mut found = vec![None; pointers.len()];
+    let mut de = serde_json::Deserializer::from_str(json);
+    Node {
+        wants: &wants,
+        active: (0..wants.len()).collect(),
+        depth: 0,
+        found: &mut found,
+    }
+    .deserialize(&mut de)
+    .ok()?;
+    de.end().ok()?;
+    Some(found)
+}
+
+/// A pointer's reference tokens, unescaped (`~1` is `/`, `~0` is `~`).
+fn tokens(pointer: &str) -> Vec<Cow<'_, str>> {
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|t| {
+            if t.contains('~') {
+                Cow::Owned(t.replace("~1", "/").replace("~0", "~"))
+            } else {
+                Cow::Borrowed(t)
+            }
+        })
+        .collect()
+}
+
+/// A value on (at least) one wanted path: `active` are the pointers through it, `depth` the
+/// tokens consumed to reach it.
+struct Node<'w, 'f> {
+    wants: &'w [Vec<Cow<'w, str>>],
+    active: Vec<usize>,
+    depth: usize,
+    found: &'f mut [Option<String>],
+}
+
+impl Node<'_, '_> {
+    fn set_scalar(self, text: impl Fn() -> String) {
+        for &i in &self.active {
+            if self.wants[i].len() == self.depth {
+                self.found[i] = Some(text());
+            }
+        }
+    }
+
+    /// The pointers that continue into the child selected by `matches(token)`.
+    fn next(&self, matches: impl Fn(&str) -> bool) -> Vec<usize> {
+        self.active
+            .iter()
+            .copied()
+            .filter(|&i| self.wants[i].get(self.depth).is_some_and(|t| matches(t)))
+            .collect()
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        // This occurrence supersedes any earlier one of the same key (last wins).
+        for &i in &self.active {
+            self.found[i] = None;
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Node<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.set_scalar(|| v.to_string());
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.set_scalar(|| v.to_string());
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.set_scalar(|| v.to_string());
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        // The text a `Value` would give (serde_json formats finite floats; the parser never
+        // yields a non-finite one).
+        self.set_scalar(|| {
+            serde_json::Number::from_f64(v).map_or_else(String::new, |n| n.to_string())
+        });
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.set_scalar(|| v.to_owned());
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0usize;
+        loop {
+            let next = self.next(|t| t.parse::<usize>() == Ok(index));
+            let more = if next.is_empty() {
+                seq.next_element::<Validated>()?.is_some()
+            } else {
+                seq.next_element_seed(Node {
+                    wants: self.wants,
+                    active: next,
+                    depth: self.depth + 1,
+                    found: &mut *self.found,
+                })?
+                .is_some()
+            };
+            if !more {
+                return Ok(());
+            }
+            index += 1;
+        }
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let next = self.next(|t| t == key);
+            if next.is_empty() {
+                map.next_value::<Validated>()?;
+            } else {
+                map.next_value_seed(Node {
+                    wants: self.wants,
+                    active: next,
+                    depth: self.depth + 1,
+                    found: &mut *self.found,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the body unless it had escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Any JSON value, parsed the way a reader would and then dropped: skipping with `IgnoredAny`
+/// would check neither the bytes inside strings nor number ranges.
+struct Validated;
+
+impl<'de> serde::Deserialize<'de> for Validated {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValidatedVisitor)
+    }
+}
+
+struct ValidatedVisitor;
+
+impl<'de> Visitor<'de> for ValidatedVisitor {
+    type Value = Validated;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_unit<E>(self) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Validated, A::Error> {
+        while seq.next_element::<Validated>()?.is_some() {}
+        Ok(Validated)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Validated, A::Error> {
+        while map.next_entry::<Validated, Validated>()?.is_some() {}
+        Ok(Validated)
+    }
+}
+
+/// The deepest `[`/`{` nesting outside strings (the input is checked as JSON separately).
+pub fn nesting_depth(json: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(json: &str, pointer: &str) -> Option<String> {
+        scan(json, &[pointer]).expect("valid JSON").pop().flatten()
+    }
+
+    #[test]
+    fn pointers_resolve_in_one_pass() {
+        let j = r#"{"a":{"b":[10,{"c":"x"}],"d/e":true,"f~g":1.5,"h":-3},"n":null,"s":"top"}"#;
+        assert_eq!(one(j, "/s").as_deref(), Some("top"));
+        assert_eq!(one(j, "/a/b/0").as_deref(), Some("10"));
+        assert_eq!(one(j, "/a/b/1/c").as_deref(), Some("x"));
+        assert_eq!(one(j, "/a/d~1e").as_deref(), Some("true"));
+        assert_eq!(one(j, "/a/f~0g").as_deref(), Some("1.5"));
+        assert_eq!(one(j, "/a/h").as_deref(), Some("-3"));
+        // Missing, out of range, through a scalar, or not a scalar: nothing.
+        for p in ["/x", "/a/b/7", "/s/t", "/a", "/n", "/a/b/-1", "/a/b/x"] {
+            assert_eq!(one(j, p), None, "{p}");
+        }
+        // Several pointers at once, sharing a path.
+        let all = scan(j, &["/a/b/0", "/s", "/a/b/1/c", "/zz"]).unwrap();
+        assert_eq!(
+            all,
+            vec![
+                Some("10".into()),
+                Some("top".into()),
+                Some("x".into()),
+                None
+            ]
+        );
+        // The empty pointer is the whole document.
+        assert_eq!(one("\"whole\"", "").as_deref(), Some("whole"));
+    }
+
+    #[test]
+    fn last_duplicate_wins_as_in_a_value() {
+        for (j, p) in [
+            (r#"{"id":"first","id":"second"}"#, "/id"),
+            (r#"{"d":{"id":"first"},"d":{"x":1}}"#, "/d/id"),
+            (r#"{"id":"first","id":{"nested":1}}"#, "/id"),
+            (r#"{"d":{"id":"a","id":"b"},"d":{"id":"c"}}"#, "/d/id"),
+        ] {
+            let v: serde_json::Value = serde_json::from_str(j).unwrap();
+            let expected = v.pointer(p).and_then(|v| match v {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                serde_json::Value::Bool(b) => Some(b.to_string()),
+                _ => None,
+            });
+            assert_eq!(one(j, p), expected, "{j} {p}");
+        }
+    }
+
+    #[test]
+    fn keys_with_escapes_and_numbers_match_a_value() {
+        let j = r#"{"k\u0065y":"v","big":18446744073709551615,"f":1e2,"neg":-9223372036854775808}"#;
+        let v: serde_json::Value = serde_json::from_str(j).unwrap();
+        assert_eq!(one(j, "/key").as_deref(), Some("v"));
+        for p in ["/big", "/f", "/neg"] {
+            assert_eq!(one(j, p), Some(v.pointer(p).unwrap().to_string()), "{p}");
+        }
+    }
+
+    #[test]
+    fn invalid_json_is_rejected_whole() {
+        for j in [
+            r#"{"a":1"#,
+            r#"{"a":1} x"#,
+            r#"{"a":1e999}"#,
+            "",
+            r#"{"a":"\ud800"}"#,
+        ] {
+            assert!(scan(j, &["/a"]).is_none(), "{j}");
+        }
+        assert!(scan(r#" {"a":[1,2,{"b":null}]} "#, &[]).is_some());
+    }
+
+    #[test]
+    fn depth_ignores_brackets_in_strings() {
+        assert_eq!(nesting_depth(br#"{"a":"[[[[","b":[{"c":"\"}"}]}"#), 3);
+    }
+}
