@@ -32,12 +32,6 @@ pub fn pending_ttl(longest_ack_deadline: Duration) -> Duration {
     longest_ack_deadline * 2 + Duration::from_secs(5)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Pending(u64),
-    Done,
-}
-
 /// The outcome of a claim.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Claim {
@@ -74,46 +68,59 @@ enum Backend {
 /// Every entry lives for the same TTL, so insertion order is expiry order: each shard keeps a
 /// map plus a FIFO of (key, claim, expiry), and the FIFO's front is always the next entry to
 /// expire or, past the bound, the oldest to evict (the retry least likely to come). No per-entry
-/// timers or eviction policy: moka cost about 8 µs and 380 bytes per event on this path; this
-/// costs one uncontended lock and about 100 bytes.
+/// timers or eviction policy, and 32-byte records: moka cost about 8 µs and 380 bytes per event
+/// on this path; this costs one uncontended lock and about 100 bytes.
 struct MemoryDedup {
     shards: Box<[Mutex<Shard>]>,
-    ttl: Duration,
-    pending_ttl: Duration,
+    /// Times are kept as milliseconds since this instant (8 bytes instead of 16).
+    epoch: Instant,
+    ttl_ms: u64,
+    pending_ms: u64,
     per_shard: usize,
 }
 
 #[derive(Default)]
 struct Shard {
     map: HashMap<u128, Entry>,
-    /// (key, the claim that queued it, when it expires); stale once the key's entry is gone or
+    /// (key, the claim that queued it, expiry in ms); stale once the key's entry is gone or
     /// belongs to a later claim.
-    order: VecDeque<(u128, u64, Instant)>,
+    order: VecDeque<(u128, u64, u64)>,
 }
 
+/// A remembered claim: its token value, with [`DONE`] set once the event is durable.
 struct Entry {
-    state: State,
-    /// The claim that queued this entry (matches its `order` record).
     claim: u64,
-    claimed_at: Instant,
+    claimed_at_ms: u64,
 }
+
+/// Token values count up from 1 and never reach the top bit.
+const DONE: u64 = 1 << 63;
 
 const SHARDS: usize = 16;
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 impl MemoryDedup {
     fn new(ttl: Duration, pending_ttl: Duration, max_entries: u64) -> Self {
         let per_shard = usize::try_from(max_entries).unwrap_or(usize::MAX) / SHARDS;
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            ttl,
-            pending_ttl,
+            epoch: Instant::now(),
+            ttl_ms: millis(ttl),
+            pending_ms: millis(pending_ttl),
             per_shard: per_shard.max(1),
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        millis(self.epoch.elapsed())
+    }
+
     fn shard(&self, key: u128) -> std::sync::MutexGuard<'_, Shard> {
-        // The key is a hash already: its low bits spread evenly. A panic while holding the lock
-        // leaves a consistent map (every mutation is one call), so poisoning is ignored.
+        // The key is a hash already: its low bits spread evenly. Every mutation under the lock
+        // is a single map or queue call, so a poisoned lock still guards a consistent shard.
         #[allow(clippy::cast_possible_truncation)]
         let i = (key as usize) % SHARDS;
         self.shards[i]
@@ -122,20 +129,19 @@ impl MemoryDedup {
     }
 
     fn claim(&self, key: u128, value: u64) -> Claim {
-        let now = Instant::now();
+        let now = self.now_ms();
         let mut shard = self.shard(key);
         shard.expire(now, self.per_shard);
         if let Some(e) = shard.map.get(&key) {
-            match e.state {
-                State::Done => return Claim::Done,
-                State::Pending(_) if now < e.claimed_at + self.pending_ttl => {
-                    return Claim::InFlight;
-                }
-                // A claim left pending past its deadline: its request is gone.
-                State::Pending(_) => {}
+            if e.claim & DONE != 0 {
+                return Claim::Done;
+            }
+            // A claim left pending past its deadline is taken over: its request is gone.
+            if now < e.claimed_at_ms.saturating_add(self.pending_ms) {
+                return Claim::InFlight;
             }
         }
-        shard.put(key, State::Pending(value), value, now, now + self.ttl);
+        shard.put(key, value, now, now.saturating_add(self.ttl_ms));
         Claim::New(Token {
             key: String::new(),
             digest: key,
@@ -145,12 +151,17 @@ impl MemoryDedup {
     }
 
     fn complete(&self, token: &Token) {
-        let now = Instant::now();
+        let now = self.now_ms();
         let mut shard = self.shard(token.digest);
         match shard.map.get_mut(&token.digest) {
-            Some(e) => e.state = State::Done,
+            Some(e) => e.claim |= DONE,
             // Evicted meanwhile: remember it again, from now.
-            None => shard.put(token.digest, State::Done, token.value, now, now + self.ttl),
+            None => shard.put(
+                token.digest,
+                token.value | DONE,
+                now,
+                now.saturating_add(self.ttl_ms),
+            ),
         }
     }
 
@@ -159,7 +170,7 @@ impl MemoryDedup {
         if shard
             .map
             .get(&token.digest)
-            .is_some_and(|e| e.state == State::Pending(token.value))
+            .is_some_and(|e| e.claim == token.value)
         {
             shard.map.remove(&token.digest);
         }
@@ -167,26 +178,25 @@ impl MemoryDedup {
 }
 
 impl Shard {
-    fn put(&mut self, key: u128, state: State, claim: u64, now: Instant, expires: Instant) {
+    fn put(&mut self, key: u128, claim: u64, now_ms: u64, expires_ms: u64) {
         self.map.insert(
             key,
             Entry {
-                state,
                 claim,
-                claimed_at: now,
+                claimed_at_ms: now_ms,
             },
         );
-        self.order.push_back((key, claim, expires));
+        self.order.push_back((key, claim & !DONE, expires_ms));
     }
 
     /// Drops expired entries, then the oldest ones past the bound.
-    fn expire(&mut self, now: Instant, bound: usize) {
-        while let Some(&(key, claim, expires)) = self.order.front() {
-            if expires > now && self.map.len() < bound && self.order.len() < bound * 2 {
+    fn expire(&mut self, now_ms: u64, bound: usize) {
+        while let Some(&(key, claim, expires_ms)) = self.order.front() {
+            if expires_ms > now_ms && self.map.len() < bound && self.order.len() < bound * 2 {
                 break;
             }
             self.order.pop_front();
-            if self.map.get(&key).is_some_and(|e| e.claim == claim) {
+            if self.map.get(&key).is_some_and(|e| e.claim & !DONE == claim) {
                 self.map.remove(&key);
             }
         }

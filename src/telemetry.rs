@@ -33,7 +33,10 @@ fn writer<W: std::io::Write + Send + 'static>(
 ) -> tracing_appender::non_blocking::NonBlocking {
     // The worker thread writes each line to its writer and flushes once its queue is empty:
     // buffered, a burst of lines costs one `write(2)` instead of one per line.
+    // 16 k queued lines (about a second of audit lines at full load) instead of the default
+    // 128 k: the queue is allocated up front, 4 MB per writer at the default.
     let (writer, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(16 * 1024)
         .lossy(false)
         .thread_name("hookbridge-log")
         .finish(std::io::BufWriter::with_capacity(64 * 1024, w));

@@ -135,8 +135,7 @@ impl Envelope {
             .collect();
         let found = std::str::from_utf8(body)
             .ok()
-            .filter(|text| scan::nesting_depth(text.as_bytes()) <= MAX_SPLICE_DEPTH)
-            .and_then(|text| scan::scan(text, &pointers));
+            .and_then(|text| scan::scan(text, &pointers, MAX_SPLICE_DEPTH));
         let exact_json = found.is_some()
             && !body.first().is_some_and(u8::is_ascii_whitespace)
             && !body.last().is_some_and(u8::is_ascii_whitespace);

@@ -11,8 +11,9 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// The scalar found at each pointer, in the order given, as text (`None`: missing, null, or an
-/// object or array). `None` overall when the body is not valid JSON.
-pub fn scan(json: &str, pointers: &[&str]) -> Option<Vec<Option<String>>> {
+/// object or array). `None` overall when the body is not valid JSON or nests objects and arrays
+/// deeper than `max_depth`.
+pub fn scan(json: &str, pointers: &[&str], max_depth: usize) -> Option<Vec<Option<String>>> {
     let wants: Vec<Vec<Cow<'_, str>>> = pointers.iter().map(|p| tokens(p)).collect();
     let mut found = vec![None; pointers.len()];
     let mut de = serde_json::Deserializer::from_str(json);
@@ -20,6 +21,7 @@ pub fn scan(json: &str, pointers: &[&str]) -> Option<Vec<Option<String>>> {
         wants: &wants,
         active: (0..wants.len()).collect(),
         depth: 0,
+        room: max_depth,
         found: &mut found,
     }
     .deserialize(&mut de)
@@ -44,11 +46,12 @@ fn tokens(pointer: &str) -> Vec<Cow<'_, str>> {
 }
 
 /// A value on (at least) one wanted path: `active` are the pointers through it, `depth` the
-/// tokens consumed to reach it.
+/// tokens consumed to reach it, `room` the nesting still allowed inside it.
 struct Node<'w, 'f> {
     wants: &'w [Vec<Cow<'w, str>>],
     active: Vec<usize>,
     depth: usize,
+    room: usize,
     found: &'f mut [Option<String>],
 }
 
@@ -117,16 +120,18 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         Ok(())
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let room = inner_room::<A::Error>(self.room)?;
         let mut index = 0usize;
         loop {
             let next = self.next(|t| t.parse::<usize>() == Ok(index));
             let more = if next.is_empty() {
-                seq.next_element::<Validated>()?.is_some()
+                seq.next_element_seed(Validated { room })?.is_some()
             } else {
                 seq.next_element_seed(Node {
                     wants: self.wants,
                     active: next,
                     depth: self.depth + 1,
+                    room,
                     found: &mut *self.found,
                 })?
                 .is_some()
@@ -138,21 +143,29 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         }
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let room = inner_room::<A::Error>(self.room)?;
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let next = self.next(|t| t == key);
             if next.is_empty() {
-                map.next_value::<Validated>()?;
+                map.next_value_seed(Validated { room })?;
             } else {
                 map.next_value_seed(Node {
                     wants: self.wants,
                     active: next,
                     depth: self.depth + 1,
+                    room,
                     found: &mut *self.found,
                 })?;
             }
         }
         Ok(())
     }
+}
+
+/// The nesting left inside an object or array that has `room`, or an error when there is none.
+fn inner_room<E: serde::de::Error>(room: usize) -> Result<usize, E> {
+    room.checked_sub(1)
+        .ok_or_else(|| E::custom("nested deeper than allowed"))
 }
 
 /// An object key, borrowed from the body unless it had escapes.
@@ -177,76 +190,61 @@ impl<'de> serde::Deserialize<'de> for Key<'de> {
     }
 }
 
-/// Any JSON value, parsed the way a reader would and then dropped: skipping with `IgnoredAny`
-/// would check neither the bytes inside strings nor number ranges.
-struct Validated;
+/// Any JSON value, parsed the way a reader would and then dropped (skipping with `IgnoredAny`
+/// would check neither the bytes inside strings nor number ranges), nested at most `room` deep.
+#[derive(Clone, Copy)]
+struct Validated {
+    room: usize,
+}
 
-impl<'de> serde::Deserialize<'de> for Validated {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ValidatedVisitor)
+impl<'de> DeserializeSeed<'de> for Validated {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
     }
 }
 
-struct ValidatedVisitor;
-
-impl<'de> Visitor<'de> for ValidatedVisitor {
-    type Value = Validated;
+impl<'de> Visitor<'de> for Validated {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Validated, E> {
-        Ok(Validated)
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Validated, E> {
-        Ok(Validated)
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Validated, E> {
-        Ok(Validated)
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_f64<E>(self, _: f64) -> Result<Validated, E> {
-        Ok(Validated)
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_str<E>(self, _: &str) -> Result<Validated, E> {
-        Ok(Validated)
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_unit<E>(self) -> Result<Validated, E> {
-        Ok(Validated)
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Validated, A::Error> {
-        while seq.next_element::<Validated>()?.is_some() {}
-        Ok(Validated)
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = Validated {
+            room: inner_room::<A::Error>(self.room)?,
+        };
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Validated, A::Error> {
-        while map.next_entry::<Validated, Validated>()?.is_some() {}
-        Ok(Validated)
-    }
-}
-
-/// The deepest `[`/`{` nesting outside strings (the input is checked as JSON separately).
-pub fn nesting_depth(json: &[u8]) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &b in json {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = Validated {
+            room: inner_room::<A::Error>(self.room)?,
+        };
+        while map.next_key_seed(inner)?.is_some() {
+            map.next_value_seed(inner)?;
         }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
+        Ok(())
     }
-    max
 }
 
 #[cfg(test)]
@@ -254,7 +252,10 @@ mod tests {
     use super::*;
 
     fn one(json: &str, pointer: &str) -> Option<String> {
-        scan(json, &[pointer]).expect("valid JSON").pop().flatten()
+        scan(json, &[pointer], 64)
+            .expect("valid JSON")
+            .pop()
+            .flatten()
     }
 
     #[test]
@@ -271,7 +272,7 @@ mod tests {
             assert_eq!(one(j, p), None, "{p}");
         }
         // Several pointers at once, sharing a path.
-        let all = scan(j, &["/a/b/0", "/s", "/a/b/1/c", "/zz"]).unwrap();
+        let all = scan(j, &["/a/b/0", "/s", "/a/b/1/c", "/zz"], 64).unwrap();
         assert_eq!(
             all,
             vec![
@@ -323,13 +324,19 @@ mod tests {
             "",
             r#"{"a":"\ud800"}"#,
         ] {
-            assert!(scan(j, &["/a"]).is_none(), "{j}");
+            assert!(scan(j, &["/a"], 64).is_none(), "{j}");
         }
-        assert!(scan(r#" {"a":[1,2,{"b":null}]} "#, &[]).is_some());
+        assert!(scan(r#" {"a":[1,2,{"b":null}]} "#, &[], 64).is_some());
     }
 
     #[test]
-    fn depth_ignores_brackets_in_strings() {
-        assert_eq!(nesting_depth(br#"{"a":"[[[[","b":[{"c":"\"}"}]}"#), 3);
+    fn nesting_is_bounded_and_brackets_in_strings_do_not_count() {
+        let three = r#"{"a":"[[[[","b":[{"c":"\"}"}]}"#;
+        assert!(scan(three, &["/b/0/c"], 3).is_some());
+        assert!(scan(three, &[], 2).is_none());
+        assert!(scan(three, &["/b/0/c"], 2).is_none());
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert!(scan(&deep, &[], 64).is_none());
+        assert!(scan(&deep, &[], 65).is_some());
     }
 }
