@@ -336,3 +336,80 @@ async fn malformed_requests_never_panic_and_get_4xx() {
     assert!(file_events(&dir.path().join("events.jsonl")).is_empty());
     app.stop().await;
 }
+
+/// `[audit] output = "file"`: one JSON line per request with its outcome, reason and event ID,
+/// flushed by the log guards, and never the secret or the signature.
+#[tokio::test]
+async fn audit_file_has_a_line_per_request_and_no_secrets() {
+    use hookbridge::config::{AuditConfig, AuditOutput};
+    use hookbridge::telemetry::{LogFormat, init};
+
+    let dir = tempfile::tempdir().unwrap();
+    let audit_path = dir.path().join("audit.jsonl");
+    let guards = init(
+        LogFormat::Json,
+        &AuditConfig {
+            output: AuditOutput::File,
+            path: Some(audit_path.clone()),
+        },
+    )
+    .unwrap();
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let app = TestApp::spawn(&format!(
+        "[sinks.default]\ntype = \"file\"\npath = \"{}\"\n\n\
+         [sources.audited]\nverify = {{ scheme = \"standard-webhooks\", secrets = [\"{secret}\"] }}\n\
+         event_id = [\"header:webhook-id\"]\n",
+        dir.path().join("events.jsonl").display()
+    ))
+    .await;
+    let body = br#"{"type":"invoice.paid","amount":12}"#;
+    let signed = sign_standard_v1(secret, "msg_audit_1", now_secs(), body);
+    assert_eq!(
+        post(&app.url("/hooks/audited"), &signed, body.to_vec())
+            .await
+            .status,
+        200
+    );
+    let mut forged = sign_standard_v1(secret, "msg_audit_2", now_secs(), body);
+    forged[2].1 = "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into();
+    assert_eq!(
+        post(&app.url("/hooks/audited"), &forged, body.to_vec())
+            .await
+            .status,
+        401
+    );
+    app.stop().await;
+    drop(guards); // flushes the writer threads
+
+    let text = std::fs::read_to_string(&audit_path).unwrap();
+    for needle in [
+        &secret[6..],
+        signed[2].1.trim_start_matches("v1,"),
+        "AAAAAAAAAAAA",
+    ] {
+        assert!(!text.contains(needle), "the audit log leaks {needle}");
+    }
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .filter(|l: &Value| l["source"] == "audited")
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let (ok, bad) = (&lines[0], &lines[1]);
+    assert_eq!(ok["level"], "INFO");
+    assert_eq!(ok["target"], "hookbridge::audit");
+    assert_eq!(ok["outcome"], "accepted");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["event_id"], "msg_audit_1");
+    assert_eq!(ok["event_type"], "invoice.paid");
+    assert_eq!(ok["id_from"], "header:webhook-id");
+    assert_eq!(ok["bytes"], body.len());
+    assert!(ok["latency_us"].as_u64().is_some());
+    assert!(ok["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(bad["level"], "WARN");
+    assert_eq!(bad["outcome"], "rejected");
+    assert_eq!(bad["reason"], "bad_signature");
+    assert_eq!(bad["status"], 401);
+    assert!(bad.get("event_id").is_none());
+    assert!(!bad["detail"].as_str().unwrap().is_empty());
+}
