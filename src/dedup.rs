@@ -7,7 +7,7 @@
 //! next retry can succeed. `pending` claims expire after [`pending_ttl`], so a replica that died
 //! mid-request (or a request dropped when its client hung up) cannot block an event for long.
 //!
-//! Backends: in-process memory (bounded, TTL; see [`MemoryDedup`]) for one replica; Redis
+//! Backends: in-process memory (bounded, TTL; see `MemoryDedup`) for one replica; Redis
 //! (`SET NX PX`) shared by all replicas. If Redis is unreachable the request proceeds without dedup (and the error is
 //! counted): a possible duplicate is better than refusing events. Consumers still deduplicate by
 //! key; at-least-once is the contract.
