@@ -8,8 +8,8 @@
 //! mid-request (or a request dropped when its client hung up) cannot block an event for long.
 //!
 //! Backends: in-process memory (bounded, TTL; see `MemoryDedup`) for one replica; Redis
-//! (`SET NX PX`) shared by all replicas. If Redis is unreachable the request proceeds without dedup (and the error is
-//! counted): a possible duplicate is better than refusing events. Consumers still deduplicate by
+//! (`SET NX PX`) shared by all replicas. If Redis is unreachable the request proceeds without
+//! dedup (and the error is counted): a possible duplicate is better than refusing events. Consumers still deduplicate by
 //! key; at-least-once is the contract.
 
 use std::sync::Arc;
@@ -98,7 +98,9 @@ const DONE: u64 = 1 << 63;
 
 const SHARDS: usize = 16;
 
-fn millis(d: Duration) -> u64 {
+/// A duration in whole milliseconds, saturating (Redis `PX` arguments and the memory store's
+/// clock).
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -19,6 +19,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::{RwLock, broadcast};
 
 use super::Decision;
+use crate::dedup::millis;
 
 /// A decision recorded for a correlation ID, as broadcast to waiting requests.
 #[derive(Debug, Clone)]
@@ -49,10 +50,6 @@ async fn connected(
     slot: &RwLock<Option<ConnectionManager>>,
 ) -> Result<ConnectionManager, StoreError> {
     slot.read().await.clone().ok_or(StoreError::Disconnected)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, thiserror::Error)]

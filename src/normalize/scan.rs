@@ -55,12 +55,23 @@ struct Node<'w, 'f> {
     found: &'f mut [Option<String>],
 }
 
-impl Node<'_, '_> {
+impl<'w> Node<'w, '_> {
     fn set_scalar(self, text: impl Fn() -> String) {
         for &i in &self.active {
             if self.wants[i].len() == self.depth {
                 self.found[i] = Some(text());
             }
+        }
+    }
+
+    /// The node for a child value that the `active` pointers continue into.
+    fn child(&mut self, active: Vec<usize>, room: usize) -> Node<'w, '_> {
+        Node {
+            wants: self.wants,
+            active,
+            depth: self.depth + 1,
+            room,
+            found: &mut *self.found,
         }
     }
 
@@ -119,7 +130,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
     fn visit_unit<E>(self) -> Result<(), E> {
         Ok(())
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
         let room = inner_room::<A::Error>(self.room)?;
         let mut index = 0usize;
         loop {
@@ -127,14 +138,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
             let more = if next.is_empty() {
                 seq.next_element_seed(Validated { room })?.is_some()
             } else {
-                seq.next_element_seed(Node {
-                    wants: self.wants,
-                    active: next,
-                    depth: self.depth + 1,
-                    room,
-                    found: &mut *self.found,
-                })?
-                .is_some()
+                seq.next_element_seed(self.child(next, room))?.is_some()
             };
             if !more {
                 return Ok(());
@@ -142,20 +146,14 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
             index += 1;
         }
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
         let room = inner_room::<A::Error>(self.room)?;
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let next = self.next(|t| t == key);
             if next.is_empty() {
                 map.next_value_seed(Validated { room })?;
             } else {
-                map.next_value_seed(Node {
-                    wants: self.wants,
-                    active: next,
-                    depth: self.depth + 1,
-                    room,
-                    found: &mut *self.found,
-                })?;
+                map.next_value_seed(self.child(next, room))?;
             }
         }
         Ok(())
