@@ -78,13 +78,13 @@ if lat:
 p("")
 p("## Runs")
 p("")
-p("| run | load | req/s | 2xx | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | server CPU µs/req | server peak RSS MB |")
-p("|---|---|---|---|---|---|---|---|---|---|---|")
+p("| run | load | req/s | 2xx | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | server CPU µs/req | server peak RSS MB | load generator CPU µs/req |")
+p("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for name, what, mode in rows:
     d = j(name)
     if not d:
         continue
-    p(f"| {what} | {mode} | {f(d['rps'])} | {f(d['ok'])} | {f(d['p50_ms'],2)} | {f(d['p90_ms'],2)} | {f(d['p99_ms'],2)} | {f(d['p999_ms'],2)} | {f(d['max_ms'],1)} | {f(d.get('server_cpu_us_per_req'),0)} | {f(d.get('server_peak_rss_mb'),0)} |")
+    p(f"| {what} | {mode} | {f(d['rps'])} | {f(d['ok'])} | {f(d['p50_ms'],2)} | {f(d['p90_ms'],2)} | {f(d['p99_ms'],2)} | {f(d['p999_ms'],2)} | {f(d['max_ms'],1)} | {f(d.get('server_cpu_us_per_req'),0)} | {f(d.get('server_peak_rss_mb'),0)} | {f(d.get('loadgen_cpu_us_per_req'),1)} |")
 p("")
 p("## Targets")
 p("")

@@ -43,41 +43,65 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         .install_recorder()
 }
 
+/// The `outcome` of a request that was answered with success: its label in
+/// [`REQUESTS`] and in the audit line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// The sink confirmed the event.
+    Published,
+    /// fsync'd in the spool.
+    Spooled,
+    /// `ack = "accept"`: answered before anything was durable.
+    Unconfirmed,
+    /// A retry of an event already durable.
+    Duplicate,
+    /// A callback answered from a decision.
+    Decided,
+}
+
+impl Accepted {
+    const ALL: [Self; 5] = [
+        Self::Published,
+        Self::Spooled,
+        Self::Unconfirmed,
+        Self::Duplicate,
+        Self::Decided,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Published => "accepted",
+            Self::Spooled => "spooled",
+            Self::Unconfirmed => "accepted_unconfirmed",
+            Self::Duplicate => "duplicate",
+            Self::Decided => "decided",
+        }
+    }
+}
+
 /// One source's series on the accepted path, registered once when its route is built: the
 /// macros would otherwise copy the label and look the series up on every request.
 pub struct SourceMetrics {
-    /// By [`SourceMetrics::OUTCOMES`] position.
+    /// Indexed by [`Accepted`] discriminant.
     outcomes: [Counter; 5],
     ack_latency: Histogram,
     publish_latency: Histogram,
 }
 
 impl SourceMetrics {
-    /// The `outcome` labels of accepted requests.
-    pub const OUTCOMES: [&'static str; 5] = [
-        "accepted",
-        "spooled",
-        "accepted_unconfirmed",
-        "duplicate",
-        "decided",
-    ];
-
     pub fn new(source: &str, sink: &str) -> Self {
         Self {
-            outcomes: Self::OUTCOMES.map(|outcome| {
-                metrics::counter!(REQUESTS, "source" => source.to_owned(), "outcome" => outcome)
+            outcomes: Accepted::ALL.map(|outcome| {
+                metrics::counter!(REQUESTS, "source" => source.to_owned(), "outcome" => outcome.label())
             }),
             ack_latency: metrics::histogram!(ACK_LATENCY, "source" => source.to_owned()),
             publish_latency: metrics::histogram!(PUBLISH_LATENCY, "sink" => sink.to_owned()),
         }
     }
 
-    /// Counts an accepted request; `outcome` is one of [`SourceMetrics::OUTCOMES`].
-    pub fn request(&self, outcome: &'static str) {
-        match Self::OUTCOMES.iter().position(|o| *o == outcome) {
-            Some(i) => self.outcomes[i].increment(1),
-            None => debug_assert!(false, "unregistered outcome {outcome}"),
-        }
+    /// Counts an accepted request.
+    pub fn request(&self, outcome: Accepted) {
+        self.outcomes[outcome as usize].increment(1);
     }
 
     pub fn ack_latency(&self, elapsed: Duration) {

@@ -1,7 +1,8 @@
-//! The accept loop: hyper-util serving the warp filter over plain TCP or TLS, with the limits
-//! warp's own server does not expose (header read timeout, head size, header count, connection
-//! cap) and the peer address put on every request. Shutdown stops accepting, lets open requests
-//! finish, and gives up after a bound.
+//! The accept loop: hyper serving the warp filter over plain TCP or TLS, HTTP/1.1 or HTTP/2
+//! (ALPN on TLS, prior knowledge in cleartext), with the limits warp's own server does not
+//! expose (header read timeout, head size, header count, connection cap) and the peer address
+//! put on every request. Shutdown stops accepting, lets open requests finish, and gives up after
+//! a bound.
 //!
 //! Failures that happen before a request reaches the handler (TLS handshake, oversized or slow
 //! headers, connection cap) are answered by hyper or here, so they are counted and logged here
@@ -14,7 +15,6 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::service::Service as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -39,19 +39,22 @@ pub async fn serve(
     tls: Option<ReloadableAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut h1 = hyper::server::conn::http1::Builder::new();
     // hyper panics on header_read_timeout without a timer.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    h1.timer(TokioTimer::new())
+        // Without half-close, hyper probes a busy connection for EOF while the handler runs: a
+        // fresh 8-16 KB read buffer per in-flight request (the old one is still referenced by the
+        // request), the largest per-connection cost under load. And a client that hangs up then
+        // cancels the handler mid-publish, leaving the event's dedup claim pending; with it, the
+        // handler finishes, the event is durable, and the provider's retry is a duplicate.
+        .half_close(true)
         .header_read_timeout(config.header_timeout)
         .max_headers(config.max_headers)
         .max_buf_size(config.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let builder = Arc::new(Protocols { h1, h2 });
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let handshake_timeout = config.header_timeout;
@@ -93,10 +96,26 @@ pub async fn serve(
                 inner.call(req)
             });
             let result = match acceptor {
-                None => serve_conn(&builder, watcher, tcp, svc).await,
+                None => match sniff_h2(&tcp, handshake_timeout).await {
+                    Some(h2) => serve_conn(&builder, h2, watcher, tcp, svc).await,
+                    None => {
+                        metrics::connection_rejected("header_timeout");
+                        tracing::info!(peer = %peer, reason = "header_timeout", "no request before the header timeout");
+                        return;
+                    }
+                },
                 Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_conn(&builder, watcher, stream, svc).await,
+                    // Boxed: a TLS stream held inline would size every connection's task,
+                    // plain ones included, for TLS.
+                    let handshake = Box::pin(tokio::time::timeout(
+                        handshake_timeout,
+                        acceptor.accept(tcp),
+                    ));
+                    match handshake.await {
+                        Ok(Ok(stream)) => {
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            Box::pin(serve_conn(&builder, h2, watcher, stream, svc)).await
+                        }
                         Ok(Err(e)) => {
                             metrics::connection_rejected("tls_handshake");
                             tracing::info!(peer = %peer, error = %e, reason = "tls_handshake", "TLS handshake failed");
@@ -132,8 +151,41 @@ pub async fn serve(
 
 type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
+/// Both protocols' settings. The protocol is chosen before hyper reads anything (ALPN on TLS,
+/// [`sniff_h2`] in cleartext) rather than by hyper-util's auto builder: that one reads the first
+/// bytes itself and replays them, which grows hyper's HTTP/1 read buffer to 16 KB on every
+/// connection.
+struct Protocols {
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+/// Whether a cleartext connection opens with the HTTP/2 preface (prior knowledge: `PRI * HTTP/2.0`),
+/// from a peek that leaves the bytes for hyper. `None`: nothing arrived within `within`.
+async fn sniff_h2(tcp: &TcpStream, within: Duration) -> Option<bool> {
+    const PREFACE: &[u8] = b"PRI ";
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(within, async {
+        loop {
+            // An error or EOF goes to hyper, which reports it the usual way.
+            let Ok(n) = tcp.peek(&mut buf).await else {
+                return false;
+            };
+            if n == 0 || n >= PREFACE.len() || buf[..n] != PREFACE[..n] {
+                return buf[..n] == *PREFACE;
+            }
+            // A few bytes of what may be the preface: peek returns at once while they sit
+            // unread, so wait for the rest instead of spinning.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .ok()
+}
+
 async fn serve_conn<I, S>(
-    builder: &Builder<TokioExecutor>,
+    protocols: &Protocols,
+    h2: bool,
     watcher: hyper_util::server::graceful::Watcher,
     io: I,
     svc: S,
@@ -148,8 +200,14 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    watcher.watch(conn.into_owned()).await
+    // No upgrades: nothing here speaks WebSocket or h2c-by-upgrade.
+    if h2 {
+        let conn = protocols.h2.serve_connection(TokioIo::new(io), svc);
+        Ok(watcher.watch(conn).await?)
+    } else {
+        let conn = protocols.h1.serve_connection(TokioIo::new(io), svc);
+        Ok(watcher.watch(conn).await?)
+    }
 }
 
 /// A plain-text 503 for a connection over the cap, then close.

@@ -72,7 +72,7 @@ where
             }
         }
         Ok(Outcome::Decided(answered)) => {
-            route.metrics.request("decided");
+            route.metrics.request(metrics::Accepted::Decided);
             audit_decision(&name, &ctx, &answered);
             route.metrics.ack_latency(started.elapsed());
             reject::decided(answered.decision.decision)
@@ -229,12 +229,12 @@ pub enum Delivery {
 }
 
 impl Delivery {
-    fn outcome(self) -> &'static str {
+    fn outcome(self) -> metrics::Accepted {
         match self {
-            Self::Published => "accepted",
-            Self::Spooled => "spooled",
-            Self::Unconfirmed => "accepted_unconfirmed",
-            Self::Duplicate => "duplicate",
+            Self::Published => metrics::Accepted::Published,
+            Self::Spooled => metrics::Accepted::Spooled,
+            Self::Unconfirmed => metrics::Accepted::Unconfirmed,
+            Self::Duplicate => metrics::Accepted::Duplicate,
         }
     }
 }
@@ -404,7 +404,7 @@ fn audit(source: &str, ctx: &AuditCtx, outcome: Result<(&Envelope, Delivery), &R
     match outcome {
         Ok((env, delivery)) => {
             id_from = env.id_origin().to_string();
-            line.outcome = delivery.outcome();
+            line.outcome = delivery.outcome().label();
             line.event_id = Some(env.id().as_str());
             line.event_type = Some(env.event_type());
             line.id_from = Some(&id_from);
@@ -440,7 +440,7 @@ fn audit_decision(source: &str, ctx: &AuditCtx, a: &Answered) {
         source,
         client: &client,
         peer: &peer,
-        outcome: "decided",
+        outcome: metrics::Accepted::Decided.label(),
         reason: &a.decision.reason,
         status: 200,
         event_id: None,

@@ -480,3 +480,105 @@ async fn attacks_are_rejected_counted_and_never_published() {
     );
     app.stop().await;
 }
+
+/// Sends one request over HTTP/2 on an established stream; the response and its version.
+async fn send_h2<S>(io: S, url: &str, headers: &[(String, String)], body: &'static [u8]) -> Reply
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(io),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    let mut req = http::Request::builder().method("POST").uri(url);
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from_static(body))).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    Reply::read(resp).await.unwrap()
+}
+
+/// The protocol is picked per connection: HTTP/2 by ALPN over TLS or by its preface in cleartext
+/// (prior knowledge), HTTP/1.1 otherwise. A connection that sends nothing is closed at the header
+/// timeout and counted under that reason.
+#[tokio::test]
+async fn http2_by_alpn_or_preface_and_silent_connections_time_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = TestApp::spawn_with_metrics(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nheader_timeout_ms = 300\n{}[sources.t]\n{TOKEN_SOURCE}\n",
+        sink_in(dir.path())
+    ))
+    .await;
+    let tcp = TcpStream::connect(plain.addr).await.unwrap();
+    let url = plain.url("/hooks/t");
+    let r = send_h2(tcp, &url, &token(), br#"{"id":"h2c-1"}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(post(&url, &token(), r#"{"id":"h1-1"}"#).await.status, 200);
+
+    let mut silent = TcpStream::connect(plain.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("closed at the header timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    let text = String::from_utf8(get(&plain.url("/metrics")).await.body.to_vec()).unwrap();
+    assert!(
+        text.contains("hookbridge_connections_rejected_total{reason=\"header_timeout\"} 1"),
+        "{text}"
+    );
+    plain.stop().await;
+
+    let tls_dir = tempfile::tempdir().unwrap();
+    let tls = TestApp::spawn(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n{}[sources.t]\n{TOKEN_SOURCE}\n",
+        repo_path("tests/fixtures/tls/server.pem").display(),
+        repo_path("tests/fixtures/tls/server.key").display(),
+        sink_in(tls_dir.path())
+    ))
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    roots
+        .add(
+            CertificateDer::from_pem_slice(
+                &std::fs::read(repo_path("tests/fixtures/tls/ca.pem")).unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            TcpStream::connect(tls.addr).await.unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let r = send_h2(
+        stream,
+        &format!("https://localhost:{}/hooks/t", tls.addr.port()),
+        &token(),
+        br#"{"id":"h2-tls-1"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    tls.stop().await;
+    assert_eq!(file_events(&dir.path().join("events.jsonl")).len(), 2);
+    assert_eq!(file_events(&tls_dir.path().join("events.jsonl")).len(), 1);
+}
