@@ -73,7 +73,35 @@ fn as_text<S: serde::Serializer>(t: &impl std::fmt::Display, s: S) -> Result<S::
     s.collect_str(t)
 }
 
-impl Line<'_> {
+impl<'a> Line<'a> {
+    /// A successful request's line (INFO, status 200, nothing optional); callers set the rest.
+    pub fn new(
+        message: &'static str,
+        source: &'a str,
+        client: &'a str,
+        peer: &'a str,
+        bytes: usize,
+        latency_us: u64,
+    ) -> Self {
+        Self {
+            level: tracing::Level::INFO,
+            message,
+            source,
+            client,
+            peer,
+            outcome: "",
+            reason: "",
+            status: 200,
+            event_id: None,
+            event_type: None,
+            id_from: None,
+            detail: None,
+            decision: None,
+            bytes,
+            latency_us,
+        }
+    }
+
     pub fn write(&self) {
         if let Some(file) = FILE.get() {
             let mut buf = Vec::with_capacity(512);

@@ -383,23 +383,14 @@ where
 /// Writes the request's audit line (see [`crate::audit`]).
 fn audit(source: &str, ctx: &AuditCtx, outcome: Result<(&Envelope, Delivery), &Rejection>) {
     let (client, peer, latency_us) = ctx.fields();
-    let mut line = audit::Line {
-        level: tracing::Level::INFO,
-        message: "request accepted",
+    let mut line = audit::Line::new(
+        "request accepted",
         source,
-        client: &client,
-        peer: &peer,
-        outcome: "",
-        reason: "",
-        status: 200,
-        event_id: None,
-        event_type: None,
-        id_from: None,
-        detail: None,
-        decision: None,
-        bytes: ctx.bytes,
+        &client,
+        &peer,
+        ctx.bytes,
         latency_us,
-    };
+    );
     let (id_from, detail);
     match outcome {
         Ok((env, delivery)) => {
@@ -434,29 +425,23 @@ fn audit_decision(source: &str, ctx: &AuditCtx, a: &Answered) {
     };
     metrics::decision(source, a.decision.decision.body(), by);
     let decided_by = a.decision.decided_by.to_string();
-    audit::Line {
-        level: tracing::Level::INFO,
-        message: "callback answered",
+    let mut line = audit::Line::new(
+        "callback answered",
         source,
-        client: &client,
-        peer: &peer,
-        outcome: metrics::Accepted::Decided.label(),
-        reason: &a.decision.reason,
-        status: 200,
-        event_id: None,
-        event_type: None,
-        id_from: None,
-        detail: None,
-        decision: Some(audit::DecisionFields {
-            decision: a.decision.decision.body(),
-            decided_by: &decided_by,
-            remembered: a.remembered,
-            callback_id: &a.callback_id,
-        }),
-        bytes: ctx.bytes,
+        &client,
+        &peer,
+        ctx.bytes,
         latency_us,
-    }
-    .write();
+    );
+    line.outcome = metrics::Accepted::Decided.label();
+    line.reason = &a.decision.reason;
+    line.decision = Some(audit::DecisionFields {
+        decision: a.decision.decision.body(),
+        decided_by: &decided_by,
+        remembered: a.remembered,
+        callback_id: &a.callback_id,
+    });
+    line.write();
 }
 
 #[cfg(test)]
