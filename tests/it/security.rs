@@ -83,19 +83,25 @@ fn sink_in(dir: &std::path::Path) -> String {
 }
 
 fn tls_client() -> tokio_rustls::TlsConnector {
+    tls_client_offering(&[])
+}
+
+/// A client trusting the test CA that offers these ALPN protocols.
+fn tls_client_offering(alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     let ca = std::fs::read(repo_path("tests/fixtures/tls/ca.pem")).unwrap();
     use rustls::pki_types::{CertificateDer, pem::PemObject};
     roots
         .add(CertificateDer::from_pem_slice(&ca).unwrap())
         .unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
@@ -544,25 +550,7 @@ async fn http2_by_alpn_or_preface_and_silent_connections_time_out() {
         sink_in(tls_dir.path())
     ))
     .await;
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    roots
-        .add(
-            CertificateDer::from_pem_slice(
-                &std::fs::read(repo_path("tests/fixtures/tls/ca.pem")).unwrap(),
-            )
-            .unwrap(),
-        )
-        .unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let stream = tls_client_offering(&[b"h2"])
         .connect(
             rustls::pki_types::ServerName::try_from("localhost").unwrap(),
             TcpStream::connect(tls.addr).await.unwrap(),
