@@ -130,7 +130,7 @@ struct RunArgs {
     #[arg(long)]
     quiet: bool,
     /// Runtime threads for the generator. One keeps it off the server's second core on a
-    /// 2-core box and is enough to drive a minimal warp server past 50 k req/s.
+    /// 2-core box and drove a minimal warp server to 182 k req/s there (docs/benchmarks.md).
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// After the run, count distinct keys on this Kafka topic (brokers,topic).
