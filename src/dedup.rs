@@ -49,7 +49,9 @@ pub struct Token {
     /// The Redis key (empty for memory).
     key: String,
     /// The memory key.
-    digest: u128,
+    digest: Key,
+    /// What the store holds for this claim: a per-process counter in Redis, the claim's
+    /// millisecond in memory.
     value: u64,
     /// Claims made while the store was unreachable are not recorded anywhere.
     recorded: bool,
@@ -66,13 +68,15 @@ enum Backend {
 /// The in-process claim store, keyed by a 128-bit digest of (source, event ID).
 ///
 /// Every entry lives for the same TTL, so insertion order is expiry order: each shard keeps a
-/// map plus a FIFO of (key, claim, expiry), and the FIFO's front is always the next entry to
-/// expire or, past the bound, the oldest to evict (the retry least likely to come). No per-entry
-/// timers or eviction policy, and 32-byte records: moka cost about 8 µs and 380 bytes per event
-/// on this path; this costs one uncontended lock and about 100 bytes.
+/// map plus a FIFO of keys, and the FIFO's front is always the next entry to expire or, past the
+/// bound, the oldest to evict (the retry least likely to come). No per-entry timers or eviction
+/// policy: moka cost about 8 µs and 380 bytes per event on this path; this costs one
+/// uncontended lock and 41 bytes (the 16-byte key in the map and again in the queue, an 8-byte
+/// entry, a control byte), 45 to 90 with the table's and queue's growth slack. At the default
+/// bound that is most of the memory of a busy replica, so every byte here counts.
 struct MemoryDedup {
     shards: Box<[Mutex<Shard>]>,
-    /// Times are kept as milliseconds since this instant (8 bytes instead of 16).
+    /// Times are kept as milliseconds since this instant.
     epoch: Instant,
     ttl_ms: u64,
     pending_ms: u64,
@@ -81,22 +85,40 @@ struct MemoryDedup {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<u128, Entry>,
-    /// (key, the claim that queued it, expiry in ms); stale once the key's entry is gone or
-    /// belongs to a later claim.
-    order: VecDeque<(u128, u64, u64)>,
+    map: HashMap<Key, Entry>,
+    /// Keys in the order they were put. A key put again (a takeover, or a completion after
+    /// eviction) is queued twice; the older copy is dropped when it reaches the front, judged
+    /// by the entry's own time.
+    order: VecDeque<Key>,
 }
 
-/// A remembered claim: its token value, with [`DONE`] set once the event is durable.
-struct Entry {
-    claim: u64,
-    claimed_at_ms: u64,
-}
+/// A remembered claim in one word: the millisecond it was made, with [`DONE`] set once the
+/// event is durable.
+///
+/// The time doubles as the claim's identity, which a stale release is checked against: a
+/// second claim of a key only replaces a pending one after the pending deadline (many
+/// milliseconds later), so two claims of one key never share a millisecond.
+#[derive(Clone, Copy)]
+struct Entry(u64);
 
-/// Token values count up from 1 and never reach the top bit.
+/// Millisecond clocks never reach the top bit.
 const DONE: u64 = 1 << 63;
 
+impl Entry {
+    fn at_ms(self) -> u64 {
+        self.0 & !DONE
+    }
+
+    fn is_done(self) -> bool {
+        self.0 & DONE != 0
+    }
+}
+
 const SHARDS: usize = 16;
+
+/// 128 bits as two words rather than a `u128`: 8-byte alignment packs a map slot into 24 bytes
+/// instead of 32.
+type Key = [u64; 2];
 
 /// A duration in whole milliseconds, saturating (Redis `PX` arguments and the memory store's
 /// clock).
@@ -111,7 +133,8 @@ impl MemoryDedup {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             epoch: Instant::now(),
             ttl_ms: millis(ttl),
-            pending_ms: millis(pending_ttl),
+            // At least a millisecond, so that claim times stay distinct (see `Entry`).
+            pending_ms: millis(pending_ttl).max(1),
             per_shard: per_shard.max(1),
         }
     }
@@ -120,50 +143,47 @@ impl MemoryDedup {
         millis(self.epoch.elapsed())
     }
 
-    fn shard(&self, key: u128) -> std::sync::MutexGuard<'_, Shard> {
+    fn shard(&self, key: Key) -> std::sync::MutexGuard<'_, Shard> {
         // The key is a hash already: its low bits spread evenly. Every mutation under the lock
         // is a single map or queue call, so a poisoned lock still guards a consistent shard.
         #[allow(clippy::cast_possible_truncation)]
-        let i = (key as usize) % SHARDS;
+        let i = (key[1] as usize) % SHARDS;
         self.shards[i]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn claim(&self, key: u128, value: u64) -> Claim {
+    fn claim(&self, key: Key) -> Claim {
         let now = self.now_ms();
         let mut shard = self.shard(key);
-        shard.expire(now, self.per_shard);
-        if let Some(e) = shard.map.get(&key) {
-            if e.claim & DONE != 0 {
+        shard.expire(now, self.ttl_ms, self.per_shard);
+        if let Some(&e) = shard.map.get(&key) {
+            if e.is_done() {
                 return Claim::Done;
             }
             // A claim left pending past its deadline is taken over: its request is gone.
-            if now < e.claimed_at_ms.saturating_add(self.pending_ms) {
+            if now < e.at_ms().saturating_add(self.pending_ms) {
                 return Claim::InFlight;
             }
         }
-        shard.put(key, value, now, now.saturating_add(self.ttl_ms));
+        shard.put(key, Entry(now));
         Claim::New(Token {
             key: String::new(),
             digest: key,
-            value,
+            value: now,
             recorded: true,
         })
     }
 
     fn complete(&self, token: &Token) {
-        let now = self.now_ms();
         let mut shard = self.shard(token.digest);
         match shard.map.get_mut(&token.digest) {
-            Some(e) => e.claim |= DONE,
+            Some(e) => e.0 |= DONE,
             // Evicted meanwhile: remember it again, from now.
-            None => shard.put(
-                token.digest,
-                token.value | DONE,
-                now,
-                now.saturating_add(self.ttl_ms),
-            ),
+            None => {
+                let now = self.now_ms();
+                shard.put(token.digest, Entry(now | DONE));
+            }
         }
     }
 
@@ -172,7 +192,7 @@ impl MemoryDedup {
         if shard
             .map
             .get(&token.digest)
-            .is_some_and(|e| e.claim == token.value)
+            .is_some_and(|e| !e.is_done() && e.at_ms() == token.value)
         {
             shard.map.remove(&token.digest);
         }
@@ -180,27 +200,29 @@ impl MemoryDedup {
 }
 
 impl Shard {
-    fn put(&mut self, key: u128, claim: u64, now_ms: u64, expires_ms: u64) {
-        self.map.insert(
-            key,
-            Entry {
-                claim,
-                claimed_at_ms: now_ms,
-            },
-        );
-        self.order.push_back((key, claim & !DONE, expires_ms));
+    fn put(&mut self, key: Key, entry: Entry) {
+        self.map.insert(key, entry);
+        self.order.push_back(key);
     }
 
     /// Drops expired entries, then the oldest ones past the bound.
-    fn expire(&mut self, now_ms: u64, bound: usize) {
-        while let Some(&(key, claim, expires_ms)) = self.order.front() {
-            if expires_ms > now_ms && self.map.len() < bound && self.order.len() < bound * 2 {
+    ///
+    /// A key queued twice (a takeover, or a completion after eviction) holds the queue at its
+    /// older copy until the younger entry expires: entries behind it are then remembered past
+    /// their TTL, which only delays forgetting events that were durable anyway. Past the bound,
+    /// the older copy evicts the younger entry: at worst a duplicate publish, never a loss.
+    fn expire(&mut self, now_ms: u64, ttl_ms: u64, bound: usize) {
+        while let Some(&key) = self.order.front() {
+            let over_bound = self.map.len() >= bound || self.order.len() >= bound * 2;
+            let expired = self
+                .map
+                .get(&key)
+                .is_none_or(|e| e.at_ms().saturating_add(ttl_ms) <= now_ms);
+            if !expired && !over_bound {
                 break;
             }
             self.order.pop_front();
-            if self.map.get(&key).is_some_and(|e| e.claim & !DONE == claim) {
-                self.map.remove(&key);
-            }
+            self.map.remove(&key);
         }
     }
 }
@@ -214,8 +236,9 @@ struct RedisDedup {
 
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 
+/// A Redis claim's value.
 fn token_value() -> u64 {
-    // Unique per process; with Redis the key also carries the instance id.
+    // Unique per process; the stored value also carries the instance id.
     NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
 }
 
@@ -256,10 +279,9 @@ impl Dedup {
     }
 
     pub async fn claim(&self, source: &str, id: &EventId) -> Claim {
-        let value = token_value();
         match &self.0 {
-            Backend::Memory(m) => m.claim(digest(&format!("{source}\u{0}{id}")), value),
-            Backend::Redis(r) => r.claim(source, id, value).await,
+            Backend::Memory(m) => m.claim(digest(source, id.as_str())),
+            Backend::Redis(r) => r.claim(source, id, token_value()).await,
         }
     }
 
@@ -335,7 +357,7 @@ impl RedisDedup {
         let unrecorded = |key: String| {
             Claim::New(Token {
                 key,
-                digest: 0,
+                digest: [0; 2],
                 value,
                 recorded: false,
             })
@@ -356,7 +378,7 @@ impl RedisDedup {
         match set {
             Ok(Some(_)) => Claim::New(Token {
                 key,
-                digest: 0,
+                digest: [0; 2],
                 value,
                 recorded: true,
             }),
@@ -422,12 +444,20 @@ impl RedisDedup {
 
 /// The memory backend's key: the first 128 bits of SHA-256 (collisions are out of reach at any
 /// realistic number of remembered events).
-fn digest(key: &str) -> u128 {
+fn digest(source: &str, id: &str) -> Key {
     use sha2::Digest as _;
-    let d = sha2::Sha256::digest(key.as_bytes());
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d[..16]);
-    u128::from_be_bytes(b)
+    // NUL cannot occur in a source name, so (source, id) pairs never run together.
+    let d = sha2::Sha256::new()
+        .chain_update(source)
+        .chain_update([0])
+        .chain_update(id)
+        .finalize();
+    let word = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&d[i * 8..i * 8 + 8]);
+        u64::from_be_bytes(b)
+    };
+    [word(0), word(1)]
 }
 
 /// A random id for this process, so pending claims of different replicas never compare equal.
@@ -467,7 +497,7 @@ mod tests {
     async fn an_abandoned_pending_claim_expires() {
         // A request dropped mid-publish (its client hung up) never completes or releases.
         let d = Dedup::memory(Duration::from_secs(60), Duration::from_millis(50), 1000);
-        let Claim::New(_abandoned) = d.claim("s", &id("gone")).await else {
+        let Claim::New(abandoned) = d.claim("s", &id("gone")).await else {
             panic!()
         };
         assert_eq!(d.claim("s", &id("gone")).await, Claim::InFlight);
@@ -475,6 +505,9 @@ mod tests {
         let Claim::New(retry) = d.claim("s", &id("gone")).await else {
             panic!("the retry after the pending deadline claims it")
         };
+        // The first request failing late must not release the retry's claim.
+        d.release(abandoned).await;
+        assert_eq!(d.claim("s", &id("gone")).await, Claim::InFlight);
         d.complete(retry).await;
         assert_eq!(d.claim("s", &id("gone")).await, Claim::Done);
     }
