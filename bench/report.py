@@ -110,6 +110,30 @@ for name in ["hb-rabbitmq-halfmax", "hb-kafka-cobo"]:
     if d and d.get("delivered") is not None:
         p(f"| delivery check ({name}) | {d['delivered']} distinct keys on the broker for {d['ok']} 2xx |")
 p("")
+p("## Where the CPU goes")
+p("")
+p("CPU time per message in µs, measured per process over each run. Everything shares the same")
+p(f"{os.cpu_count()} cores, so `{os.cpu_count()} cores ÷ total` is the rate at which the machine runs out of CPU;")
+p("a ceiling that needs less CPU per message is higher for that reason alone.")
+p("")
+p("| path | load generator / bare client | server | broker | total | cores ÷ total | measured /s |")
+p("|---|---|---|---|---|---|---|")
+def budget(label, client, server, broker, rate):
+    parts = [x for x in (client, server, broker) if x is not None]
+    total = sum(parts) if parts else None
+    limit = (os.cpu_count() or 1) * 1e6 / total if total else None
+    p(f"| {label} | {f(client,1)} | {f(server,0)} | {f(broker,0)} | {f(total,0)} | {f(limit)} | {f(rate)} |")
+for label, d in [("bare lapin, 256 in flight", cr256), ("bare rdkafka, 256 in flight", ck)]:
+    if d:
+        budget(label, d.get("client_cpu_us_per_msg"), None, d.get("broker_cpu_us_per_msg"), d.get("rate"))
+for name, label in [("hb-rabbitmq-cobo", "hookbridge → RabbitMQ, Cobo"), ("py-rabbitmq", "docs-style Python → RabbitMQ, Cobo"),
+                    ("hb-kafka-cobo", "hookbridge → Kafka, Cobo"), ("hb-kafka-standard", "hookbridge → Kafka, Standard Webhooks"),
+                    ("py-kafka", "docs-style Python → Kafka, Cobo"), ("hb-file-cobo", "hookbridge → file, Cobo"),
+                    ("hb-file-hmac", "hookbridge → file, HMAC"), ("http-ceiling", "minimal warp server")]:
+    d = j(name)
+    if d:
+        budget(label, d.get("loadgen_cpu_us_per_req"), d.get("server_cpu_us_per_req"), d.get("broker_cpu_us_per_req"), d.get("rps"))
+p("")
 p("## How to reproduce")
 p("")
 p("```sh")
@@ -119,4 +143,13 @@ p("cargo build --release --features loadgen --bins")
 p("target/release/hookbridge serve --config bench/hookbridge-file.toml &")
 p("target/release/hookbridge-loadgen run --url http://127.0.0.1:8081/hooks/cobo --scheme cobo-waas2 --connections 64 --events 100000 --out /tmp/run")
 p("```")
+# The hand-written analysis below the generated part survives a new run (to be updated by hand).
+try:
+    kept = open("docs/benchmarks.md").read()
+    at = kept.find("## What the numbers say")
+    if at >= 0:
+        p("")
+        lines.append(kept[at:].rstrip("\n"))
+except OSError:
+    pass
 print("\n".join(lines))

@@ -38,6 +38,11 @@ start_tansu
 bench/baseline/run.sh --setup
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, in clock ticks
+# The broker's CPU is counted too: on one machine it competes with hookbridge for the same
+# cores, and the report sets its cost per message beside the bare client's and hookbridge's.
+broker_pid() { case $1 in rabbitmq) pgrep -o -x beam.smp ;; kafka) pgrep -o -x tansu ;; esac || true; }
+BROKER_PID=""
+broker_ticks() { if [ -n "$BROKER_PID" ]; then ticks "$BROKER_PID"; else echo 0; fi; }
 hz=$(getconf CLK_TCK)
 wait_http() { for _ in $(seq 1 100); do port_open "$1" && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
 
@@ -55,16 +60,37 @@ stop() { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true;
 load() {
   local name=$1 url=$2 scheme=$3 conns=$4; shift 4
   local before; before=$(ticks "$SERVER")
+  local broker_before; broker_before=$(broker_ticks)
   $LG run --quiet --url "$url" --scheme "$scheme" --connections "$conns" --events "$EVENTS" \
     --max-secs "$SECS" --id-prefix "$name-$BENCH_RUN" --out "$OUT/$name" "$@" | tee "$OUT/$name.txt"
   local after; after=$(ticks "$SERVER")
+  local broker_after; broker_after=$(broker_ticks)
   local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER/status")
-  python3 - "$OUT/$name.json" "$before" "$after" "$hz" "$rss" <<'PY'
+  python3 - "$OUT/$name.json" "$before" "$after" "$hz" "$rss" "$broker_before" "$broker_after" "$BROKER_PID" <<'PY'
 import json, sys
-path, before, after, hz, rss = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+path, before, after, hz, rss, bb, ba = sys.argv[1], *map(int, sys.argv[2:8])
 d = json.load(open(path))
-d["server_cpu_us_per_req"] = (after - before) * 1e6 / hz / max(d["requests"], 1)
+n = max(d["requests"], 1)
+d["server_cpu_us_per_req"] = (after - before) * 1e6 / hz / n
 d["server_peak_rss_mb"] = rss / 1024
+if sys.argv[8]:
+    d["broker_cpu_us_per_req"] = (ba - bb) * 1e6 / hz / n
+json.dump(d, open(path, "w"), indent=1)
+PY
+}
+
+# ceiling NAME CMD...: a bare-client ceiling run writing $OUT/NAME.json, with the broker's CPU
+# per message ($BROKER_PID) added to it.
+ceiling() {
+  local name=$1; shift
+  local broker_before; broker_before=$(broker_ticks)
+  "$@" --out "$OUT/$name.json"
+  local broker_after; broker_after=$(broker_ticks)
+  python3 - "$OUT/$name.json" "$broker_before" "$broker_after" "$hz" <<'PY'
+import json, sys
+path, bb, ba, hz = sys.argv[1], *map(int, sys.argv[2:5])
+d = json.load(open(path))
+d["broker_cpu_us_per_msg"] = (ba - bb) * 1e6 / hz / max(d["messages"], 1)
 json.dump(d, open(path, "w"), indent=1)
 PY
 }
@@ -76,11 +102,14 @@ start http-ceiling 8099 $LG http-ceiling --listen 127.0.0.1:8099
 load http-ceiling http://127.0.0.1:8099/hooks/x hmac-sha256 64
 stop
 tansu topic create "hookbridge-bench.$BENCH_RUN.ceiling" --partitions 3 --broker tcp://127.0.0.1:9092 >/dev/null
-$LG ceiling-kafka --topic "hookbridge-bench.$BENCH_RUN.ceiling" --messages "$((EVENTS / 2))" --in-flight 256 --out "$OUT/ceiling-kafka.json"
-$LG ceiling-rabbitmq --exchange hookbridge-ceiling --messages "$((EVENTS / 6))" --in-flight 256 --out "$OUT/ceiling-rabbitmq-256.json"
-$LG ceiling-rabbitmq --exchange hookbridge-ceiling --messages "$((EVENTS / 12))" --in-flight 64 --out "$OUT/ceiling-rabbitmq-64.json"
+BROKER_PID=$(broker_pid kafka)
+ceiling ceiling-kafka $LG ceiling-kafka --topic "hookbridge-bench.$BENCH_RUN.ceiling" --messages "$((EVENTS / 2))" --in-flight 256
+BROKER_PID=$(broker_pid rabbitmq)
+ceiling ceiling-rabbitmq-256 $LG ceiling-rabbitmq --exchange hookbridge-ceiling --messages "$((EVENTS / 6))" --in-flight 256
+ceiling ceiling-rabbitmq-64 $LG ceiling-rabbitmq --exchange hookbridge-ceiling --messages "$((EVENTS / 12))" --in-flight 64
 # The broker's own confirm latency at the fixed rate the p99 target uses.
 $LG ceiling-rabbitmq --exchange hookbridge-ceiling --messages 20000 --in-flight 256 --rate 2000 | tee "$OUT/ceiling-rabbitmq-2000rps.txt"
+BROKER_PID=""
 
 log "hookbridge, file sink"
 start hb-file 8081 $HB serve --config bench/hookbridge-file.toml
@@ -97,6 +126,7 @@ load hb-file-1000conns http://127.0.0.1:8081/hooks/standard standard-webhooks 10
 stop
 
 log "hookbridge, RabbitMQ sink"
+BROKER_PID=$(broker_pid rabbitmq)
 $LG amqp-bind --exchange hookbridge-bench --queue "hookbridge-bench-$BENCH_RUN"
 start hb-rabbitmq 8082 $HB serve --config bench/hookbridge-rabbitmq.toml
 load hb-rabbitmq-cobo http://127.0.0.1:8082/hooks/cobo cobo-waas2 256
@@ -115,6 +145,7 @@ stop
 $LG amqp-bind --exchange hookbridge-bench --queue "hookbridge-bench-$BENCH_RUN" --delete
 
 log "hookbridge, RabbitMQ sink with the broker down (every event goes to the spool)"
+BROKER_PID=""
 sed 's|amqp://guest:guest@127.0.0.1:5672/%2f|amqp://guest:guest@127.0.0.1:1/%2f|; s|spool-rabbitmq.redb|spool-down.redb|; s|127.0.0.1:8082|127.0.0.1:8084|' \
   bench/hookbridge-rabbitmq.toml > "$BENCH_DIR/down.toml"
 start hb-down 8084 $HB serve --config "$BENCH_DIR/down.toml"
@@ -123,6 +154,7 @@ load hb-spool-closed http://127.0.0.1:8084/hooks/cobo cobo-waas2 64
 stop
 
 log "hookbridge, Kafka sink"
+BROKER_PID=$(broker_pid kafka)
 start hb-kafka 8083 $HB serve --config bench/hookbridge-kafka.toml
 for _ in $(seq 1 50); do curl -sf http://127.0.0.1:8083/readyz >/dev/null && break; sleep 0.2; done
 load hb-kafka-cobo http://127.0.0.1:8083/hooks/cobo cobo-waas2 256 \
@@ -134,15 +166,20 @@ load hb-kafka-halfmax http://127.0.0.1:8083/hooks/cobo cobo-waas2 256 --rate "$(
 stop
 
 log "docs-style baseline (FastAPI + PyNaCl + aio-pika / confluent-kafka)"
+BROKER_PID=$(broker_pid rabbitmq)
 $LG amqp-bind --exchange hookbridge-bench-baseline --queue "hookbridge-bench-baseline-$BENCH_RUN"
 start py-rabbitmq 8090 env SINK=rabbitmq EXCHANGE=hookbridge-bench-baseline PORT=8090 bench/baseline/run.sh
 load py-rabbitmq http://127.0.0.1:8090/hooks/cobo cobo-waas2 64
 stop
 $LG amqp-bind --exchange hookbridge-bench-baseline --queue "hookbridge-bench-baseline-$BENCH_RUN" --delete
 tansu topic create "hookbridge-bench.$BENCH_RUN.baseline" --partitions 3 --broker tcp://127.0.0.1:9092 >/dev/null
+BROKER_PID=$(broker_pid kafka)
 start py-kafka 8091 env SINK=kafka TOPIC="hookbridge-bench.$BENCH_RUN.baseline" PORT=8091 bench/baseline/run.sh
 load py-kafka http://127.0.0.1:8091/hooks/cobo cobo-waas2 64
 stop
 
 log "report"
-python3 bench/report.py "$OUT" | tee docs/benchmarks.md
+# The report keeps the hand-written "What the numbers say" section of docs/benchmarks.md.
+python3 bench/report.py "$OUT" > "$OUT/benchmarks.md"
+cp "$OUT/benchmarks.md" docs/benchmarks.md
+cat docs/benchmarks.md

@@ -734,23 +734,30 @@ fn ceiling_messages(n: usize) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// Prints and records a ceiling run; `cpu` is this client's own CPU time during it, so the
+/// report can set the client's and the broker's cost per message beside hookbridge's.
 fn ceiling_report(
     name: &str,
     n: usize,
     elapsed: Duration,
+    cpu: Duration,
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
     let rate = n as f64 / elapsed.as_secs_f64();
-    println!("{name}: {n} confirmed publishes in {elapsed:.2?} = {rate:.0}/s");
+    let client_us = cpu.as_secs_f64() * 1e6 / n.max(1) as f64;
+    println!(
+        "{name}: {n} confirmed publishes in {elapsed:.2?} = {rate:.0}/s; client CPU {client_us:.1} µs/msg"
+    );
     if let Some(out) = out {
         if let Some(dir) = out.parent() {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(
             out,
-            serde_json::to_vec_pretty(
-                &serde_json::json!({ "name": name, "messages": n, "seconds": elapsed.as_secs_f64(), "rate": rate }),
-            )?,
+            serde_json::to_vec_pretty(&serde_json::json!({
+                "name": name, "messages": n, "seconds": elapsed.as_secs_f64(), "rate": rate,
+                "client_cpu_us_per_msg": client_us,
+            }))?,
         )?;
     }
     Ok(())
@@ -773,6 +780,7 @@ async fn ceiling_kafka(
         .create()?;
     let bodies = ceiling_messages(n);
     let started = Instant::now();
+    let cpu_before = own_cpu();
     let results: Vec<bool> = futures_util::stream::iter(bodies.iter())
         .map(|(id, body)| {
             let producer = producer.clone();
@@ -801,6 +809,7 @@ async fn ceiling_kafka(
         "kafka bare rdkafka (acks=all, idempotent)",
         ok,
         started.elapsed(),
+        own_cpu().saturating_sub(cpu_before),
         out,
     )
 }
@@ -831,6 +840,7 @@ async fn ceiling_rabbitmq(
     let hist = std::sync::Mutex::new(histogram()?);
     let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1) as f64));
     let started = Instant::now();
+    let cpu_before = own_cpu();
     let results: Vec<bool> = futures_util::stream::iter(bodies.iter().enumerate())
         .map(|(i, (id, body))| {
             let ch = &chans[counter.fetch_add(1, Ordering::Relaxed) % chans.len()];
@@ -872,6 +882,7 @@ async fn ceiling_rabbitmq(
         .collect()
         .await;
     let ok = results.iter().filter(|r| **r).count();
+    let (elapsed, cpu) = (started.elapsed(), own_cpu().saturating_sub(cpu_before));
     amqp_bind(url, exchange, &queue, true).await?;
     if let (Some(r), Ok(h)) = (rate, hist.lock()) {
         let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
@@ -887,7 +898,8 @@ async fn ceiling_rabbitmq(
     ceiling_report(
         &format!("rabbitmq bare lapin ({in_flight} in flight, {channels} channels)"),
         ok,
-        started.elapsed(),
+        elapsed,
+        cpu,
         out,
     )
 }
