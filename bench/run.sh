@@ -16,8 +16,10 @@ export BENCH_DIR; BENCH_DIR=$(mktemp -d)
 export BENCH_RUN; BENCH_RUN=$(date +%s)
 SECS=${QUICK:+4}; SECS=${SECS:-10}
 EVENTS=${QUICK:+20000}; EVENTS=${EVENTS:-120000}
-LG=target/release/hookbridge-loadgen
-HB=target/release/hookbridge
+# The profile the Dockerfile ships (fat LTO); PROFILE=release measures the quick-start build.
+export PROFILE=${PROFILE:-production}
+LG=target/$PROFILE/hookbridge-loadgen
+HB=target/$PROFILE/hookbridge
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -27,8 +29,8 @@ cleanup() {
 trap cleanup EXIT
 log() { printf '\n==> %s\n' "$*"; }
 
-log "build (release, with the load generator)"
-cargo build --release --locked --features loadgen --bins --example decision-service
+log "build ($PROFILE profile, with the load generator)"
+cargo build --profile "$PROFILE" --locked --features loadgen --bins --example decision-service
 
 log "brokers"
 ensure_rabbitmq
@@ -135,7 +137,7 @@ load hb-rabbitmq-2000rps http://127.0.0.1:8082/hooks/cobo cobo-waas2 256 --rate 
 load hb-rabbitmq-halfmax http://127.0.0.1:8082/hooks/cobo cobo-waas2 256 --rate "$((max / 2))" \
   --check-rabbitmq "amqp://guest:guest@127.0.0.1:5672/%2f,hookbridge-bench-$BENCH_RUN"
 # Approval callbacks through the example decision service (request-reply over RabbitMQ).
-target/release/examples/decision-service --rabbitmq "amqp://guest:guest@127.0.0.1:5672/%2f" \
+target/$PROFILE/examples/decision-service --rabbitmq "amqp://guest:guest@127.0.0.1:5672/%2f" \
   --requests hookbridge-bench-decisions >"$OUT/decision-service.log" 2>&1 &
 PIDS+=("$!")
 for _ in $(seq 1 50); do curl -sf http://127.0.0.1:8082/readyz >/dev/null && break; sleep 0.2; done
