@@ -82,14 +82,27 @@ impl App {
             ttl_secs = config.dedup.ttl.as_secs(),
             "dedup ready"
         );
-        let decisions = match config.decisions.backend {
-            DedupBackend::Memory => {
-                DecisionStore::memory(config.decisions.ttl, config.decisions.max_entries)
-            }
+        let limits = crate::callback::store::Limits {
+            ttl: config.decisions.store.ttl,
+            asked_ttl: config.decisions.asked_ttl,
+            max_entries: usize::try_from(config.decisions.store.max_entries).unwrap_or(usize::MAX),
+        };
+        let decisions = match config.decisions.store.backend {
+            DedupBackend::Memory => DecisionStore::memory(limits),
             DedupBackend::Redis => DecisionStore::redis(
-                config.decisions.redis_url.as_deref().unwrap_or_default(),
-                config.decisions.ttl,
-                config.decisions.key_prefix.clone(),
+                config
+                    .decisions
+                    .store
+                    .redis_url
+                    .as_deref()
+                    .unwrap_or_default(),
+                limits,
+                config.decisions.store.key_prefix.clone(),
+                // Config refuses a Redis store without a secret when approvals exist; without
+                // approvals nothing is ever stored, and a random key seals nothing.
+                config.decisions.secret.clone().unwrap_or_else(|| {
+                    crate::callback::MacKey::new(uuid::Uuid::new_v4().as_bytes())
+                }),
             )?,
         };
         // Bounded: a flood of replies is dropped (and logged) rather than buffered without end;
@@ -110,7 +123,8 @@ impl App {
                         .find(|s| s.name == svc.sink)
                         .context("decision service refers to a missing sink")?;
                     Some(Arc::new(
-                        DecisionService::start(svc, sink_spec, reply_tx.clone()).await?,
+                        DecisionService::start(&spec.name, svc, sink_spec, reply_tx.clone())
+                            .await?,
                     ))
                 }
                 None => None,
@@ -125,7 +139,7 @@ impl App {
             .values()
             .any(|r| r.service.is_some())
             .then_some(reply_rx);
-        if config.decisions.backend == DedupBackend::Memory
+        if config.decisions.store.backend == DedupBackend::Memory
             && routes.values().any(|r| r.spec.kind.approval().is_some())
         {
             tracing::warn!(

@@ -55,6 +55,11 @@ pub struct DecisionFields<'a> {
     pub decided_by: &'a str,
     pub remembered: bool,
     pub callback_id: &'a str,
+    /// The digest of the exact body judged (never the body).
+    pub body_sha256: &'a str,
+    /// The digest of another body decided first under the same callback ID: a conflict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflict_with: Option<&'a str>,
 }
 
 /// The envelope of a line in the file: the keys tracing's JSON format uses, so both outputs
@@ -130,6 +135,8 @@ impl<'a> Line<'a> {
                     id_from = self.id_from, detail = self.detail,
                     decision = d.map(|d| d.decision), decided_by = d.map(|d| d.decided_by),
                     remembered = d.map(|d| d.remembered), callback_id = d.map(|d| d.callback_id),
+                    body_sha256 = d.map(|d| d.body_sha256),
+                    conflict_with = d.and_then(|d| d.conflict_with),
                     bytes = self.bytes, latency_us = self.latency_us,
                     "{}", self.message
                 )

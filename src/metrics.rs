@@ -28,6 +28,13 @@ pub const CONNECTIONS_REJECTED: &str = "hookbridge_connections_rejected_total";
 pub const CALLBACK_DECISIONS: &str = "hookbridge_callback_decisions_total";
 /// Approval callbacks whose decision service did not answer in time, by `source`.
 pub const DECISION_TIMEOUTS: &str = "hookbridge_decision_timeouts_total";
+/// Approval callbacks whose callback ID already had a decision about a *different* body, by
+/// `source`: each is decided on its own (a planted first body decides nothing for it).
+pub const DECISION_CONFLICTS: &str = "hookbridge_decision_conflicts_total";
+/// Decision replies that decided nothing, by `source` (whose reply address they came to) and
+/// `reason` (`unparsable`, `unsupported_version`, `unknown_key`, `wrong_address`, `not_asked`,
+/// `wrong_nonce`, `bad_mac`).
+pub const REPLIES_REJECTED: &str = "hookbridge_decision_replies_rejected_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0,
@@ -160,6 +167,15 @@ pub fn dedup_error(backend: &'static str) {
 
 pub fn decision(source: &str, decision: &'static str, by: &'static str) {
     metrics::counter!(CALLBACK_DECISIONS, "source" => source.to_owned(), "decision" => decision, "by" => by)
+        .increment(1);
+}
+
+pub fn decision_conflict(source: &str) {
+    metrics::counter!(DECISION_CONFLICTS, "source" => source.to_owned()).increment(1);
+}
+
+pub fn reply_rejected(source: &str, reason: &'static str) {
+    metrics::counter!(REPLIES_REJECTED, "source" => source.to_owned(), "reason" => reason)
         .increment(1);
 }
 

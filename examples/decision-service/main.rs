@@ -1,6 +1,7 @@
 //! An example decision service for hookbridge's approval callbacks (`default = "ask"`).
 //!
 //! ```text
+//! export DECISION_SERVICE_SECRET=...   # the same as the source's decision.service.secret
 //! cargo run --example decision-service -- --rabbitmq amqp://guest:guest@127.0.0.1:5672/%2f \
 //!     --deny-id 760a1955-e212-4dfb-a8d0-e66312a1a051 --max-amount 100000
 //! cargo run --example decision-service -- --kafka 127.0.0.1:9092 --max-amount 100000
@@ -38,6 +39,9 @@ struct Args {
     /// Deny callbacks whose amount is larger than this.
     #[arg(long)]
     max_amount: Option<f64>,
+    /// The secret shared with hookbridge (`decision.service.secret`): replies are MAC'd with it.
+    #[arg(long, env = "DECISION_SERVICE_SECRET", hide_env_values = true)]
+    secret: String,
 }
 
 #[tokio::main]
@@ -58,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
     let policy = service::Policy {
         deny_ids: args.deny_ids,
         max_amount: args.max_amount,
+        secret: args.secret.into_bytes(),
     };
     // Not the broker URL: it may carry a password.
     eprintln!("decision-service: answering requests with {policy:?}");

@@ -1,20 +1,48 @@
-//! The example decision service: consumes hookbridge's decision requests from RabbitMQ or
-//! Kafka, decides by a simple policy, and publishes `{"id", "decision", "reason"}` to the reply
+//! The example decision service: consumes hookbridge's decision requests (format version 2)
+//! from RabbitMQ or Kafka, decides by a simple policy, and publishes
+//! `{"version": 2, "id", "nonce", "decision", "reason", "decided_by", "mac"}` to the reply
 //! address each request names. Shared by `main.rs` and hookbridge's integration tests.
+//!
+//! `mac` is the hex HMAC-SHA256, keyed with the secret shared with hookbridge
+//! (`decision.service.secret`), of these four lines joined by `\n`:
+//! `hookbridge-decision-reply/v2`, the request's `id`, its `hbnonce`, and the decision. It is
+//! written out here with the `hmac` crate, as a service in any language would, rather than
+//! with hookbridge's own code.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
+use sha2::Sha256;
+
+/// The reply MAC, as documented in docs/configuration.md.
+fn reply_mac(secret: &[u8], id: &str, nonce: &str, decision: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(format!("hookbridge-decision-reply/v2\n{id}\n{nonce}\n{decision}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
 
 /// Deny listed IDs and amounts above a limit; approve the rest.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Policy {
     /// `transaction_id`, `request_id` or `cobo_id` values to deny.
     pub deny_ids: Vec<String>,
     /// Deny when the callback's `amount` is larger.
     pub max_amount: Option<f64>,
+    /// The secret shared with hookbridge, which every reply is MAC'd with.
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Policy {
+    // Never the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("deny_ids", &self.deny_ids)
+            .field("max_amount", &self.max_amount)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Policy {
@@ -48,12 +76,19 @@ impl Policy {
     /// When the request is not a hookbridge decision request.
     pub fn answer(&self, request: &[u8]) -> Result<(String, Vec<u8>), String> {
         let event: Value = serde_json::from_slice(request).map_err(|e| e.to_string())?;
+        if event["hbversion"] != "2" {
+            return Err(format!("request format {} is not 2", event["hbversion"]));
+        }
         let id = event["id"].as_str().ok_or("request without id")?;
+        let nonce = event["hbnonce"].as_str().ok_or("request without hbnonce")?;
         let reply_to = event["hbreplyto"]
             .as_str()
             .ok_or("request without hbreplyto")?;
         let (decision, reason) = self.decide(&event["data"]);
-        let reply = json!({ "id": id, "decision": decision, "reason": reason, "decided_by": "example-policy" });
+        let reply = json!({
+            "version": 2, "id": id, "nonce": nonce, "decision": decision, "reason": reason,
+            "decided_by": "example-policy", "mac": reply_mac(&self.secret, id, nonce, decision),
+        });
         Ok((reply_to.to_owned(), reply.to_string().into_bytes()))
     }
 }

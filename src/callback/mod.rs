@@ -5,10 +5,13 @@
 //! This module owns where decisions come from and where they are kept:
 //! - [`rules`]: CEL policy rules evaluated inline (first match wins, explicit default);
 //! - [`service`]: request-reply with the user's decision service over RabbitMQ or Kafka;
-//! - [`store`]: remembered decisions per callback ID (memory, or Redis shared by replicas), and
+//! - [`store`]: remembered decisions per [`Subject`] (memory, or Redis shared by replicas), and
 //!   the in-process wake-up of requests waiting for a reply.
 //!
-//! The request flow (verify, ask, record, answer) is [`crate::ingress`]'s.
+//! A decision belongs to one exact signed body ([`Subject`]): the callback ID alone is not
+//! trusted, because WaaS 1.0's `request_id` is chosen by whoever calls Cobo's API and Cobo's
+//! keys are shared by all of its customers, so another customer can get a genuinely signed body
+//! with any callback ID. The request flow (verify, ask, record, answer) is [`crate::ingress`]'s.
 
 pub mod rules;
 pub mod service;
@@ -17,7 +20,9 @@ pub mod store;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 pub use self::rules::RuleSet;
 
@@ -143,11 +148,128 @@ pub struct ServiceSpec {
     pub requests: String,
     /// Kafka topic, or RabbitMQ fanout exchange, that decision replies are published to.
     pub replies: String,
+    /// The service's secret: every reply carries a MAC made with it ([`reply_mac_message`]).
+    pub secret: MacKey,
 }
 
-/// The key a decision is remembered and correlated under: source and callback ID. It is the
-/// correlation ID of the decision request, so whichever replica consumes the reply knows what
-/// it decides without shared in-flight state.
-pub fn correlation_id(source: &str, callback_id: &str) -> String {
-    format!("{source}:{callback_id}")
+impl ServiceSpec {
+    /// Where replies arrive: two sources with the same address read the same replies.
+    pub fn reply_address(&self) -> (&str, &str) {
+        (&self.sink, &self.replies)
+    }
+}
+
+/// Version of the decision request/reply format (`hbversion` in requests, `version` in
+/// replies). Version 1 (no nonce, no MAC) is refused.
+pub const WIRE_VERSION: u64 = 2;
+
+/// What one decision is about: one exact signed callback body of one source, the callback ID
+/// found in it, and the locator that found it. Its [`Subject::key`] is the correlation ID of
+/// the decision request and the key the decision is remembered under, so a different body with
+/// the same callback ID is never answered from this body's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub source: String,
+    pub callback_id: String,
+    /// Which locator produced the callback ID (`body:/request_id`, …).
+    pub locator: String,
+    /// Lower-case hex SHA-256 of the exact signed body.
+    pub body_sha256: String,
+}
+
+impl Subject {
+    pub fn new(source: &str, callback_id: &str, locator: &str, body: &[u8]) -> Self {
+        Self {
+            source: source.to_owned(),
+            callback_id: callback_id.to_owned(),
+            locator: locator.to_owned(),
+            body_sha256: hex::encode(Sha256::digest(body)),
+        }
+    }
+
+    /// `<source>:<callback id>:<body sha256>`: the decision key, request `id` and AMQP
+    /// correlation ID. Source names have no `:`, and the digest is fixed-length hex, so the
+    /// key splits back unambiguously ([`Subject::parse_key`]).
+    pub fn key(&self) -> String {
+        format!("{}:{}:{}", self.source, self.callback_id, self.body_sha256)
+    }
+
+    /// `<source>:<callback id>`: what two different bodies with the same callback ID share (the
+    /// conflict index).
+    pub fn identity(&self) -> String {
+        format!("{}:{}", self.source, self.callback_id)
+    }
+
+    /// The audit event's ID: the callback ID and the body digest, so the decision about a
+    /// second body with the same callback ID is not taken for a copy of the first by consumers
+    /// that deduplicate by ID.
+    pub fn event_id(&self) -> String {
+        format!("{}:{}", self.callback_id, self.body_sha256)
+    }
+
+    /// `(source, callback id, body sha256)` of a key made by [`Subject::key`].
+    pub fn parse_key(key: &str) -> Option<(&str, &str, &str)> {
+        let (source, rest) = key.split_once(':')?;
+        let (callback_id, digest) = rest.rsplit_once(':')?;
+        let hex_digest = digest.len() == 64
+            && digest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        (hex_digest && !source.is_empty() && !callback_id.is_empty()).then_some((
+            source,
+            callback_id,
+            digest,
+        ))
+    }
+}
+
+/// An HMAC-SHA256 key (a decision service's secret, or the decision store's). `Debug` never
+/// shows it.
+/// Boxed: the keyed state is two SHA-256 states, and config types carry it by value.
+#[derive(Clone)]
+pub struct MacKey(std::sync::Arc<Hmac<Sha256>>);
+
+impl fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MacKey([redacted])")
+    }
+}
+
+/// Shortest secret accepted for a MAC key, in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+impl MacKey {
+    pub fn new(secret: &[u8]) -> Self {
+        // HMAC takes a key of any length.
+        Self(std::sync::Arc::new(
+            Hmac::new_from_slice(secret).unwrap_or_else(|_| unreachable!()),
+        ))
+    }
+
+    /// The hex MAC of `message`.
+    pub fn sign_hex(&self, message: &[u8]) -> String {
+        let mut mac = (*self.0).clone();
+        mac.update(message);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `tag_hex` is the MAC of `message` (constant-time comparison).
+    pub fn verify_hex(&self, message: &[u8], tag_hex: &str) -> bool {
+        let Ok(tag) = hex::decode(tag_hex) else {
+            return false;
+        };
+        let mut mac = (*self.0).clone();
+        mac.update(message);
+        mac.verify_slice(&tag).is_ok()
+    }
+}
+
+/// What a decision reply's `mac` covers: the format version, the request's `id` (the decision
+/// key), the nonce that request carried, and the decision, one per line. None of them can hold
+/// a line break (IDs with control characters are refused), so the message is unambiguous.
+pub fn reply_mac_message(key: &str, nonce: &str, decision: Verdict) -> String {
+    format!(
+        "hookbridge-decision-reply/v{WIRE_VERSION}\n{key}\n{nonce}\n{}",
+        decision.body()
+    )
 }

@@ -37,6 +37,59 @@ const FUNCTIONS: &[&str] = &[
 /// Macros that bind an iteration variable: `list.all(x, …)`.
 const BINDING_MACROS: &[&str] = &["all", "exists", "exists_one", "map", "filter"];
 
+/// Default most work one rule may do on one callback (see the module docs).
+pub const DEFAULT_BUDGET: u64 = 1_000_000;
+/// Longest rule text accepted.
+const MAX_RULE_LEN: usize = 4096;
+/// Deepest macro nesting accepted.
+const MAX_NESTING: u32 = 3;
+
+/// Node count and deepest macro (comprehension) nesting of an expression.
+fn shape(e: &cel::IdedExpr) -> (u64, u32) {
+    use cel::common::ast::{EntryExpr, Expr};
+    let fold = |items: &mut dyn Iterator<Item = &cel::IdedExpr>| {
+        items.map(shape).fold((1u64, 0u32), |(n, d), (n2, d2)| {
+            (n.saturating_add(n2), d.max(d2))
+        })
+    };
+    match &e.expr {
+        Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => (1, 0),
+        Expr::Select(s) => {
+            let (n, d) = shape(&s.operand);
+            (n + 1, d)
+        }
+        Expr::Call(c) => fold(&mut c.target.iter().map(|t| &**t).chain(&c.args)),
+        Expr::List(l) => fold(&mut l.elements.iter()),
+        Expr::Map(m) => fold(&mut m.entries.iter().flat_map(|en| match &en.expr {
+            EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+            EntryExpr::StructField(f) => vec![&f.value],
+        })),
+        Expr::Struct(st) => fold(&mut st.entries.iter().flat_map(|en| match &en.expr {
+            EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+            EntryExpr::StructField(f) => vec![&f.value],
+        })),
+        Expr::Comprehension(c) => {
+            let (range_n, range_d) = shape(&c.iter_range);
+            let (body_n, body_d) =
+                fold(&mut [&c.accu_init, &c.loop_cond, &c.loop_step, &c.result].into_iter());
+            (range_n.saturating_add(body_n), range_d.max(body_d + 1))
+        }
+    }
+}
+
+/// The size of a JSON body for the cost bound: values, plus string bytes in 32-byte units.
+fn body_size(v: &Value) -> u64 {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 1,
+        Value::String(s) => 1 + (s.len() as u64) / 32,
+        Value::Array(a) => a.iter().map(body_size).fold(1, u64::saturating_add),
+        Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| body_size(v).saturating_add((k.len() as u64) / 32))
+            .fold(1, u64::saturating_add),
+    }
+}
+
 /// One rule as written in config.
 pub struct RuleText {
     pub name: String,
@@ -50,16 +103,29 @@ struct Rule {
     program: cel::Program,
     decision: Verdict,
     reason: String,
+    /// Node count and macro nesting (see the module docs).
+    size: u64,
+    nesting: u32,
 }
 
-/// Compiled rules, in order.
+impl Rule {
+    /// The bound on this rule's work over a body of `n` (saturating).
+    fn cost(&self, n: u64) -> u64 {
+        (0..=self.nesting).fold(self.size, |c, _| c.saturating_mul(n))
+    }
+}
+
+/// Compiled rules, in order, and the most work any one of them may do on a callback.
 #[derive(Default)]
-pub struct RuleSet(Vec<Rule>);
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    budget: u64,
+}
 
 impl fmt::Debug for RuleSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.0.iter().map(|r| (&r.name, r.decision)))
+            .entries(self.rules.iter().map(|r| (&r.name, r.decision)))
             .finish()
     }
 }
@@ -85,7 +151,7 @@ impl RuleSet {
     ///
     /// # Errors
     /// One message per invalid rule.
-    pub fn compile(path: &str, rules: Vec<RuleText>) -> Result<Self, Vec<String>> {
+    pub fn compile(path: &str, rules: Vec<RuleText>, budget: u64) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
         let mut out = Vec::new();
         let mut names = std::collections::HashSet::new();
@@ -95,6 +161,10 @@ impl RuleSet {
                 errors.push(format!("{at}.name: must not be empty"));
             } else if !names.insert(r.name.clone()) {
                 errors.push(format!("{at}.name: {:?} is used by another rule", r.name));
+            }
+            if r.when.len() > MAX_RULE_LEN {
+                errors.push(format!("{at}.when: longer than {MAX_RULE_LEN} bytes"));
+                continue;
             }
             let program = match cel::Program::compile(&r.when) {
                 Ok(p) => p,
@@ -125,6 +195,12 @@ impl RuleSet {
                     ));
                 }
             }
+            let (size, nesting) = shape(program.expression());
+            if nesting > MAX_NESTING {
+                errors.push(format!(
+                    "{at}.when: macros (all, exists, map, filter) nested {nesting} deep; at most {MAX_NESTING}"
+                ));
+            }
             out.push(Rule {
                 reason: r
                     .reason
@@ -132,24 +208,27 @@ impl RuleSet {
                 name: r.name,
                 program,
                 decision: r.decision,
+                size,
+                nesting,
             });
         }
         if errors.is_empty() {
-            Ok(Self(out))
+            Ok(Self { rules: out, budget })
         } else {
             Err(errors)
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.rules.is_empty()
     }
 
     /// Evaluates the rules in order against a callback.
     pub fn evaluate(&self, source: &str, callback_id: &str, body: &Value) -> Outcome {
-        if self.0.is_empty() {
+        if self.rules.is_empty() {
             return Outcome::NoMatch;
         }
+        let n = body_size(body).saturating_add(1 + (source.len() + callback_id.len()) as u64 / 32);
         let mut ctx = cel::Context::default();
         let vars = [
             ("body", cel::to_value(body)),
@@ -167,7 +246,18 @@ impl RuleSet {
                 };
             }
         }
-        for rule in &self.0 {
+        for rule in &self.rules {
+            let cost = rule.cost(n);
+            if cost > self.budget {
+                // Not run at all: fail closed like a rule that cannot be evaluated.
+                return Outcome::Failed {
+                    rule: rule.name.clone(),
+                    error: format!(
+                        "over the rule budget on this body (cost bound {cost} > {})",
+                        self.budget
+                    ),
+                };
+            }
             match rule.program.execute(&ctx) {
                 Ok(cel::Value::Bool(true)) => {
                     return Outcome::Matched {
@@ -251,6 +341,7 @@ mod tests {
                 ),
                 rule("all", "true", Verdict::Deny),
             ],
+            DEFAULT_BUDGET,
         )
         .expect("valid rules");
         assert_eq!(
@@ -271,17 +362,30 @@ mod tests {
 
     #[test]
     fn no_match_and_failures_are_distinct() {
-        let set = RuleSet::compile("r", vec![rule("coin", "body.coin == 'BTC'", Verdict::Ok)])
-            .expect("valid");
+        let set = RuleSet::compile(
+            "r",
+            vec![rule("coin", "body.coin == 'BTC'", Verdict::Ok)],
+            DEFAULT_BUDGET,
+        )
+        .expect("valid");
         assert_eq!(set.evaluate("s", "id", &body()), Outcome::NoMatch);
         // A missing field is an evaluation error, not a silent false.
-        let set = RuleSet::compile("r", vec![rule("m", "body.missing == 1", Verdict::Ok)])
-            .expect("valid");
+        let set = RuleSet::compile(
+            "r",
+            vec![rule("m", "body.missing == 1", Verdict::Ok)],
+            DEFAULT_BUDGET,
+        )
+        .expect("valid");
         assert!(matches!(
             set.evaluate("s", "id", &body()),
             Outcome::Failed { .. }
         ));
-        let set = RuleSet::compile("r", vec![rule("n", "body.decimal", Verdict::Ok)]).expect("ok");
+        let set = RuleSet::compile(
+            "r",
+            vec![rule("n", "body.decimal", Verdict::Ok)],
+            DEFAULT_BUDGET,
+        )
+        .expect("ok");
         assert!(matches!(
             set.evaluate("s", "id", &body()),
             Outcome::Failed { .. }
@@ -294,6 +398,7 @@ mod tests {
                 "has(body.missing) || body.tags.exists(t, t == 'b')",
                 Verdict::Ok,
             )],
+            DEFAULT_BUDGET,
         )
         .expect("valid");
         assert!(matches!(
@@ -311,7 +416,18 @@ mod tests {
                 rule("b", "nope.amount > 1", Verdict::Ok),
                 rule("c", "body.address.lowerAscii() == 'x'", Verdict::Ok),
                 rule("c", "true", Verdict::Ok),
+                rule(
+                    "d",
+                    "body.tags.all(a, body.tags.all(b, body.tags.all(c, body.tags.all(d, true))))",
+                    Verdict::Ok,
+                ),
+                rule(
+                    "e",
+                    &format!("true || {}", "true || ".repeat(700)),
+                    Verdict::Ok,
+                ),
             ],
+            DEFAULT_BUDGET,
         )
         .expect_err("invalid");
         let all = errors.join("\n");
@@ -331,5 +447,60 @@ mod tests {
             all.contains("rules[3].name: \"c\" is used by another rule"),
             "{all}"
         );
+        assert!(all.contains("rules[4].when: macros"), "{all}");
+        assert!(all.contains("rules[5].when: longer than 4096"), "{all}");
+    }
+
+    #[test]
+    fn a_rule_over_its_budget_is_not_run_and_denies() {
+        // Nested macros over a list in the body: the bound grows with the list's size squared.
+        let when = "body.items.all(a, body.items.exists(b, a == b))";
+        let set = RuleSet::compile("r", vec![rule("pairs", when, Verdict::Ok)], DEFAULT_BUDGET)
+            .expect("valid");
+        let small = serde_json::json!({ "items": [1, 2, 3] });
+        assert!(matches!(
+            set.evaluate("s", "id", &small),
+            Outcome::Matched {
+                decision: Verdict::Ok,
+                ..
+            }
+        ));
+        // The same rule is true on a large list too, but over the budget it never runs.
+        let large = serde_json::json!({ "items": (0..2000).collect::<Vec<_>>() });
+        match set.evaluate("s", "id", &large) {
+            Outcome::Failed { rule, error } => {
+                assert_eq!(rule, "pairs");
+                assert!(error.contains("over the rule budget"), "{error}");
+            }
+            other => panic!("expected a budget failure, got {other:?}"),
+        }
+        // A plain comparison stays well inside the budget on the same body.
+        let flat = RuleSet::compile(
+            "r",
+            vec![rule("n", "size(body.items) > 10", Verdict::Deny)],
+            DEFAULT_BUDGET,
+        )
+        .expect("valid");
+        assert!(matches!(
+            flat.evaluate("s", "id", &large),
+            Outcome::Matched {
+                decision: Verdict::Deny,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn shape_counts_nodes_and_macro_nesting() {
+        let program = |w: &str| cel::Program::compile(w).expect("valid");
+        assert_eq!(shape(program("true").expression()).1, 0);
+        assert_eq!(shape(program("body.a.all(x, x > 1)").expression()).1, 1);
+        assert_eq!(
+            shape(program("body.a.all(x, body.b.exists(y, x == y))").expression()).1,
+            2
+        );
+        let (small, _) = shape(program("body.a == 1").expression());
+        let (large, _) = shape(program("body.a == 1 && body.b == 2 && body.c == 3").expression());
+        assert!(large > small, "{large} > {small}");
     }
 }

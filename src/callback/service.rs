@@ -1,20 +1,22 @@
 //! Request-reply with the user's decision service, over the broker of one of the configured
 //! sinks (its connection settings are reused; the connection is this module's own).
 //!
-//! - A decision request is a CloudEvent (`hookbridge.callback.decision_request`) whose `data` is
-//!   the callback body byte for byte, with the correlation ID as its `id` (also the Kafka key,
-//!   the AMQP `correlation_id` and `message_id`) and the reply address in `hbreplyto` (also the
-//!   AMQP `reply_to`). RabbitMQ: a durable queue declared here, persistent messages, publisher
-//!   confirms. Kafka: a topic, `acks=all`.
-//! - The service answers `{"id": <correlation id>, "decision": "ok"|"deny", "reason": "…"}` to
-//!   the reply address. RabbitMQ: a fanout exchange; Kafka: a topic.
+//! - A decision request (format version 2) is a CloudEvent (`hookbridge.callback.decision_request`)
+//!   whose `data` is the callback body byte for byte, with the decision key as its `id` (also the
+//!   Kafka key, the AMQP `correlation_id` and `message_id`), the reply address in `hbreplyto`
+//!   (also the AMQP `reply_to`), and `hbversion`, `hbnonce`, `hbcallbackid`, `hbbodysha256`.
+//!   RabbitMQ: a durable queue declared here, persistent messages, publisher confirms. Kafka: a
+//!   topic, `acks=all`.
+//! - The service answers `{"version": 2, "id", "nonce", "decision": "ok"|"deny", "reason",
+//!   "decided_by", "mac"}` to the reply address, where `mac` is the hex HMAC-SHA256, with the
+//!   service's secret, of [`super::reply_mac_message`]. RabbitMQ: a fanout exchange; Kafka: a
+//!   topic. This module only parses replies; whether one decides anything (the MAC, the nonce of
+//!   the ask, the address it came to) is checked where the ask is known
+//!   (`ingress::callback::on_reply`).
 //! - **Every replica sees every reply**: on RabbitMQ each binds its own exclusive queue to the
 //!   fanout exchange; on Kafka each reads all partitions from the end, without a consumer group.
 //!   So the replica holding the request is woken whichever replica "got" the reply, and each
 //!   records it in the shared store for retries that land elsewhere.
-//!
-//! Anyone who can publish to the reply address can approve a callback: restrict it with broker
-//! permissions (documented in docs/configuration.md).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,18 +31,26 @@ use crate::config::SinkKind;
 use crate::config::SinkSpec;
 use crate::sink::PublishError;
 
-/// A reply from the decision service, validated.
+/// A reply from a decision service, parsed but not yet believed.
 #[derive(Debug, Clone)]
 pub struct Reply {
-    /// The correlation ID (`<source>:<callback id>`).
+    /// The source whose decision service consumed it (the reply address it arrived on).
+    pub via: Arc<str>,
+    /// The decision key (`<source>:<callback id>:<body sha256>`).
     pub id: String,
+    pub nonce: String,
+    /// Hex HMAC-SHA256 over [`super::reply_mac_message`].
+    pub mac: String,
     pub decision: Decision,
 }
 
 #[derive(Deserialize)]
 struct RawReply {
+    version: u64,
     id: String,
+    nonce: String,
     decision: Verdict,
+    mac: String,
     #[serde(default)]
     reason: String,
     #[serde(default)]
@@ -50,15 +60,38 @@ struct RawReply {
 /// Longest reason kept from a reply (it is logged and published).
 const MAX_REASON: usize = 1024;
 
+/// Why a consumed payload is not even a candidate reply.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    #[error("not a version-2 decision reply: {0}")]
+    Unparsable(String),
+    #[error("decision reply format version {0}; this hookbridge speaks version 2")]
+    Version(u64),
+}
+
+impl ReplyError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unparsable(_) => "unparsable",
+            Self::Version(_) => "unsupported_version",
+        }
+    }
+}
+
 /// Parses a reply. Anything but `ok`/`deny` is refused: an unknown word must never approve.
 ///
 /// # Errors
-/// A short description of what is wrong.
-pub fn parse_reply(payload: &[u8], service: &str) -> Result<Reply, String> {
+/// What is wrong with it.
+pub fn parse_reply(payload: &[u8], service: &str, via: &Arc<str>) -> Result<Reply, ReplyError> {
     let raw: RawReply =
-        serde_json::from_slice(payload).map_err(|e| format!("not a decision reply: {e}"))?;
-    if raw.id.is_empty() || raw.id.len() > 512 {
-        return Err("reply id must be 1 to 512 bytes".into());
+        serde_json::from_slice(payload).map_err(|e| ReplyError::Unparsable(e.to_string()))?;
+    if raw.version != super::WIRE_VERSION {
+        return Err(ReplyError::Version(raw.version));
+    }
+    if raw.id.is_empty() || raw.id.len() > 512 || raw.nonce.len() > 128 || raw.mac.len() > 128 {
+        return Err(ReplyError::Unparsable(
+            "id must be 1 to 512 bytes, nonce and mac at most 128".into(),
+        ));
     }
     let mut reason = raw.reason;
     if reason.len() > MAX_REASON {
@@ -71,12 +104,18 @@ pub fn parse_reply(payload: &[u8], service: &str) -> Result<Reply, String> {
     let by = match raw.decided_by {
         Some(who) if !who.is_empty() => format!(
             "service:{service}/{}",
-            who.chars().take(128).collect::<String>()
+            who.chars()
+                .filter(|c| !c.is_control())
+                .take(128)
+                .collect::<String>()
         ),
         _ => format!("service:{service}"),
     };
     Ok(Reply {
+        via: Arc::clone(via),
         id: raw.id,
+        nonce: raw.nonce,
+        mac: raw.mac,
         decision: Decision::new(raw.decision, reason, by),
     })
 }
@@ -113,13 +152,19 @@ impl DecisionService {
     /// # Errors
     /// When the sink is not a broker this build supports, or its client settings are invalid.
     pub async fn start(
+        source: &str,
         spec: &ServiceSpec,
         sink: &SinkSpec,
         replies: mpsc::Sender<Reply>,
     ) -> anyhow::Result<Self> {
         let ready = Arc::new(AtomicBool::new(false));
         let stop = watch::Sender::new(false);
-        let transport = transport(spec, sink, replies, &ready, &stop).await?;
+        let inbox = Inbox {
+            service: sink.name.clone(),
+            via: source.into(),
+            replies,
+        };
+        let transport = transport(spec, sink, inbox, &ready, &stop).await?;
         Ok(Self {
             label: sink.name.clone(),
             transport,
@@ -173,7 +218,7 @@ impl DecisionService {
 async fn transport(
     spec: &ServiceSpec,
     sink: &SinkSpec,
-    replies: mpsc::Sender<Reply>,
+    replies: Inbox,
     ready: &Arc<AtomicBool>,
     stop: &watch::Sender<bool>,
 ) -> anyhow::Result<Transport> {
@@ -219,16 +264,33 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _stopping = stop.wait_for(|s| *s).await;
 }
 
-/// Hands a consumed payload to the reply channel, or logs why it was dropped.
-#[cfg(any(feature = "kafka", feature = "rabbitmq"))]
-fn forward(payload: &[u8], service: &str, replies: &mpsc::Sender<Reply>) {
-    match parse_reply(payload, service) {
-        Ok(reply) => {
-            if replies.try_send(reply).is_err() {
-                tracing::warn!(service, "decision reply dropped: the reply queue is full");
+/// Where one source's reply consumer hands what it reads.
+// Builds without broker clients have no consumer to read it.
+#[cfg_attr(not(any(feature = "kafka", feature = "rabbitmq")), allow(dead_code))]
+pub struct Inbox {
+    /// The sink name, for logs and `decided_by`.
+    service: String,
+    /// The source this consumer belongs to.
+    via: Arc<str>,
+    replies: mpsc::Sender<Reply>,
+}
+
+impl Inbox {
+    /// Hands a consumed payload to the reply channel, or logs and counts why it was dropped.
+    #[cfg(any(feature = "kafka", feature = "rabbitmq"))]
+    fn forward(&self, payload: &[u8]) {
+        let service = self.service.as_str();
+        match parse_reply(payload, service, &self.via) {
+            Ok(reply) => {
+                if self.replies.try_send(reply).is_err() {
+                    tracing::warn!(service, "decision reply dropped: the reply queue is full");
+                }
+            }
+            Err(e) => {
+                crate::metrics::reply_rejected(&self.via, e.reason());
+                tracing::warn!(service, source = %self.via, reason = e.reason(), error = %e, "ignoring an invalid decision reply");
             }
         }
-        Err(e) => tracing::warn!(service, error = %e, "ignoring an invalid decision reply"),
     }
 }
 
@@ -245,9 +307,9 @@ mod rabbit {
     };
     use lapin::types::{FieldTable, ShortString};
     use lapin::{BasicProperties, Channel, Connection, Event, ExchangeKind};
-    use tokio::sync::{Notify, mpsc, watch};
+    use tokio::sync::{Notify, watch};
 
-    use super::{Reply, Request, ServiceSpec, forward, stopped};
+    use super::{Inbox, Request, ServiceSpec, stopped};
     use crate::config::redact_url;
     use crate::sink::PublishError;
     use crate::sink::rabbitmq::{confirmed, open};
@@ -264,7 +326,7 @@ mod rabbit {
         label: String,
         url: String,
         spec: ServiceSpec,
-        replies: mpsc::Sender<Reply>,
+        replies: Inbox,
         ready: Arc<AtomicBool>,
         stop: watch::Receiver<bool>,
     ) -> Requests {
@@ -404,7 +466,7 @@ mod rabbit {
         url: String,
         spec: ServiceSpec,
         slot: Arc<RwLock<Option<Channel>>>,
-        replies: mpsc::Sender<Reply>,
+        replies: Inbox,
         ready: Arc<AtomicBool>,
         broken: Arc<Notify>,
         mut stop: watch::Receiver<bool>,
@@ -438,7 +500,7 @@ mod rabbit {
             let stopping = loop {
                 tokio::select! {
                     d = consumer.next() => match d {
-                        Some(Ok(delivery)) => forward(&delivery.data, &label, &replies),
+                        Some(Ok(delivery)) => replies.forward(&delivery.data),
                         Some(Err(e)) => {
                             tracing::warn!(service = %label, error = %e, "decision reply consumer failed");
                             break false;
@@ -487,9 +549,9 @@ mod kafka {
     use rdkafka::message::{Header, Message, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    use tokio::sync::{mpsc, watch};
+    use tokio::sync::watch;
 
-    use super::{Reply, Request, ServiceSpec, forward, stopped};
+    use super::{Inbox, Request, ServiceSpec, stopped};
     use crate::config::KafkaSpec;
     use crate::sink::PublishError;
     use crate::sink::kafka::{client_config, create_topics};
@@ -538,7 +600,7 @@ mod kafka {
         label: String,
         sink: &KafkaSpec,
         spec: ServiceSpec,
-        replies: mpsc::Sender<Reply>,
+        replies: Inbox,
         ready: Arc<AtomicBool>,
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Requests> {
@@ -614,7 +676,7 @@ mod kafka {
         mut topics: Vec<String>,
         reply_topic: String,
         consumer: Arc<StreamConsumer>,
-        replies: mpsc::Sender<Reply>,
+        replies: Inbox,
         ready: Arc<AtomicBool>,
         mut stop: watch::Receiver<bool>,
     ) {
@@ -668,7 +730,7 @@ mod kafka {
                 m = consumer.recv() => match m {
                     Ok(msg) => {
                         if let Some(payload) = msg.payload() {
-                            forward(payload, &label, &replies);
+                            replies.forward(payload);
                         }
                     }
                     Err(e) => {

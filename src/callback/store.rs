@@ -1,55 +1,84 @@
-//! Remembered decisions, by correlation ID (source and callback ID), so a retry gets the same
-//! answer without asking again: in memory for one replica, in Redis for several.
+//! Remembered decisions, by [`Subject`] (source, callback ID and the digest of the exact signed
+//! body), so a retry of the same callback gets the same answer without asking again: in memory
+//! for one replica, in Redis for several.
 //!
-//! The first decision recorded wins ([`DecisionStore::record`] is `SET NX` in Redis): two
-//! replicas racing on the same callback end up answering the same. Only the standing decision's
-//! audit event is published; it is marked `audited` once durable, and no answer is sent before
-//! that (an unaudited decision found later is published again first, with the same content).
-//!
-//! Unlike dedup, an unreachable Redis is not bypassed: without the store a replica could
-//! answer differently from another, so a callback then gets no decision (503, Cobo retries).
+//! - **The first decision recorded stands** ([`DecisionStore::record`] is `SET NX` in Redis):
+//!   two replicas racing on the same callback end up answering the same. Only the standing
+//!   decision's audit event is published; it is marked `audited` once durable, and no answer is
+//!   sent before that (an unaudited decision found later is published again first).
+//! - **A decision answers only its own body.** A second body under a callback ID that already
+//!   has a decision is a *conflict*: [`Lookup::conflict`] names the first body's digest, and the
+//!   caller decides the new body on its own.
+//! - **Nothing forgets silently.** The memory store refuses a new decision (or ask) at capacity
+//!   ([`StoreError::Full`], a 503) instead of evicting one, which would let a retry be decided
+//!   anew; entries leave only when their TTL ends.
+//! - **Redis is not trusted.** Each decision is stored with a MAC (the `[decisions]` secret) over
+//!   its key and content, so write access to Redis alone cannot plant an `ok`; a record that
+//!   fails it is refused ([`StoreError::Tampered`]). Keys live in disjoint namespaces under the
+//!   prefix: `d:` decisions, `a:` asks (with their nonce), `c:` the first body seen per callback
+//!   ID.
+//! - Unlike dedup, an unreachable Redis is not bypassed: without the store a replica could
+//!   answer differently from another, so a callback then gets no decision (503, Cobo retries).
 //!
 //! Requests waiting for a decision service's reply subscribe to [`DecisionStore::subscribe`];
 //! every decision recorded (or found) by this process is broadcast there.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, broadcast};
 
-use super::Decision;
+use super::{Decision, MacKey, Subject};
 use crate::dedup::millis;
 
-/// A decision recorded for a correlation ID, as broadcast to waiting requests.
+/// A decision recorded for a key, as broadcast to waiting requests.
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub key: Arc<str>,
     pub decision: Decision,
 }
 
-/// A remembered decision, and whether its audit event is known to be durable.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A remembered decision, what it is about, and whether its audit event is known to be durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stored {
     pub decision: Decision,
+    /// The judged body's digest and the locator of its callback ID (see [`Subject`]).
+    pub body_sha256: String,
+    pub locator: String,
     #[serde(default)]
     pub audited: bool,
 }
 
-fn parse(raw: &str) -> Result<Stored, StoreError> {
-    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+impl Stored {
+    /// Whether this record is about `subject`'s exact body, found by the same locator.
+    fn is_about(&self, subject: &Subject) -> bool {
+        self.body_sha256 == subject.body_sha256 && self.locator == subject.locator
+    }
+}
+
+/// What the store knows about a subject.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Lookup {
+    /// The decision about this exact body.
+    pub stored: Option<Stored>,
+    /// The digest of another body that was decided first under the same callback ID.
+    pub conflict: Option<String>,
+}
+
+/// An outstanding ask: the nonce the request carried, which a reply must return, and the
+/// locator of the callback ID (to rebuild the [`Subject`] from the reply's key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Asked {
+    pub nonce: String,
+    pub locator: String,
 }
 
 #[allow(clippy::needless_pass_by_value)]
 fn redis_error(e: redis::RedisError) -> StoreError {
     StoreError::Redis(e.to_string())
-}
-
-/// The Redis connection, once the background connect has made one.
-async fn connected(
-    slot: &RwLock<Option<ConnectionManager>>,
-) -> Result<ConnectionManager, StoreError> {
-    slot.read().await.clone().ok_or(StoreError::Disconnected)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,18 +87,42 @@ pub enum StoreError {
     Disconnected,
     #[error("decision store (Redis): {0}")]
     Redis(String),
-    #[error("decision store: a stored decision is unreadable: {0}")]
+    #[error("decision store: a stored record is unreadable: {0}")]
     Corrupt(String),
+    #[error("decision store: a stored decision failed its MAC check or is about another body")]
+    Tampered,
+    #[error("decision store is full (decisions.max_entries); refusing new decisions")]
+    Full,
+}
+
+impl StoreError {
+    /// Stable reason code for the answer, the audit line and the metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Full => "decision_store_full",
+            Self::Tampered => "decision_store_tampered",
+            Self::Disconnected | Self::Redis(_) | Self::Corrupt(_) => "decision_store_unavailable",
+        }
+    }
+}
+
+/// Sizes and lifetimes of a store.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a decision is remembered.
+    pub ttl: Duration,
+    /// How long an ask (and its nonce) is remembered: about as long as Cobo retries.
+    pub asked_ttl: Duration,
+    /// Memory store: most decisions (and, separately, asks) held at once.
+    pub max_entries: usize,
 }
 
 pub struct DecisionStore {
     backend: Backend,
-    /// Keys asked about, for the memory backend (Redis keeps them under `<prefix>asked:`).
-    asked: moka::sync::Cache<String, ()>,
     notify: broadcast::Sender<Recorded>,
     /// Keys this process is recording from a reply right now: the same reply delivered twice
     /// (a retry asked again) is recorded once, with one audit event.
-    recording: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
+    recording: Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
 /// A key being recorded by this process; released on drop.
@@ -87,19 +140,144 @@ impl Drop for Recording<'_> {
 }
 
 enum Backend {
-    Memory(moka::sync::Cache<String, Stored>),
-    Redis {
-        conn: Arc<RwLock<Option<ConnectionManager>>>,
-        ttl: Duration,
-        prefix: String,
-    },
+    /// Boxed: three maps and queues beside a connection slot.
+    Memory(Box<Mutex<Memory>>),
+    Redis(RedisStore),
 }
 
-fn asked_cache(ttl: Duration, max_entries: u64) -> moka::sync::Cache<String, ()> {
-    moka::sync::Cache::builder()
-        .max_capacity(max_entries)
-        .time_to_live(ttl)
-        .build()
+/// A map whose entries all live for the same TTL, so insertion order is expiry order: a FIFO of
+/// keys finds the expired ones without scanning. Bounded: an insert at capacity fails.
+struct Expiring<V> {
+    map: HashMap<String, (V, Instant)>,
+    order: VecDeque<(Instant, String)>,
+    ttl: Duration,
+    capacity: usize,
+}
+
+impl<V: Clone> Expiring<V> {
+    fn new(ttl: Duration, capacity: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            ttl,
+            capacity,
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front()
+            && *at <= now
+        {
+            let Some((at, key)) = self.order.pop_front() else {
+                break;
+            };
+            // Only the entry this queue slot was made for (a key can expire and come back).
+            if self.map.get(&key).is_some_and(|(_, exp)| *exp == at) {
+                self.map.remove(&key);
+            }
+        }
+    }
+
+    fn get(&mut self, key: &str, now: Instant) -> Option<V> {
+        self.expire(now);
+        self.map.get(key).map(|(v, _)| v.clone())
+    }
+
+    /// Inserts `value` unless `key` is present; returns the value that stands.
+    fn insert_if_absent(&mut self, key: &str, value: V, now: Instant) -> Result<V, StoreError> {
+        self.expire(now);
+        if let Some((v, _)) = self.map.get(key) {
+            return Ok(v.clone());
+        }
+        if self.map.len() >= self.capacity {
+            return Err(StoreError::Full);
+        }
+        let at = now + self.ttl;
+        self.map.insert(key.to_owned(), (value.clone(), at));
+        self.order.push_back((at, key.to_owned()));
+        Ok(value)
+    }
+
+    /// Replaces the value of a present key, keeping its expiry.
+    fn update(&mut self, key: &str, value: V) {
+        if let Some((v, _)) = self.map.get_mut(key) {
+            *v = value;
+        }
+    }
+}
+
+struct Memory {
+    decisions: Expiring<Stored>,
+    /// Identity (`<source>:<callback id>`) → digest of the first body decided under it.
+    firsts: Expiring<String>,
+    asked: Expiring<Asked>,
+}
+
+struct RedisStore {
+    conn: Arc<RwLock<Option<ConnectionManager>>>,
+    limits: Limits,
+    prefix: String,
+    mac: MacKey,
+}
+
+/// What is written to Redis under `d:<key>`: the record as JSON text and a MAC over the key and
+/// that exact text, so neither can be changed, nor a genuine record copied to another key.
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    record: String,
+    mac: String,
+}
+
+fn store_mac_message(key: &str, record: &str) -> String {
+    format!("hookbridge-decision-store/v1\n{key}\n{record}")
+}
+
+impl RedisStore {
+    fn decision_key(&self, key: &str) -> String {
+        format!("{}d:{key}", self.prefix)
+    }
+    fn asked_key(&self, key: &str) -> String {
+        format!("{}a:{key}", self.prefix)
+    }
+    fn first_key(&self, identity: &str) -> String {
+        format!("{}c:{identity}", self.prefix)
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        self.conn
+            .read()
+            .await
+            .clone()
+            .ok_or(StoreError::Disconnected)
+    }
+
+    fn seal(&self, key: &str, stored: &Stored) -> Result<String, StoreError> {
+        let record =
+            serde_json::to_string(stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mac = self
+            .mac
+            .sign_hex(store_mac_message(key, &record).as_bytes());
+        serde_json::to_string(&Sealed { record, mac })
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    /// The record under `key`, once its MAC and its subject check out.
+    fn unseal(&self, key: &str, raw: &str, subject: &Subject) -> Result<Stored, StoreError> {
+        let sealed: Sealed = serde_json::from_str(raw).map_err(|_| StoreError::Tampered)?;
+        if !self.mac.verify_hex(
+            store_mac_message(key, &sealed.record).as_bytes(),
+            &sealed.mac,
+        ) {
+            return Err(StoreError::Tampered);
+        }
+        let stored: Stored =
+            serde_json::from_str(&sealed.record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if stored.is_about(subject) {
+            Ok(stored)
+        } else {
+            Err(StoreError::Tampered)
+        }
+    }
 }
 
 /// Waiting requests are few (callbacks are rare) and each reads every message, so a small buffer
@@ -107,33 +285,36 @@ fn asked_cache(ttl: Duration, max_entries: u64) -> moka::sync::Cache<String, ()>
 const BROADCAST_CAPACITY: usize = 1024;
 
 impl DecisionStore {
-    pub fn memory(ttl: Duration, max_entries: u64) -> Self {
+    fn with(backend: Backend) -> Self {
         Self {
-            backend: Backend::Memory(
-                moka::sync::Cache::builder()
-                    .max_capacity(max_entries)
-                    .time_to_live(ttl)
-                    .build(),
-            ),
-            asked: asked_cache(ttl, max_entries),
+            backend,
             notify: broadcast::channel(BROADCAST_CAPACITY).0,
-            recording: std::sync::Mutex::default(),
+            recording: Mutex::default(),
         }
+    }
+
+    pub fn memory(limits: Limits) -> Self {
+        Self::with(Backend::Memory(Box::new(Mutex::new(Memory {
+            decisions: Expiring::new(limits.ttl, limits.max_entries),
+            firsts: Expiring::new(limits.ttl, limits.max_entries),
+            asked: Expiring::new(limits.asked_ttl, limits.max_entries),
+        }))))
     }
 
     /// # Errors
     /// When the URL is not a Redis URL.
-    pub fn redis(url: &str, ttl: Duration, prefix: String) -> anyhow::Result<Self> {
-        Ok(Self {
-            backend: Backend::Redis {
-                conn: crate::dedup::connect_redis(url, "decisions")?,
-                ttl,
-                prefix,
-            },
-            asked: asked_cache(ttl, 1),
-            notify: broadcast::channel(BROADCAST_CAPACITY).0,
-            recording: std::sync::Mutex::default(),
-        })
+    pub fn redis(url: &str, limits: Limits, prefix: String, mac: MacKey) -> anyhow::Result<Self> {
+        Ok(Self::with(Backend::Redis(RedisStore {
+            conn: crate::dedup::connect_redis(url, "decisions")?,
+            limits,
+            prefix,
+            mac,
+        })))
+    }
+
+    fn memory_lock(m: &Mutex<Memory>) -> Result<std::sync::MutexGuard<'_, Memory>, StoreError> {
+        m.lock()
+            .map_err(|_| StoreError::Corrupt("memory store lock poisoned".into()))
     }
 
     /// Claims `key` for recording in this process; `None` while another task records it (that
@@ -153,44 +334,90 @@ impl DecisionStore {
         self.notify.subscribe()
     }
 
-    /// The remembered decision, if any.
+    /// The decision about `subject`'s exact body, and whether another body was decided first
+    /// under its callback ID.
     ///
     /// # Errors
-    /// When Redis cannot be asked.
-    pub async fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
-        match &self.backend {
-            Backend::Memory(cache) => Ok(cache.get(key)),
-            Backend::Redis { conn, prefix, .. } => {
-                let mut conn = connected(conn).await?;
-                let raw: Option<String> = redis::cmd("GET")
-                    .arg(format!("{prefix}{key}"))
+    /// When Redis cannot be asked, or a stored decision fails its MAC.
+    pub async fn get(&self, subject: &Subject) -> Result<Lookup, StoreError> {
+        let key = subject.key();
+        let (stored, first) = match &self.backend {
+            Backend::Memory(m) => {
+                let now = Instant::now();
+                let mut m = Self::memory_lock(m)?;
+                (
+                    m.decisions.get(&key, now),
+                    m.firsts.get(&subject.identity(), now),
+                )
+            }
+            Backend::Redis(r) => {
+                let mut conn = r.conn().await?;
+                let (raw, first): (Option<String>, Option<String>) = redis::cmd("MGET")
+                    .arg(r.decision_key(&key))
+                    .arg(r.first_key(&subject.identity()))
                     .query_async(&mut conn)
                     .await
                     .map_err(redis_error)?;
-                raw.map(|r| parse(&r)).transpose()
+                let stored = raw.map(|raw| r.unseal(&key, &raw, subject)).transpose()?;
+                (stored, first)
             }
+        };
+        if let Some(s) = &stored
+            && !s.is_about(subject)
+        {
+            return Err(StoreError::Tampered);
         }
+        let conflict = first.filter(|d| *d != subject.body_sha256);
+        Ok(Lookup { stored, conflict })
     }
 
-    /// Records `decision` (not yet audited) unless a decision is already recorded; returns the
-    /// one that stands. Callers publish its audit event, then [`DecisionStore::mark_audited`].
+    /// Records `decision` about `subject` (not yet audited) unless a decision about it is
+    /// already recorded; returns the one that stands. Callers publish its audit event, then
+    /// [`DecisionStore::mark_audited`].
     ///
     /// # Errors
-    /// When Redis cannot be asked, or keeps losing the key between `SET NX` and `GET`.
-    pub async fn record(&self, key: &str, decision: Decision) -> Result<Stored, StoreError> {
+    /// When Redis cannot be asked, the memory store is full, or a stored decision fails its MAC.
+    pub async fn record(
+        &self,
+        subject: &Subject,
+        decision: Decision,
+    ) -> Result<Stored, StoreError> {
+        let key = subject.key();
         let proposed = Stored {
             decision,
+            body_sha256: subject.body_sha256.clone(),
+            locator: subject.locator.clone(),
             audited: false,
         };
         match &self.backend {
-            Backend::Memory(cache) => {
-                Ok(cache.entry(key.to_owned()).or_insert(proposed).into_value())
+            Backend::Memory(m) => {
+                let now = Instant::now();
+                let mut m = Self::memory_lock(m)?;
+                let standing = m.decisions.insert_if_absent(&key, proposed, now)?;
+                // At most one first-body entry per decision, so this fits when that did; a
+                // full index would only stop conflicts being counted.
+                let _first = m.firsts.insert_if_absent(
+                    &subject.identity(),
+                    subject.body_sha256.clone(),
+                    now,
+                );
+                Ok(standing)
             }
-            Backend::Redis { conn, ttl, prefix } => {
-                let mut conn = connected(conn).await?;
-                let full = format!("{prefix}{key}");
-                let value = serde_json::to_string(&proposed)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Backend::Redis(r) => {
+                let mut conn = r.conn().await?;
+                let full = r.decision_key(&key);
+                let value = r.seal(&key, &proposed)?;
+                let ttl = millis(r.limits.ttl);
+                // The first body decided under this callback ID, for conflict reports.
+                let _first: Option<String> = redis::cmd("SET")
+                    .arg(r.first_key(&subject.identity()))
+                    .arg(&subject.body_sha256)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
                 // A key that vanishes between SET NX and GET (expiry, eviction) is tried again:
                 // answering a decision that is not stored would let another replica decide anew.
                 for _ in 0..3 {
@@ -199,7 +426,7 @@ impl DecisionStore {
                         .arg(&value)
                         .arg("NX")
                         .arg("PX")
-                        .arg(millis(*ttl))
+                        .arg(ttl)
                         .query_async(&mut conn)
                         .await
                         .map_err(redis_error)?;
@@ -212,7 +439,7 @@ impl DecisionStore {
                         .await
                         .map_err(redis_error)?;
                     if let Some(e) = existing {
-                        return parse(&e);
+                        return r.unseal(&key, &e, subject);
                     }
                 }
                 Err(StoreError::Redis(
@@ -227,20 +454,20 @@ impl DecisionStore {
     ///
     /// # Errors
     /// When Redis cannot be asked (the next answer then publishes the same event again).
-    pub async fn mark_audited(&self, key: &str, decision: &Decision) -> Result<(), StoreError> {
+    pub async fn mark_audited(&self, subject: &Subject, stored: &Stored) -> Result<(), StoreError> {
+        let key = subject.key();
         let audited = Stored {
-            decision: decision.clone(),
             audited: true,
+            ..stored.clone()
         };
         match &self.backend {
-            Backend::Memory(cache) => cache.insert(key.to_owned(), audited),
-            Backend::Redis { conn, prefix, .. } => {
-                let mut conn = connected(conn).await?;
-                let value = serde_json::to_string(&audited)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Backend::Memory(m) => Self::memory_lock(m)?.decisions.update(&key, audited),
+            Backend::Redis(r) => {
+                let mut conn = r.conn().await?;
+                let value = r.seal(&key, &audited)?;
                 // XX: only over the standing decision, keeping its expiry.
                 let _set: Option<String> = redis::cmd("SET")
-                    .arg(format!("{prefix}{key}"))
+                    .arg(r.decision_key(&key))
                     .arg(value)
                     .arg("XX")
                     .arg("KEEPTTL")
@@ -249,51 +476,72 @@ impl DecisionStore {
                     .map_err(redis_error)?;
             }
         }
-        self.announce(key, decision);
+        self.announce(&key, &stored.decision);
         Ok(())
     }
 
-    /// Notes that a decision service was asked about `key`: only then is a reply for it
-    /// accepted, so a stray or forged reply cannot pre-decide a callback nobody asked about.
+    /// Notes that a decision service is being asked about `subject` and returns the ask's
+    /// nonce: a new one (`fresh`) the first time, the same one for every retry while the ask is
+    /// remembered, so a late reply to an earlier copy of the request still counts.
     ///
     /// # Errors
-    /// When Redis cannot be asked.
-    pub async fn mark_asked(&self, key: &str) -> Result<(), StoreError> {
+    /// When Redis cannot be asked, or the memory store is full.
+    pub async fn ask(&self, subject: &Subject) -> Result<Asked, StoreError> {
+        let key = subject.key();
+        let fresh = Asked {
+            nonce: uuid::Uuid::new_v4().simple().to_string(),
+            locator: subject.locator.clone(),
+        };
         match &self.backend {
-            Backend::Memory(_) => {
-                self.asked.insert(key.to_owned(), ());
-                Ok(())
+            Backend::Memory(m) => {
+                Self::memory_lock(m)?
+                    .asked
+                    .insert_if_absent(&key, fresh, Instant::now())
             }
-            Backend::Redis { conn, ttl, prefix } => {
-                let mut conn = connected(conn).await?;
-                let _set: Option<String> = redis::cmd("SET")
-                    .arg(format!("{prefix}asked:{key}"))
-                    .arg("1")
+            Backend::Redis(r) => {
+                let mut conn = r.conn().await?;
+                let full = r.asked_key(&key);
+                let value = serde_json::to_string(&fresh)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(&full)
+                    .arg(&value)
+                    .arg("NX")
                     .arg("PX")
-                    .arg(millis(*ttl))
+                    .arg(millis(r.limits.asked_ttl))
                     .query_async(&mut conn)
                     .await
                     .map_err(redis_error)?;
-                Ok(())
+                if set.is_some() {
+                    return Ok(fresh);
+                }
+                match self.asked(&key).await? {
+                    Some(a) => Ok(a),
+                    // Expired in between: this request's own nonce is as good as any.
+                    None => Ok(fresh),
+                }
             }
         }
     }
 
-    /// Whether a decision service was asked about `key` (by any replica sharing the store).
+    /// The outstanding ask for `key` (by any replica sharing the store), if any.
     ///
     /// # Errors
     /// When Redis cannot be asked.
-    pub async fn was_asked(&self, key: &str) -> Result<bool, StoreError> {
+    pub async fn asked(&self, key: &str) -> Result<Option<Asked>, StoreError> {
         match &self.backend {
-            Backend::Memory(_) => Ok(self.asked.contains_key(key)),
-            Backend::Redis { conn, prefix, .. } => {
-                let mut conn = connected(conn).await?;
-                let n: u64 = redis::cmd("EXISTS")
-                    .arg(format!("{prefix}asked:{key}"))
+            Backend::Memory(m) => Ok(Self::memory_lock(m)?.asked.get(key, Instant::now())),
+            Backend::Redis(r) => {
+                let mut conn = r.conn().await?;
+                let raw: Option<String> = redis::cmd("GET")
+                    .arg(r.asked_key(key))
                     .query_async(&mut conn)
                     .await
                     .map_err(redis_error)?;
-                Ok(n > 0)
+                raw.map(|raw| {
+                    serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+                })
+                .transpose()
             }
         }
     }
@@ -313,33 +561,116 @@ mod tests {
     use super::*;
     use crate::callback::Verdict;
 
+    fn limits(max_entries: usize) -> Limits {
+        Limits {
+            ttl: Duration::from_secs(60),
+            asked_ttl: Duration::from_secs(60),
+            max_entries,
+        }
+    }
+
+    fn subject(id: &str, body: &str) -> Subject {
+        Subject::new("s", id, "body:/request_id", body.as_bytes())
+    }
+
     #[tokio::test]
     async fn the_first_decision_stands_and_is_announced_once_audited() {
-        let store = DecisionStore::memory(Duration::from_secs(60), 100);
+        let store = DecisionStore::memory(limits(100));
         let mut rx = store.subscribe();
-        assert_eq!(store.get("s:1").await.expect("get"), None);
+        let s1 = subject("1", "{\"a\":1}");
+        assert_eq!(store.get(&s1).await.expect("get"), Lookup::default());
         let ok = Decision::new(Verdict::Ok, "r", "rule:a");
         let deny = Decision::new(Verdict::Deny, "r", "rule:b");
-        let first = store.record("s:1", ok.clone()).await.expect("rec");
+        let first = store.record(&s1, ok.clone()).await.expect("rec");
         assert_eq!((&first.decision, first.audited), (&ok, false));
-        assert_eq!(store.record("s:1", deny).await.expect("rec").decision, ok);
+        assert_eq!(store.record(&s1, deny).await.expect("rec").decision, ok);
         assert!(
             rx.try_recv().is_err(),
             "nothing is announced before the audit"
         );
-        store.mark_audited("s:1", &ok).await.expect("mark");
-        let stored = store.get("s:1").await.expect("get").expect("some");
+        store.mark_audited(&s1, &first).await.expect("mark");
+        let stored = store.get(&s1).await.expect("get").stored.expect("some");
         assert_eq!((&stored.decision, stored.audited), (&ok, true));
-        let first = rx.recv().await.expect("broadcast");
-        assert_eq!((&*first.key, &first.decision), ("s:1", &ok));
-        assert!(!store.was_asked("s:2").await.expect("asked"));
-        store.mark_asked("s:2").await.expect("mark");
-        assert!(store.was_asked("s:2").await.expect("asked"));
+        let announced = rx.recv().await.expect("broadcast");
+        assert_eq!((&*announced.key, &announced.decision), (&*s1.key(), &ok));
+    }
+
+    #[tokio::test]
+    async fn another_body_under_the_same_callback_id_is_a_conflict_not_a_decision() {
+        let store = DecisionStore::memory(limits(100));
+        let small = subject("R", "{\"amount\":10}");
+        let large = subject("R", "{\"amount\":5000000}");
+        store
+            .record(&small, Decision::new(Verdict::Ok, "small", "rule:a"))
+            .await
+            .expect("rec");
+        let other = store.get(&large).await.expect("get");
+        assert_eq!(other.stored, None, "never the other body's decision");
+        assert_eq!(other.conflict.as_deref(), Some(small.body_sha256.as_str()));
+        // The same body again: its own decision, and no conflict.
+        let same = store.get(&small).await.expect("get");
+        assert!(same.stored.is_some() && same.conflict.is_none());
+        // The large body decided on its own stands beside the small one's.
+        let denied = store
+            .record(&large, Decision::new(Verdict::Deny, "large", "rule:b"))
+            .await
+            .expect("rec");
+        assert_eq!(denied.decision.decision, Verdict::Deny);
+    }
+
+    #[tokio::test]
+    async fn a_full_memory_store_refuses_instead_of_forgetting() {
+        let store = DecisionStore::memory(limits(1));
+        let a = subject("a", "{}");
+        let b = subject("b", "{}");
+        let ok = Decision::new(Verdict::Ok, "r", "rule:a");
+        store.record(&a, ok.clone()).await.expect("rec");
+        assert!(matches!(
+            store.record(&b, ok.clone()).await,
+            Err(StoreError::Full)
+        ));
+        // The first decision is still there and still stands.
+        assert_eq!(
+            store.get(&a).await.expect("get").stored.map(|s| s.decision),
+            Some(ok)
+        );
+        store.ask(&a).await.expect("ask");
+        assert!(matches!(store.ask(&b).await, Err(StoreError::Full)));
+    }
+
+    #[tokio::test]
+    async fn entries_expire_after_their_ttl_only() {
+        let store = DecisionStore::memory(Limits {
+            ttl: Duration::from_millis(50),
+            asked_ttl: Duration::from_millis(50),
+            max_entries: 1,
+        });
+        let a = subject("a", "{}");
+        let b = subject("b", "{}");
+        let ok = Decision::new(Verdict::Ok, "r", "rule:a");
+        store.record(&a, ok.clone()).await.expect("rec");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(store.get(&a).await.expect("get"), Lookup::default());
+        store.record(&b, ok).await.expect("room again once expired");
+    }
+
+    #[tokio::test]
+    async fn an_ask_keeps_its_nonce_for_retries() {
+        let store = DecisionStore::memory(limits(10));
+        let a = subject("a", "{}");
+        let first = store.ask(&a).await.expect("ask");
+        assert_eq!(first.nonce.len(), 32);
+        assert_eq!(store.ask(&a).await.expect("ask"), first);
+        assert_eq!(store.asked(&a.key()).await.expect("asked"), Some(first));
+        assert_eq!(
+            store.asked(&subject("b", "{}").key()).await.expect("asked"),
+            None
+        );
     }
 
     #[test]
     fn one_recording_per_key_at_a_time() {
-        let store = DecisionStore::memory(Duration::from_secs(60), 100);
+        let store = DecisionStore::memory(limits(100));
         let first = store.try_begin("s:1").expect("free");
         assert!(store.try_begin("s:1").is_none());
         assert!(
@@ -349,5 +680,73 @@ mod tests {
         assert!(store.try_begin("s:2").is_some());
         drop(first);
         assert!(store.try_begin("s:1").is_some());
+    }
+
+    #[test]
+    fn keys_split_back_and_namespaces_are_disjoint() {
+        let s = Subject::new("asked", "a:b", "body:/id", b"{}");
+        let key = s.key();
+        assert_eq!(
+            Subject::parse_key(&key),
+            Some(("asked", "a:b", s.body_sha256.as_str()))
+        );
+        assert_eq!(Subject::parse_key("s:1"), None);
+        assert_eq!(Subject::parse_key(&format!("s::{}", s.body_sha256)), None);
+        let r = RedisStore {
+            conn: Arc::default(),
+            limits: limits(1),
+            prefix: "p:".into(),
+            mac: MacKey::new(b"0123456789abcdef"),
+        };
+        // A source named like a namespace cannot reach another namespace: every key starts
+        // with its namespace tag right after the prefix.
+        let keys = [
+            r.decision_key(&key),
+            r.asked_key(&key),
+            r.first_key(&s.identity()),
+        ];
+        for (k, tag) in keys.iter().zip(["p:d:", "p:a:", "p:c:"]) {
+            assert!(k.starts_with(tag), "{k}");
+        }
+    }
+
+    #[test]
+    fn a_sealed_record_cannot_be_changed_or_moved() {
+        let r = RedisStore {
+            conn: Arc::default(),
+            limits: limits(1),
+            prefix: "p:".into(),
+            mac: MacKey::new(b"0123456789abcdef"),
+        };
+        let s = subject("1", "{}");
+        let stored = Stored {
+            decision: Decision::new(Verdict::Deny, "r", "rule:a"),
+            body_sha256: s.body_sha256.clone(),
+            locator: s.locator.clone(),
+            audited: true,
+        };
+        let sealed = r.seal(&s.key(), &stored).expect("seal");
+        assert_eq!(r.unseal(&s.key(), &sealed, &s).expect("unseal"), stored);
+        // Flipped to ok: the MAC no longer matches.
+        let forged = sealed.replace("deny", "ok");
+        assert!(matches!(
+            r.unseal(&s.key(), &forged, &s),
+            Err(StoreError::Tampered)
+        ));
+        // Copied under another callback's key.
+        let other = subject("2", "{}");
+        assert!(matches!(
+            r.unseal(&other.key(), &sealed, &other),
+            Err(StoreError::Tampered)
+        ));
+        // Sealed with another secret.
+        let stranger = RedisStore {
+            mac: MacKey::new(b"another secret, 16+ bytes"),
+            ..r
+        };
+        assert!(matches!(
+            stranger.unseal(&s.key(), &sealed, &s),
+            Err(StoreError::Tampered)
+        ));
     }
 }

@@ -114,8 +114,16 @@ impl fmt::Debug for StoreConfig {
 
 /// `[dedup]`: claims on (source, event ID).
 pub type DedupConfig = StoreConfig;
+
 /// `[decisions]`: where callback decisions are remembered.
-pub type DecisionsConfig = StoreConfig;
+#[derive(Debug, Clone)]
+pub struct DecisionsConfig {
+    pub store: StoreConfig,
+    /// How long an ask (and its nonce) is remembered.
+    pub asked_ttl: Duration,
+    /// The MAC key of decisions stored in Redis (required there when approvals exist).
+    pub secret: Option<crate::callback::MacKey>,
+}
 
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
@@ -245,8 +253,12 @@ pub enum Locator {
     Body(String),
     /// Several JSON pointers whose values are joined with `:`.
     Joined(Vec<String>),
-    /// A request header.
+    /// A request header that the source's scheme signs.
     Header(HeaderName),
+    /// A request header the scheme does **not** sign, listed in the source's `unsigned_headers`:
+    /// whoever saw the request can resend it with another value, so events say so
+    /// (`hbunverified`).
+    UnsignedHeader(HeaderName),
 }
 
 impl Locator {
@@ -255,8 +267,13 @@ impl Locator {
         match self {
             Self::Body(p) => std::slice::from_ref(p),
             Self::Joined(ps) => ps,
-            Self::Header(_) => &[],
+            Self::Header(_) | Self::UnsignedHeader(_) => &[],
         }
+    }
+
+    /// Whether the value comes from a header the signature does not cover.
+    pub fn is_unsigned(&self) -> bool {
+        matches!(self, Self::UnsignedHeader(_))
     }
 }
 
@@ -265,7 +282,7 @@ impl fmt::Display for Locator {
         match self {
             Self::Body(p) => write!(f, "body:{p}"),
             Self::Joined(ps) => write!(f, "body:{}", ps.join("+")),
-            Self::Header(h) => write!(f, "header:{h}"),
+            Self::Header(h) | Self::UnsignedHeader(h) => write!(f, "header:{h}"),
         }
     }
 }
@@ -393,27 +410,51 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         None => RawDecisions::default(),
     };
     let decisions = DecisionsConfig {
-        backend: raw_decisions.store.unwrap_or(raw_dedup.backend),
-        redis_url: raw_decisions
-            .redis_url
-            .or_else(|| raw_dedup.redis_url.clone()),
-        ttl: Duration::from_secs(raw_decisions.remember_secs.unwrap_or(30 * 24 * 3600)),
-        max_entries: raw_decisions.max_entries.unwrap_or(100_000),
-        key_prefix: raw_decisions
-            .key_prefix
-            .unwrap_or_else(|| "hookbridge:decision:".to_owned()),
+        store: StoreConfig {
+            backend: raw_decisions.store.unwrap_or(raw_dedup.backend),
+            redis_url: raw_decisions
+                .redis_url
+                .or_else(|| raw_dedup.redis_url.clone()),
+            ttl: Duration::from_secs(raw_decisions.remember_secs.unwrap_or(30 * 24 * 3600)),
+            max_entries: raw_decisions.max_entries.unwrap_or(100_000),
+            key_prefix: raw_decisions
+                .key_prefix
+                .unwrap_or_else(|| "hookbridge:decision:".to_owned()),
+        },
+        asked_ttl: Duration::from_secs(raw_decisions.asked_secs.unwrap_or(24 * 3600)),
+        secret: load_secret(
+            "decisions",
+            raw_decisions.secret,
+            raw_decisions.secret_file,
+            &mut errors,
+        ),
     };
-    if decisions.backend == DedupBackend::Redis {
+    if decisions.store.backend == DedupBackend::Redis {
         check_redis_url(
             "decisions",
-            decisions.redis_url.as_deref(),
+            decisions.store.redis_url.as_deref(),
             "store = \"redis\" (or set dedup.redis_url)",
             &mut errors,
         );
+        let (a, b) = (&raw_dedup.key_prefix, &decisions.store.key_prefix);
+        if raw_dedup.backend == DedupBackend::Redis
+            && (a.starts_with(b.as_str()) || b.starts_with(a.as_str()))
+        {
+            errors.push(format!(
+                "decisions.key_prefix: {b:?} and dedup.key_prefix {a:?} overlap; give each its own namespace (neither a prefix of the other)"
+            ));
+        }
     }
-    if decisions.ttl.is_zero() {
+    if decisions.store.ttl.is_zero() {
         errors.push("decisions.remember_secs: must be greater than 0".to_owned());
     }
+    if decisions.asked_ttl.is_zero() {
+        errors.push("decisions.asked_secs: must be greater than 0".to_owned());
+    }
+    let memory = Memory {
+        dedup: Duration::from_secs(raw_dedup.ttl_secs),
+        decisions: decisions.store.ttl,
+    };
     if audit.output == AuditOutput::File && audit.path.is_none() {
         errors.push("audit.path: required when output = \"file\"".to_owned());
     }
@@ -422,6 +463,7 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
 
     let mut sources = Vec::new();
     let mut warnings = Vec::new();
+    let mut approvals = false;
     match root.remove("sources") {
         Some(toml::Value::Table(table)) => {
             for (name, value) in table {
@@ -433,9 +475,18 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
                 let Some(raw) = section::<RawSource>(&path, value, &mut errors) else {
                     continue;
                 };
-                if let Some(src) =
-                    build_source(&name, raw, &server, &sinks, &mut errors, &mut warnings)
-                {
+                // Known before the source is built: its other errors must not hide this one.
+                approvals |=
+                    raw.kind == RawKind::Callback && raw.purpose == Some(RawPurpose::Approval);
+                if let Some(src) = build_source(
+                    &name,
+                    raw,
+                    &server,
+                    &sinks,
+                    memory,
+                    &mut errors,
+                    &mut warnings,
+                ) {
                     sources.push(src);
                 }
             }
@@ -467,6 +518,9 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
     if sources.is_empty() && errors.is_empty() {
         errors
             .push("sources: no source is configured; add at least one [sources.<name>]".to_owned());
+    }
+    if approvals && decisions.store.backend == DedupBackend::Redis && decisions.secret.is_none() {
+        errors.push("decisions.secret: required when decisions are remembered in Redis (or secret_file): each stored decision carries a MAC, so write access to Redis alone cannot plant an `ok`".to_owned());
     }
 
     if !errors.is_empty() {
@@ -664,11 +718,20 @@ fn check_template(path: &str, field: &str, template: &str, errors: &mut Vec<Stri
     }
 }
 
+/// How long dedup and the decision store remember, which bounds the default replay window.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    dedup: Duration,
+    decisions: Duration,
+}
+
+#[allow(clippy::too_many_lines)] // one field after another; split by section in issue 15's step
 fn build_source(
     name: &str,
     raw: RawSource,
     server: &RawServer,
     sink_specs: &[SinkSpec],
+    memory: Memory,
     errors: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> Option<SourceSpec> {
@@ -683,14 +746,13 @@ fn build_source(
         warnings,
         name,
     );
-    let scheme_name = scheme.as_ref().map_or("", Scheme::name);
     let (kind, callback_ids) = build_kind(
         &path,
         raw.kind,
         raw.purpose,
         raw.callback_id.as_deref(),
         raw.decision,
-        scheme_name,
+        scheme.as_ref(),
         sink_specs,
         errors,
         warnings,
@@ -722,6 +784,7 @@ fn build_source(
 
     // Without a scheme the source is an error already; its defaults no longer matter.
     let (default_id, default_type) = default_locators(scheme.as_ref().map_or("", Scheme::name));
+    let callback = callback_ids.is_some();
     let event_id = match (callback_ids, raw.event_id) {
         // An approval's events are its decisions, keyed by callback ID.
         (Some(ids), None) => ids,
@@ -734,10 +797,24 @@ fn build_source(
         (None, Some(l)) => parse_locators(&format!("{path}.event_id"), &l, errors),
         (None, None) => default_id,
     };
-    let event_type = match raw.event_type {
+    let mut event_type = match raw.event_type {
         Some(l) => parse_locators(&format!("{path}.event_type"), &l, errors),
         None => default_type,
     };
+    let mut event_id = event_id;
+    if let Some(scheme) = &scheme {
+        // An approval's IDs are its callback IDs, whose headers are refused on their own.
+        let mut none = Vec::new();
+        let ids = if callback { &mut none } else { &mut event_id };
+        mark_unsigned_headers(
+            &path,
+            scheme,
+            &raw.unsigned_headers,
+            [("event_id", ids), ("event_type", &mut event_type)],
+            errors,
+            warnings,
+        );
+    }
     let max_body_bytes = raw.max_body_bytes.unwrap_or(server.max_body_bytes);
     if max_body_bytes == 0 {
         errors.push(format!("{path}.max_body_bytes: must be greater than 0"));
@@ -760,8 +837,19 @@ fn build_source(
     }
     let scheme = scheme?;
     let kind = kind?;
+    // What this source remembers: a replay older than that memory must be refused as stale.
+    let (remembers, memory_name) = if kind.approval().is_some() {
+        (memory.decisions, "decisions.remember_secs")
+    } else {
+        (memory.dedup, "dedup.ttl_secs")
+    };
     let replay_window = match raw.replay_window_secs {
-        Some(0) => None,
+        Some(0) => {
+            if scheme.signs_timestamp() {
+                warnings.push(format!("{path}.replay_window_secs = 0: the replay window is off, so a captured request is accepted again once {memory_name} has forgotten it (or after a restart of a memory store)"));
+            }
+            None
+        }
         Some(secs) => {
             if !scheme.signs_timestamp() {
                 errors.push(format!(
@@ -770,9 +858,16 @@ fn build_source(
                 ));
                 return None;
             }
+            if Duration::from_secs(secs) > remembers {
+                warnings.push(format!("{path}.replay_window_secs = {secs} is longer than {memory_name} ({} s): a replay between the two is accepted as new", remembers.as_secs()));
+            }
             Some(Duration::from_secs(secs))
         }
-        None => scheme.default_replay_window(),
+        None => scheme.signs_timestamp().then(|| {
+            scheme
+                .documented_tolerance()
+                .map_or(remembers, |t| t.min(remembers))
+        }),
     };
     Some(SourceSpec {
         name: name.to_owned(),
@@ -805,7 +900,7 @@ fn build_kind(
     purpose: Option<RawPurpose>,
     callback_id: Option<&[RawLocator]>,
     decision: Option<RawDecision>,
-    scheme: &str,
+    scheme: Option<&Scheme>,
     sinks: &[SinkSpec],
     errors: &mut Vec<String>,
     warnings: &mut Vec<String>,
@@ -822,10 +917,11 @@ fn build_kind(
         }
         return (Some(SourceKind::Webhook), None);
     }
-    // An empty name: the scheme itself is invalid and already reported.
-    if !scheme.is_empty() && !matches!(scheme, "cobo-waas2" | "cobo-waas1") {
+    // No scheme: it is invalid and already reported.
+    if let Some(scheme) = scheme.filter(|s| !s.may_be_callback()) {
         errors.push(format!(
-            "{path}.kind: \"callback\" is for the cobo-waas2 and cobo-waas1 schemes (this source uses {scheme})"
+            "{path}.kind: \"callback\" is for the cobo-waas2 and cobo-waas1 schemes (this source uses {})",
+            scheme.name()
         ));
     }
     let Some(purpose) = purpose else {
@@ -839,12 +935,22 @@ fn build_kind(
         return (Some(SourceKind::Callback(Purpose::Notification)), None);
     }
     let ids = match callback_id {
-        Some(l) => parse_locators(&format!("{path}.callback_id"), l, errors),
+        Some(l) => {
+            let ids = parse_locators(&format!("{path}.callback_id"), l, errors);
+            for (i, id) in ids.iter().enumerate() {
+                if let Locator::Header(h) = id {
+                    errors.push(format!("{path}.callback_id[{i}]: header:{h}: Cobo signs no header, so a callback ID must come from the signed body (a JSON pointer)"));
+                }
+            }
+            ids
+        }
+        // `cobo_id` is Cobo's own; WaaS 1.0 custodial confirmations carry only `request_id`,
+        // which whoever calls Cobo's API chooses (decisions are bound to the body either way).
         None => match scheme {
-            "cobo-waas2" => vec![Locator::Body("/transaction_id".to_owned())],
+            Some(Scheme::CoboWaas2(_)) => vec![Locator::Body("/transaction_id".to_owned())],
             _ => vec![
-                Locator::Body("/request_id".to_owned()),
                 Locator::Body("/cobo_id".to_owned()),
+                Locator::Body("/request_id".to_owned()),
             ],
         },
     };
@@ -863,7 +969,11 @@ fn build_kind(
             reason: r.reason,
         })
         .collect();
-    let rules = RuleSet::compile(&format!("{at}.rules"), rules)
+    let budget = d.rule_budget.unwrap_or(callback::rules::DEFAULT_BUDGET);
+    if budget == 0 {
+        errors.push(format!("{at}.rule_budget: must be greater than 0"));
+    }
+    let rules = RuleSet::compile(&format!("{at}.rules"), rules, budget)
         .map_err(|e| errors.extend(e))
         .unwrap_or_default();
     let otherwise = match d.default {
@@ -899,10 +1009,15 @@ fn build_kind(
                     ));
                 }
             }
-            Some(ServiceSpec {
+            let secret = load_secret(&format!("{at}.service"), s.secret, s.secret_file, errors);
+            if secret.is_none() {
+                errors.push(format!("{at}.service.secret: required (or secret_file): replies are believed only with a valid MAC made with it"));
+            }
+            secret.map(|secret| ServiceSpec {
                 sink: s.sink,
                 requests: s.requests,
                 replies: s.replies,
+                secret,
             })
         }
         (None, Otherwise::Ask) => {
@@ -939,6 +1054,89 @@ fn build_kind(
         Some(SourceKind::Callback(Purpose::Approval(approval))),
         Some(ids),
     )
+}
+
+/// A MAC secret given inline (`secret = "${VAR}"`) or as a file (`secret_file`); `None` when
+/// neither is set or it is unusable (recorded). Its value never appears in an error.
+fn load_secret(
+    path: &str,
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    errors: &mut Vec<String>,
+) -> Option<callback::MacKey> {
+    let secret = match (inline, file) {
+        (None, None) => return None,
+        (Some(_), Some(_)) => {
+            errors.push(format!("{path}: set secret or secret_file, not both"));
+            return None;
+        }
+        (Some(s), None) => s,
+        (None, Some(f)) => match std::fs::read_to_string(&f) {
+            Ok(s) => s.trim_end_matches(['\r', '\n']).to_owned(),
+            Err(e) => {
+                errors.push(format!("{path}.secret_file: {}: {e}", f.display()));
+                return None;
+            }
+        },
+    };
+    if secret.len() < callback::MIN_SECRET_BYTES {
+        errors.push(format!(
+            "{path}.secret: at least {} bytes (a random secret, e.g. `openssl rand -hex 32`)",
+            callback::MIN_SECRET_BYTES
+        ));
+        return None;
+    }
+    Some(callback::MacKey::new(secret.as_bytes()))
+}
+
+/// Checks that every header an event ID or type is read from is signed by `scheme`; a header it
+/// does not sign is allowed only when listed in `unsigned_headers`, and becomes
+/// [`Locator::UnsignedHeader`] (events then say `hbunverified`).
+fn mark_unsigned_headers<const N: usize>(
+    path: &str,
+    scheme: &Scheme,
+    unsigned: &[String],
+    fields: [(&str, &mut Vec<Locator>); N],
+    errors: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    let mut allowed = Vec::new();
+    for (i, h) in unsigned.iter().enumerate() {
+        match HeaderName::from_bytes(h.trim().as_bytes()) {
+            Ok(h) => allowed.push(h),
+            Err(_) => errors.push(format!(
+                "{path}.unsigned_headers[{i}]: {h:?} is not a valid header name"
+            )),
+        }
+    }
+    let mut used = vec![false; allowed.len()];
+    for (field, locators) in fields {
+        for (i, locator) in locators.iter_mut().enumerate() {
+            let Locator::Header(h) = locator else {
+                continue;
+            };
+            if scheme.signed_headers().contains(&h.as_str()) {
+                continue;
+            }
+            match allowed.iter().position(|a| a == h) {
+                Some(at) => {
+                    used[at] = true;
+                    *locator = Locator::UnsignedHeader(h.clone());
+                }
+                None => errors.push(format!(
+                    "{path}.{field}[{i}]: header:{h} is not covered by the {} signature, so a captured request resent with another value would become a new event; read it from the body, leave event_id unset (the body's SHA-256), or accept the risk with unsigned_headers = [\"{h}\"]",
+                    scheme.name()
+                )),
+            }
+        }
+    }
+    for (h, used) in allowed.iter().zip(used) {
+        if !used {
+            warnings.push(format!(
+                "{path}.unsigned_headers: {h} is listed but no event_id or event_type locator reads it"
+            ));
+        }
+    }
 }
 
 /// CIDR blocks or single addresses (`/32`, `/128` implied), IPv4 and IPv6.

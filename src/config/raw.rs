@@ -339,6 +339,10 @@ pub struct RawDecision {
     pub rules: Vec<RawRule>,
     /// When no rule matches: `ok`, `deny`, or `ask` (the decision service). Required.
     pub default: RawDefault,
+    /// Most work one rule may do on one callback: its size × the body's size raised to one more
+    /// than its macro nesting. Over it, the rule is not run and the callback is denied.
+    /// Default 1 000 000.
+    pub rule_budget: Option<u64>,
     /// The decision service, for `default = "ask"`.
     pub service: Option<RawService>,
     /// Longest wait for the decision service, in ms. Default 1 500 (Cobo waits 2 s).
@@ -394,6 +398,10 @@ pub struct RawService {
     /// Kafka topic / RabbitMQ fanout exchange for replies. Default `hookbridge.decisions.replies`.
     #[serde(default = "default_replies")]
     pub replies: String,
+    /// The secret replies are MAC'd with (at least 16 bytes); one of `secret` or `secret_file`.
+    pub secret: Option<String>,
+    /// A file holding that secret (a trailing newline is ignored).
+    pub secret_file: Option<PathBuf>,
 }
 
 fn default_requests() -> String {
@@ -417,6 +425,13 @@ pub struct RawDecisions {
     pub max_entries: Option<u64>,
     /// For `redis`: key prefix. Default `hookbridge:decision:`.
     pub key_prefix: Option<String>,
+    /// How long an ask (and its nonce) is remembered, in seconds: a reply after that decides
+    /// nothing and the callback's next retry asks again. Default 86 400 (a day).
+    pub asked_secs: Option<u64>,
+    /// For `redis` (required there when an approval source exists): the secret each stored
+    /// decision is MAC'd with, the same on every replica; or `secret_file`.
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
 }
 
 /// An event-ID or event-type locator: `"/json/pointer"`, `"header:Name"`, or a list of
@@ -438,7 +453,9 @@ pub struct RawSource {
     /// The signature scheme and its keys.
     pub verify: RawVerify,
     /// Reject signed timestamps further than this from now, in seconds; 0 turns it off.
-    /// Default: 300 for standard-webhooks, stripe and slack; off for the Cobo schemes.
+    /// Default: 300 for standard-webhooks, stripe and slack; for the Cobo schemes (no
+    /// documented tolerance) what the source remembers: `dedup.ttl_secs`, or for approvals
+    /// `decisions.remember_secs`. Never longer than that memory by default.
     pub replay_window_secs: Option<u64>,
     /// Event ID locators, tried in order; the first non-empty value wins. Default per scheme;
     /// when none yields a value the ID is the hex SHA-256 of the raw body.
@@ -470,10 +487,16 @@ pub struct RawSource {
     /// Deduplicate provider retries by event ID. Default true.
     #[serde(default = "default_true")]
     pub dedup: bool,
+    /// Headers the scheme does not sign that `event_id`/`event_type` may still read (refused
+    /// otherwise: a resent request could carry another value). Events mark what came from them
+    /// (`hbunverified`).
+    #[serde(default)]
+    pub unsigned_headers: Vec<String>,
     /// For `kind = "callback"` (required there): `approval` or `notification`.
     pub purpose: Option<RawPurpose>,
-    /// For approval callbacks: callback ID locators, tried in order. Default `/transaction_id`
-    /// (cobo-waas2); `/request_id` then `/cobo_id` (cobo-waas1).
+    /// For approval callbacks: callback ID locators (JSON pointers: Cobo signs no header),
+    /// tried in order. Default `/transaction_id` (cobo-waas2); `/cobo_id` then `/request_id`
+    /// (cobo-waas1: `cobo_id` is Cobo's, `request_id` is chosen by whoever calls Cobo's API).
     pub callback_id: Option<Vec<RawLocator>>,
     /// For approval callbacks (required there): how the decision is made.
     pub decision: Option<RawDecision>,

@@ -171,8 +171,9 @@ verify = { scheme = "cobo-waas1", public_keys = ["sandbox-legacy"] }
         .iter()
         .find(|s| s.name == "withdrawals")
         .expect("w");
+    // Cobo's own `cobo_id` first; `request_id` (chosen by whoever calls Cobo's API) after.
     let ids: Vec<String> = w.event_id.iter().map(ToString::to_string).collect();
-    assert_eq!(ids, ["body:/request_id", "body:/cobo_id"]);
+    assert_eq!(ids, ["body:/cobo_id", "body:/request_id"]);
     assert!(w.kind.approval().is_some() && !w.dedup);
     // default = "ok" approves what no rule denies: allowed, but said loudly.
     assert!(
@@ -232,7 +233,11 @@ verify = { scheme = "standard-webhooks", secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8IL
             Locator::Body("/id".into())
         ]
     );
-    assert_eq!(cobo.verifier.replay_window(), None);
+    // No documented tolerance: the window is what dedup remembers (7 days by default).
+    assert_eq!(
+        cobo.verifier.replay_window(),
+        Some(Duration::from_secs(7 * 24 * 3600))
+    );
     assert_eq!(cobo.ack_deadline, Duration::from_millis(1500));
     assert_eq!(cobo.sink, "default");
     let std = cfg.sources.iter().find(|s| s.name == "std").unwrap();
@@ -268,4 +273,200 @@ fn urls_are_redacted_in_summaries() {
         "amqp://user:***@host:5672/%2f"
     );
     assert_eq!(redact_url("amqp://host"), "amqp://host");
+}
+
+#[test]
+fn replay_windows_follow_what_the_source_remembers_and_odd_ones_warn() {
+    let text = r#"
+[dedup]
+ttl_secs = 3600
+[decisions]
+remember_secs = 600
+[sources.hooks]
+verify = { scheme = "cobo-waas2", public_keys = ["prod"] }
+[sources.std]
+verify = { scheme = "standard-webhooks", secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] }
+[sources.approvals]
+kind = "callback"
+purpose = "approval"
+verify = { scheme = "cobo-waas1", public_keys = ["prod"] }
+decision = { default = "deny" }
+[sources.off]
+verify = { scheme = "cobo-waas2", public_keys = ["prod"] }
+replay_window_secs = 0
+[sources.long]
+verify = { scheme = "cobo-waas2", public_keys = ["prod"] }
+replay_window_secs = 7200
+"#;
+    let cfg = load(text, &no_env).unwrap();
+    let window = |name: &str| {
+        cfg.sources
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap()
+            .verifier
+            .replay_window()
+    };
+    assert_eq!(window("hooks"), Some(Duration::from_secs(3600)));
+    assert_eq!(window("std"), Some(Duration::from_secs(300)));
+    assert_eq!(window("approvals"), Some(Duration::from_secs(600)));
+    assert_eq!(window("off"), None);
+    let all = cfg.warnings.join("\n");
+    assert!(
+        all.contains("sources.off.replay_window_secs = 0: the replay window is off"),
+        "{all}"
+    );
+    assert!(
+        all.contains("sources.long.replay_window_secs = 7200 is longer than dedup.ttl_secs"),
+        "{all}"
+    );
+}
+
+#[test]
+fn ids_and_types_from_unsigned_headers_are_refused_unless_accepted() {
+    let github = |extra: &str| {
+        format!(
+            "[sources.gh]\nverify = {{ scheme = \"hmac-sha256\", header = \"X-Hub-Signature-256\", secrets = [\"s\"] }}\nevent_id = [\"header:X-GitHub-Delivery\"]\nevent_type = [\"header:X-GitHub-Event\"]\n{extra}"
+        )
+    };
+    let all = load(&github(""), &no_env).unwrap_err().0.join("\n");
+    assert!(
+        all.contains("sources.gh.event_id[0]: header:x-github-delivery is not covered by the hmac-sha256 signature"),
+        "{all}"
+    );
+    assert!(all.contains("sources.gh.event_type[0]"), "{all}");
+    let cfg = load(
+        &github("unsigned_headers = [\"X-GitHub-Delivery\", \"X-GitHub-Event\", \"X-Unused\"]"),
+        &no_env,
+    )
+    .unwrap();
+    let gh = &cfg.sources[0];
+    assert!(gh.event_id[0].is_unsigned() && gh.event_type[0].is_unsigned());
+    assert!(
+        cfg.warnings
+            .iter()
+            .any(|w| w.contains("x-unused is listed")),
+        "{:?}",
+        cfg.warnings
+    );
+    // Headers the scheme signs need no opt-in.
+    let cfg = load(
+        "[sources.std]\nverify = { scheme = \"standard-webhooks\", secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"] }\nevent_id = [\"header:webhook-id\"]\n",
+        &no_env,
+    )
+    .unwrap();
+    assert!(!cfg.sources[0].event_id[0].is_unsigned());
+}
+
+#[test]
+fn approvals_need_body_callback_ids_secrets_and_disjoint_namespaces() {
+    let text = r#"
+[dedup]
+backend = "redis"
+redis_url = "redis://127.0.0.1/0"
+key_prefix = "hb:"
+[decisions]
+key_prefix = "hb:decisions:"
+[sinks.k]
+type = "kafka"
+brokers = "127.0.0.1:9092"
+[sources.w]
+kind = "callback"
+purpose = "approval"
+verify = { scheme = "cobo-waas2", public_keys = ["prod"] }
+callback_id = ["header:X-Request-Id", "/transaction_id"]
+[sources.w.decision]
+default = "ask"
+service = { sink = "k", secret = "short" }
+"#;
+    let all = load(text, &no_env).unwrap_err().0.join("\n");
+    for expected in [
+        "sources.w.callback_id[0]: header:x-request-id: Cobo signs no header",
+        "sources.w.decision.service.secret: at least 16 bytes",
+        "decisions.secret: required when decisions are remembered in Redis",
+        "decisions.key_prefix: \"hb:decisions:\" and dedup.key_prefix \"hb:\" overlap",
+    ] {
+        assert!(all.contains(expected), "{expected}\n{all}");
+    }
+    // Secrets are never echoed, whatever is wrong with them.
+    assert!(!all.contains("short"), "{all}");
+    // Fixed: a body locator, secrets (one from a file), separate prefixes.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let fixed = text
+        .replace("\"header:X-Request-Id\", ", "")
+        .replace(
+            "secret = \"short\"",
+            &format!("secret_file = {:?}", file.display().to_string()),
+        )
+        .replace(
+            "key_prefix = \"hb:decisions:\"",
+            "key_prefix = \"hd:\"\nsecret = \"${STORE_SECRET}\"",
+        );
+    let env = |_: &str| Some("a-store-secret-of-32-bytes-000000".to_owned());
+    let cfg = load(&fixed, &env).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.decisions.secret.is_some());
+    // No service secret at all.
+    let all = load(
+        &fixed.replace(
+            &format!("secret_file = {:?}", file.display().to_string()),
+            "requests = \"r\"",
+        ),
+        &env,
+    )
+    .unwrap_err()
+    .0
+    .join("\n");
+    assert!(
+        all.contains("sources.w.decision.service.secret: required"),
+        "{all}"
+    );
+}
+
+#[test]
+fn the_production_too_large_rule_reads_a_field_a_waas2_callback_carries() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/production.example.toml"
+    ))
+    .unwrap();
+    let cfg = load(&text, &|name: &str| {
+        Some(if name.starts_with("REDIS") {
+            "redis://127.0.0.1:6379/0".to_owned()
+        } else {
+            format!("placeholder-{name}")
+        })
+    })
+    .unwrap();
+    let source = cfg
+        .sources
+        .iter()
+        .find(|s| s.name == "cobo-callbacks")
+        .unwrap();
+    let rules = &source.kind.approval().unwrap().rules;
+    // A WaaS 2.0 withdrawal callback (a Transaction) to an address.
+    let callback = |amount: &str| {
+        serde_json::json!({
+            "transaction_id": "aff0e1cb-15b2-4e1f-9b9d-a9133715986f",
+            "request_id": "760a1955-e212-4dfb-a8d0-e66312a1a051",
+            "wallet_id": "f47ac10b-58cc-4372-a567-0e02b2c3d479",
+            "type": "Withdrawal", "status": "PendingApproval", "chain_id": "ETH", "token_id": "ETH_USDT",
+            "source": { "source_type": "Custodial", "wallet_id": "f47ac10b-58cc-4372-a567-0e02b2c3d479" },
+            "destination": { "destination_type": "Address",
+                             "account_output": { "address": "0x2f8BdfEa7B1A5d2B4b1f2e1b6A8dD0C1d3e4F5a6", "amount": amount } },
+            "created_timestamp": 1701396866000u64, "updated_timestamp": 1701396866000u64
+        })
+    };
+    assert!(matches!(
+        rules.evaluate("cobo-callbacks", "t", &callback("250000.5")),
+        callback::rules::Outcome::Matched {
+            decision: callback::Verdict::Deny,
+            ..
+        }
+    ));
+    assert_eq!(
+        rules.evaluate("cobo-callbacks", "t", &callback("10")),
+        callback::rules::Outcome::NoMatch
+    );
 }

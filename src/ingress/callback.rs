@@ -1,10 +1,15 @@
-//! The request flow of an approval callback: find the callback ID, answer a remembered decision,
-//! else decide (rules, default, or the decision service under a deadline), remember the decision
-//! (the first one recorded stands), make the standing decision's audit event durable, and only
-//! then answer `ok`/`deny`.
+//! The request flow of an approval callback: find the callback ID, answer the decision
+//! remembered for this exact body, else decide (rules, default, or the decision service under a
+//! deadline), remember the decision (the first one recorded stands), make the standing
+//! decision's audit event durable, and only then answer `ok`/`deny`.
 //!
 //! Anything that goes wrong on the way is a non-200 (Cobo retries); nothing here can answer
-//! `ok` without a recorded decision.
+//! `ok` without a recorded decision about the very body being answered:
+//! - a decision is keyed by the body's digest ([`Subject`]), so a different body under a
+//!   remembered callback ID is decided on its own (and the conflict counted and audited);
+//! - a decision service's reply decides only when it carries a valid MAC (the service's
+//!   secret) over the key, the nonce of the ask, and the decision, arrives on the reply
+//!   address of the source that asked, and answers an outstanding ask ([`on_reply`]).
 
 use std::time::{Instant, SystemTime};
 
@@ -16,7 +21,9 @@ use super::{Route, State, handler};
 use crate::callback::rules::Outcome;
 use crate::callback::service::{Reply, Request};
 use crate::callback::store::Stored;
-use crate::callback::{Approval, Decision, OnTimeout, Otherwise, Verdict, correlation_id};
+use crate::callback::{
+    Approval, Decision, OnTimeout, Otherwise, Subject, Verdict, reply_mac_message,
+};
 use crate::metrics;
 use crate::normalize::{self, Envelope, IdOrigin, MAX_EVENT_ID_LEN, NormalizeError};
 use crate::verify::VerifiedWebhook;
@@ -27,8 +34,12 @@ pub struct Answered {
     pub decision: Decision,
     /// Empty when no trustworthy ID exists (a bad signature answered `deny`).
     pub callback_id: String,
+    /// The judged body's digest (empty with the callback ID).
+    pub body_sha256: String,
     /// Found in the store: a retry of a callback already decided.
     pub remembered: bool,
+    /// The digest of another body decided first under the same callback ID.
+    pub conflict_with: Option<String>,
 }
 
 impl Answered {
@@ -41,7 +52,19 @@ impl Answered {
                 "bad_signature",
             ),
             callback_id: String::new(),
+            body_sha256: String::new(),
             remembered: false,
+            conflict_with: None,
+        }
+    }
+
+    fn new(subject: &Subject, decision: Decision) -> Self {
+        Self {
+            decision,
+            callback_id: subject.callback_id.clone(),
+            body_sha256: subject.body_sha256.clone(),
+            remembered: false,
+            conflict_with: None,
         }
     }
 }
@@ -59,29 +82,38 @@ pub(super) async fn approve(
         return Err(Rejection::CallbackNotJson);
     };
     let envelope = Envelope::build(verified, &route.spec, received)?;
-    if *envelope.id_origin() == IdOrigin::BodySha256 {
+    let IdOrigin::Locator(locator) = envelope.id_origin() else {
         return Err(Rejection::NoCallbackId);
-    }
+    };
     let source = route.spec.name.as_str();
-    let callback_id = envelope.id().as_str().to_owned();
-    let key = correlation_id(source, &callback_id);
+    let subject = Subject::new(source, envelope.id().as_str(), locator, &body);
     // The key is also the AMQP correlation id (a short string).
-    if key.len() > MAX_EVENT_ID_LEN {
+    if subject.key().len() > MAX_EVENT_ID_LEN {
         return Err(NormalizeError::TooLong {
             field: "callback_id",
         }
         .into());
     }
-    if let Some(stored) = state.decisions.get(&key).await? {
-        let decision =
-            ensure_audited(route, state, &key, &callback_id, stored, Some(&envelope)).await?;
+    let lookup = state.decisions.get(&subject).await?;
+    if let Some(stored) = lookup.stored {
+        let decision = ensure_audited(route, state, &subject, stored, Some(&envelope)).await?;
         return Ok(Answered {
-            decision,
-            callback_id,
             remembered: true,
+            ..Answered::new(&subject, decision)
         });
     }
-    let decision = match approval.rules.evaluate(source, &callback_id, &json) {
+    if let Some(first) = &lookup.conflict {
+        // Someone (perhaps another Cobo customer, whose bodies Cobo signs with the same key)
+        // sent a different body under this callback ID first. Its decision is never this
+        // body's: this body is decided on its own, as if the other had never come.
+        metrics::decision_conflict(source);
+        tracing::warn!(
+            source, callback_id = %subject.callback_id, body_sha256 = %subject.body_sha256,
+            first_body_sha256 = %first,
+            "another body was decided under this callback ID; deciding this body on its own"
+        );
+    }
+    let proposed = match approval.rules.evaluate(source, &subject.callback_id, &json) {
         Outcome::Matched {
             rule,
             decision,
@@ -89,52 +121,56 @@ pub(super) async fn approve(
         } => Decision::new(decision, reason, format!("rule:{rule}")),
         Outcome::Failed { rule, error } => {
             // Fail closed (see callback::rules): deny, and say why where operators look.
-            tracing::error!(source, callback_id = %callback_id, rule = %rule, error = %error, "a decision rule could not be evaluated; denying");
+            tracing::error!(source, callback_id = %subject.callback_id, rule = %rule, error = %error, "a decision rule could not be evaluated; denying");
             Decision::new(
                 Verdict::Deny,
-                format!("rule {rule} could not be evaluated"),
+                format!("rule {rule} could not be evaluated: {error}"),
                 format!("rule:{rule}"),
             )
         }
         Outcome::NoMatch => match approval.otherwise {
             Otherwise::Decide(v) => Decision::new(v, "no rule matched", "default"),
             Otherwise::Ask => {
-                return ask(route, state, approval, &key, &envelope, &body).await;
+                let decision = ask(route, state, approval, &subject, &envelope, &body).await?;
+                return Ok(Answered {
+                    conflict_with: lookup.conflict,
+                    ..Answered::new(&subject, decision)
+                });
             }
         },
     };
-    let decision = settle(route, state, &key, &callback_id, decision, Some(&envelope)).await?;
+    let decision = settle(route, state, &subject, proposed, Some(&envelope)).await?;
     Ok(Answered {
-        decision,
-        callback_id,
-        remembered: false,
+        conflict_with: lookup.conflict,
+        ..Answered::new(&subject, decision)
     })
 }
 
 /// Asks the decision service and waits for its reply (recorded by whichever replica consumed
-/// it) until the deadline.
+/// it) until the deadline; returns the standing decision, recorded and audited.
 async fn ask(
     route: &Route,
     state: &State,
     approval: &Approval,
-    key: &str,
+    subject: &Subject,
     envelope: &Envelope,
     body: &[u8],
-) -> Result<Answered, Rejection> {
-    let callback_id = envelope.id().as_str();
+) -> Result<Decision, Rejection> {
     let (Some(service), Some(spec)) = (route.service.as_ref(), approval.service.as_ref()) else {
         // Config validation makes this unreachable; still never an `ok`.
         return Err(Rejection::NoDecision);
     };
+    let key = subject.key();
+    let callback_id = subject.callback_id.as_str();
     let deadline = tokio::time::Instant::from_std(Instant::now() + approval.timeout);
     // Subscribe before asking: a fast reply must not slip between the two.
     let mut replies = state.decisions.subscribe();
-    let request = Request {
-        correlation_id: key.to_owned(),
-        json: normalize::decision_request(&route.spec, callback_id, key, &spec.replies, body)?,
-    };
     // Before publishing: the reply may come (to any replica) before `ask` returns.
-    state.decisions.mark_asked(key).await?;
+    let asked = state.decisions.ask(subject).await?;
+    let request = Request {
+        correlation_id: key.clone(),
+        json: normalize::decision_request(&route.spec, subject, &asked.nonce, &spec.replies, body)?,
+    };
     match tokio::time::timeout_at(deadline, service.ask(&request)).await {
         Ok(Ok(())) => {}
         // Not asked is not "no answer in time": never a remembered `deny`, always a 503.
@@ -149,34 +185,25 @@ async fn ask(
     }
     let announced = loop {
         match tokio::time::timeout_at(deadline, replies.recv()).await {
-            Ok(Ok(r)) if &*r.key == key => break Some(r.decision),
+            Ok(Ok(r)) if *r.key == key => break Some(r.decision),
             Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {}
             Ok(Err(RecvError::Closed)) | Err(_) => break None,
         }
     };
-    let answered = |decision| {
-        Ok(Answered {
-            decision,
-            callback_id: callback_id.to_owned(),
-            remembered: false,
-        })
-    };
     if let Some(decision) = announced {
         // Announced only once audited.
-        return answered(decision);
+        return Ok(decision);
     }
     // Recorded by another replica, or just now: make sure it is audited, then answer it.
-    if let Some(stored) = state.decisions.get(key).await? {
-        return answered(
-            ensure_audited(route, state, key, callback_id, stored, Some(envelope)).await?,
-        );
+    if let Some(stored) = state.decisions.get(subject).await?.stored {
+        return ensure_audited(route, state, subject, stored, Some(envelope)).await;
     }
     metrics::decision_timeout(&route.spec.name);
     match approval.on_timeout {
         OnTimeout::Retry => Err(Rejection::NoDecision),
         OnTimeout::Deny => {
             // A reply this process is recording right now must win over the timeout.
-            let Some(_recording) = state.decisions.try_begin(key) else {
+            let Some(_recording) = state.decisions.try_begin(&key) else {
                 return Err(Rejection::NoDecision);
             };
             let timeout = Decision::new(
@@ -184,7 +211,7 @@ async fn ask(
                 "the decision service did not answer in time",
                 "timeout",
             );
-            answered(settle(route, state, key, callback_id, timeout, Some(envelope)).await?)
+            settle(route, state, subject, timeout, Some(envelope)).await
         }
     }
 }
@@ -194,13 +221,12 @@ async fn ask(
 async fn settle(
     route: &Route,
     state: &State,
-    key: &str,
-    callback_id: &str,
+    subject: &Subject,
     proposed: Decision,
     callback: Option<&Envelope>,
 ) -> Result<Decision, Rejection> {
-    let standing = state.decisions.record(key, proposed).await?;
-    ensure_audited(route, state, key, callback_id, standing, callback).await
+    let standing = state.decisions.record(subject, proposed).await?;
+    ensure_audited(route, state, subject, standing, callback).await
 }
 
 /// Publishes the audit event of a stored decision unless it is known to be durable already
@@ -209,57 +235,103 @@ async fn settle(
 async fn ensure_audited(
     route: &Route,
     state: &State,
-    key: &str,
-    callback_id: &str,
+    subject: &Subject,
     stored: Stored,
     callback: Option<&Envelope>,
 ) -> Result<Decision, Rejection> {
     if stored.audited {
         // Another replica audited it: wake this process's waiters too.
-        state.decisions.announce(key, &stored.decision);
+        state.decisions.announce(&subject.key(), &stored.decision);
         return Ok(stored.decision);
     }
-    let event = Envelope::decision(&route.spec, callback_id, &stored.decision, callback)?;
+    let event = Envelope::decision(&route.spec, subject, &stored.decision, callback)?;
     handler::deliver(route, state, &event).await?;
-    if let Err(e) = state.decisions.mark_audited(key, &stored.decision).await {
+    if let Err(e) = state.decisions.mark_audited(subject, &stored).await {
         // The event is durable; the next answer publishes it once more, which is harmless.
-        tracing::warn!(source = %route.spec.name, callback_id, error = %e, "could not mark a decision audited");
-        state.decisions.announce(key, &stored.decision);
+        tracing::warn!(source = %route.spec.name, callback_id = %subject.callback_id, error = %e, "could not mark a decision audited");
+        state.decisions.announce(&subject.key(), &stored.decision);
     }
     Ok(stored.decision)
 }
 
-/// A reply from a decision service, consumed by this replica (every replica consumes every
-/// reply): record it unless a decision already stands, and wake the waiting request.
-pub async fn on_reply(state: &State, reply: Reply) {
-    let Some((source, callback_id)) = reply.id.split_once(':') else {
-        tracing::warn!(id = %reply.id, "decision reply with an id that is not <source>:<callback id>; ignored");
-        return;
-    };
-    let Some(route) = state
-        .routes
-        .get(source)
-        .filter(|r| r.spec.kind.approval().is_some_and(|a| a.service.is_some()))
-    else {
-        tracing::warn!(id = %reply.id, "decision reply for a source that asks no decision service; ignored");
-        return;
-    };
-    let Some(_recording) = state.decisions.try_begin(&reply.id) else {
-        return;
-    };
-    match state.decisions.was_asked(&reply.id).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(id = %reply.id, "decision reply for a callback nobody asked about; ignored");
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(id = %reply.id, error = %e, "decision reply not recorded: the store is unavailable; the callback's retry asks again");
-            return;
+/// Why a consumed reply decides nothing (the `reason` label of
+/// `hookbridge_decision_replies_rejected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Its `id` is not a decision key of an approval source that asks a decision service.
+    UnknownKey,
+    /// It came to another source's reply address than the one the key's source asked on.
+    WrongAddress,
+    /// No outstanding ask for its key (never asked, or the ask expired).
+    NotAsked,
+    /// Its nonce is not the one the ask carried.
+    WrongNonce,
+    /// Its MAC is missing or not made with the key's source's service secret.
+    BadMac,
+}
+
+impl Refused {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::UnknownKey => "unknown_key",
+            Self::WrongAddress => "wrong_address",
+            Self::NotAsked => "not_asked",
+            Self::WrongNonce => "wrong_nonce",
+            Self::BadMac => "bad_mac",
         }
     }
+}
+
+/// A reply from a decision service, consumed by this replica (every replica consumes every
+/// reply): if it is authentic and answers an outstanding ask, record it unless a decision
+/// already stands, and wake the waiting request.
+pub async fn on_reply(state: &State, reply: Reply) {
+    let key = reply.id.clone();
+    let (source, callback_id, body_sha256) = match Subject::parse_key(&key) {
+        Some(parts) => parts,
+        None => return refuse(&reply, Refused::UnknownKey),
+    };
+    let Some((route, spec)) = state.routes.get(source).and_then(|r| {
+        let spec = r.spec.kind.approval()?.service.as_ref()?;
+        Some((r, spec))
+    }) else {
+        return refuse(&reply, Refused::UnknownKey);
+    };
+    // The consumer that read it belongs to `reply.via`: it must listen where `source` asked.
+    let arrived_on = state
+        .routes
+        .get(&*reply.via)
+        .and_then(|r| r.spec.kind.approval()?.service.as_ref())
+        .map(crate::callback::ServiceSpec::reply_address);
+    if arrived_on != Some(spec.reply_address()) {
+        return refuse(&reply, Refused::WrongAddress);
+    }
+    let Some(_recording) = state.decisions.try_begin(&key) else {
+        return;
+    };
+    let asked = match state.decisions.asked(&key).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return refuse(&reply, Refused::NotAsked),
+        Err(e) => {
+            tracing::warn!(id = %key, error = %e, "decision reply not recorded: the store is unavailable; the callback's retry asks again");
+            return;
+        }
+    };
+    if asked.nonce != reply.nonce {
+        return refuse(&reply, Refused::WrongNonce);
+    }
+    let message = reply_mac_message(&key, &asked.nonce, reply.decision.decision);
+    if !spec.secret.verify_hex(message.as_bytes(), &reply.mac) {
+        return refuse(&reply, Refused::BadMac);
+    }
+    let subject = Subject {
+        source: source.to_owned(),
+        callback_id: callback_id.to_owned(),
+        locator: asked.locator,
+        body_sha256: body_sha256.to_owned(),
+    };
     let verdict = reply.decision.decision;
-    match settle(route, state, &reply.id, callback_id, reply.decision, None).await {
+    match settle(route, state, &subject, reply.decision, None).await {
         Ok(standing) => tracing::info!(
             source, callback_id, decision = %standing.decision, decided_by = %standing.decided_by,
             "decision recorded"
@@ -269,4 +341,13 @@ pub async fn on_reply(state: &State, reply: Reply) {
             "decision reply not recorded; the callback's retry asks again"
         ),
     }
+}
+
+/// Counts and logs a reply that decides nothing.
+fn refuse(reply: &Reply, why: Refused) {
+    metrics::reply_rejected(&reply.via, why.reason());
+    tracing::warn!(
+        via = %reply.via, id = %reply.id, decision = %reply.decision.decision, reason = why.reason(),
+        "decision reply refused; it decides nothing"
+    );
 }

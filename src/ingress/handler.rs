@@ -440,6 +440,8 @@ fn audit_decision(source: &str, ctx: &AuditCtx, a: &Answered) {
         decided_by: &decided_by,
         remembered: a.remembered,
         callback_id: &a.callback_id,
+        body_sha256: &a.body_sha256,
+        conflict_with: a.conflict_with.as_deref(),
     });
     line.write();
 }

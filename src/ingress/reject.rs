@@ -100,7 +100,7 @@ impl Rejection {
             Self::CallbackNotJson => "callback_not_json",
             Self::NoCallbackId => "no_callback_id",
             Self::NoDecision => "no_decision",
-            Self::DecisionStore(_) => "decision_store_unavailable",
+            Self::DecisionStore(e) => e.reason(),
         }
     }
 

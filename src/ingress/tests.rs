@@ -37,8 +37,11 @@ async fn state(dir: &std::path::Path, sources: &str) -> Arc<State> {
             1000,
         )),
         decisions: Arc::new(crate::callback::store::DecisionStore::memory(
-            Duration::from_secs(60),
-            1000,
+            crate::callback::store::Limits {
+                ttl: Duration::from_secs(60),
+                asked_ttl: Duration::from_secs(60),
+                max_entries: 1000,
+            },
         )),
         in_flight: Arc::new(tokio::sync::Semaphore::new(100)),
     })

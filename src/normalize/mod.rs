@@ -145,12 +145,24 @@ impl Envelope {
             found[i].clone()
         };
 
-        let (id, id_origin) = match locate(&source.event_id, &webhook, &body_value, "event_id")? {
-            Some((v, origin)) => (v, IdOrigin::Locator(origin)),
+        let found_id = locate(&source.event_id, &webhook, &body_value, "event_id")?;
+        let found_type = locate(&source.event_type, &webhook, &body_value, "event_type")?;
+        // Taken from a header the signature does not cover (only where the source opted in):
+        // anyone who saw the request can resend it with another value. Consumers are told.
+        let unverified = match (
+            found_id.as_ref().is_some_and(|(_, l)| l.is_unsigned()),
+            found_type.as_ref().is_some_and(|(_, l)| l.is_unsigned()),
+        ) {
+            (true, true) => Some("id,type"),
+            (true, false) => Some("id"),
+            (false, true) => Some("type"),
+            (false, false) => None,
+        };
+        let (id, id_origin) = match found_id {
+            Some((v, locator)) => (v, IdOrigin::Locator(locator.to_string())),
             None => (hex::encode(Sha256::digest(body)), IdOrigin::BodySha256),
         };
-        let event_type = locate(&source.event_type, &webhook, &body_value, "event_type")?
-            .map_or_else(|| source.default_type.clone(), |(v, _)| v);
+        let event_type = found_type.map_or_else(|| source.default_type.clone(), |(v, _)| v);
 
         let received_at = humantime::format_rfc3339_millis(received).to_string();
         let proof = webhook.proof();
@@ -180,6 +192,7 @@ impl Envelope {
             hbsignature: proof.signature.as_deref(),
             hbsigtimestamp: proof.timestamp.as_deref(),
             hbsigmsgid: proof.message_id.as_deref(),
+            hbunverified: unverified,
             data_base64: data_base64.as_deref(),
         };
         let mut json = Vec::with_capacity(body.len() + 512);
@@ -203,21 +216,25 @@ impl Envelope {
 }
 
 impl Envelope {
-    /// The audit event for a callback decision: `id` is the callback ID (so retries and
-    /// replicas publish the same key), `data` holds the decision and, when this replica has it,
-    /// the callback's own CloudEvent (with its signature attributes, for re-verification).
+    /// The audit event for a callback decision: `id` is the callback ID and the judged body's
+    /// digest (so retries and replicas publish the same key, and a decision about another body
+    /// with the same callback ID is a different event), `data` holds the decision, what it is
+    /// about and, when this replica has it, the callback's own CloudEvent (with its signature
+    /// attributes, for re-verification).
     ///
     /// # Errors
     /// [`NormalizeError::Encode`] if the callback event is not JSON (it always is: built here).
     pub(crate) fn decision(
         source: &SourceSpec,
-        callback_id: &str,
+        subject: &crate::callback::Subject,
         decision: &crate::callback::Decision,
         callback: Option<&Envelope>,
     ) -> Result<Self, NormalizeError> {
         #[derive(Serialize)]
         struct Data<'a> {
             callback_id: &'a str,
+            body_sha256: &'a str,
+            callback_id_from: &'a str,
             #[serde(flatten)]
             decision: &'a crate::callback::Decision,
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -232,21 +249,24 @@ impl Envelope {
             .map(|c| serde_json::from_slice::<&serde_json::value::RawValue>(c.json()))
             .transpose()
             .map_err(|_| NormalizeError::Encode)?;
+        let id = subject.event_id();
         let json = own_event(
             source,
-            callback_id,
+            &id,
             crate::callback::DECISION_TYPE,
             Extensions {
                 hbdecision: decision.decision.body(),
                 data: Data {
-                    callback_id,
+                    callback_id: &subject.callback_id,
+                    body_sha256: &subject.body_sha256,
+                    callback_id_from: &subject.locator,
                     decision,
                     callback,
                 },
             },
         )?;
         Ok(Self {
-            id: EventId(callback_id.into()),
+            id: EventId(id.into()),
             source_name: source.name.as_str().into(),
             event_type: crate::callback::DECISION_TYPE.into(),
             ce_source: source.ce_source.as_str().into(),
@@ -256,21 +276,25 @@ impl Envelope {
     }
 }
 
-/// A decision request for the decision service: a CloudEvent whose `id` is the correlation ID
-/// and whose `data` is the callback body byte for byte.
+/// A decision request (format version [`crate::callback::WIRE_VERSION`]) for the decision
+/// service: a CloudEvent whose `id` is the decision key and whose `data` is the callback body
+/// byte for byte; the reply must return `nonce` and a MAC (see `callback::service`).
 ///
 /// # Errors
 /// [`NormalizeError::Encode`] when the body is not JSON (callback bodies are checked before).
 pub(crate) fn decision_request(
     source: &SourceSpec,
-    callback_id: &str,
-    correlation_id: &str,
+    subject: &crate::callback::Subject,
+    nonce: &str,
     reply_to: &str,
     body: &[u8],
 ) -> Result<Bytes, NormalizeError> {
     #[derive(Serialize)]
     struct Extensions<'a> {
+        hbversion: String,
+        hbnonce: &'a str,
         hbcallbackid: &'a str,
+        hbbodysha256: &'a str,
         hbreplyto: &'a str,
         data: &'a serde_json::value::RawValue,
     }
@@ -278,10 +302,13 @@ pub(crate) fn decision_request(
         serde_json::from_slice(body).map_err(|_| NormalizeError::Encode)?;
     own_event(
         source,
-        correlation_id,
+        &subject.key(),
         crate::callback::REQUEST_TYPE,
         Extensions {
-            hbcallbackid: callback_id,
+            hbversion: crate::callback::WIRE_VERSION.to_string(),
+            hbnonce: nonce,
+            hbcallbackid: &subject.callback_id,
+            hbbodysha256: &subject.body_sha256,
             hbreplyto: reply_to,
             data,
         },
@@ -328,7 +355,9 @@ fn own_event<T: Serialize>(
 /// the spec recommends):
 /// - `hbsource`: the source name; `hbscheme`: the verification scheme;
 /// - `hbidfrom`: where `id` came from (`body:/event_id`, `header:webhook-id`, `sha256`);
-/// - `hbsignature`, `hbsigtimestamp`, `hbsigmsgid`: what the provider signed with, for re-verification.
+/// - `hbsignature`, `hbsigtimestamp`, `hbsigmsgid`: what the provider signed with, for re-verification;
+/// - `hbunverified`: `id`, `type` or `id,type` when taken from a header the signature does not
+///   cover (a source's explicit `unsigned_headers` opt-in).
 #[derive(Serialize)]
 struct Attributes<'a> {
     specversion: &'static str,
@@ -348,6 +377,8 @@ struct Attributes<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     hbsigmsgid: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    hbunverified: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     data_base64: Option<&'a str>,
 }
 
@@ -362,16 +393,16 @@ pub enum NormalizeError {
     Encode,
 }
 
-/// The first locator that yields a non-empty value, and a label for where it came from.
-fn locate(
-    locators: &[Locator],
+/// The first locator that yields a non-empty value, and that locator.
+fn locate<'l>(
+    locators: &'l [Locator],
     webhook: &VerifiedWebhook,
     body_value: &dyn Fn(&str) -> Option<String>,
     field: &'static str,
-) -> Result<Option<(String, String)>, NormalizeError> {
+) -> Result<Option<(String, &'l Locator)>, NormalizeError> {
     for locator in locators {
         let value = match locator {
-            Locator::Header(name) => webhook
+            Locator::Header(name) | Locator::UnsignedHeader(name) => webhook
                 .headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
@@ -392,7 +423,7 @@ fn locate(
             if v.chars().any(char::is_control) {
                 return Err(NormalizeError::ControlChars { field });
             }
-            return Ok(Some((v, locator.to_string())));
+            return Ok(Some((v, locator)));
         }
     }
     Ok(None)
@@ -500,7 +531,7 @@ mod tests {
 
     #[test]
     fn falls_back_to_body_sha256_and_says_so() {
-        let src = source("event_id = [\"/id\", \"header:x-id\"]");
+        let src = source("event_id = [\"/id\", \"header:x-id\"]\nunsigned_headers = [\"x-id\"]");
         let env = envelope(&src, br#"{"id":""}"#, &[]).unwrap();
         assert_eq!(env.id_origin(), &IdOrigin::BodySha256);
         assert_eq!(
@@ -509,6 +540,15 @@ mod tests {
         );
         let env = envelope(&src, br#"{"id":""}"#, &[("x-id", "h-1")]).unwrap();
         assert_eq!(env.id().as_str(), "h-1");
+        // Read from a header the signature does not cover: consumers are told.
+        let v: Value = serde_json::from_slice(env.json()).unwrap();
+        assert_eq!(v["hbunverified"], "id");
+        let signed = envelope(&src, br#"{"id":"b-1"}"#, &[("x-id", "h-1")]).unwrap();
+        let v: Value = serde_json::from_slice(signed.json()).unwrap();
+        assert_eq!(
+            (v["id"].as_str(), v.get("hbunverified")),
+            (Some("b-1"), None)
+        );
         // Whitespace around a JSON body: not spliced, carried exactly in data_base64.
         let env = envelope(&src, b"{\"id\":7}\n", &[]).unwrap();
         assert_eq!(env.id().as_str(), "7");

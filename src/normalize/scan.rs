@@ -3,7 +3,9 @@
 //! pointers, without building a tree. Everything off the wanted paths is only validated.
 //!
 //! Duplicate keys resolve as in a `serde_json::Value`: the last one wins, so reaching a path a
-//! second time clears what the first visit found below it.
+//! second time clears what the first visit found below it. A number found at a pointer is
+//! returned as written (`9007199254740993`, `1.0000000000000001`, `1e2`), never through an
+//! `f64`, which would round IDs above 2^53 or with a fraction onto each other.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -23,6 +25,7 @@ pub fn scan(json: &str, pointers: &[&str], max_depth: usize) -> Option<Vec<Optio
         depth: 0,
         room: max_depth,
         found: &mut found,
+        raw_leaves: true,
     }
     .deserialize(&mut de)
     .ok()?;
@@ -53,6 +56,9 @@ struct Node<'w, 'f> {
     depth: usize,
     room: usize,
     found: &'f mut [Option<String>],
+    /// Read a value at which a pointer ends as raw text first (so numbers keep their digits);
+    /// false while re-reading that text.
+    raw_leaves: bool,
 }
 
 impl<'w> Node<'w, '_> {
@@ -72,6 +78,7 @@ impl<'w> Node<'w, '_> {
             depth: self.depth + 1,
             room,
             found: &mut *self.found,
+            raw_leaves: true,
         }
     }
 
@@ -89,11 +96,35 @@ impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        use serde::de::Error as _;
         // This occurrence supersedes any earlier one of the same key (last wins).
         for &i in &self.active {
             self.found[i] = None;
         }
-        d.deserialize_any(self)
+        let ends_here = self.raw_leaves
+            && self
+                .active
+                .iter()
+                .any(|&i| self.wants[i].len() == self.depth);
+        if !ends_here {
+            return d.deserialize_any(self);
+        }
+        // A wanted value: its text first. Only serde_json deserializers reach here (`scan`).
+        let raw = <&'de serde_json::value::RawValue as serde::Deserialize>::deserialize(d)?;
+        let text = raw.get();
+        if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            // Range-checked as a reader would, kept as written.
+            serde_json::from_str::<serde_json::Number>(text).map_err(D::Error::custom)?;
+            self.set_scalar(|| text.to_owned());
+            return Ok(());
+        }
+        let mut de = serde_json::Deserializer::from_str(text);
+        Node {
+            raw_leaves: false,
+            ..self
+        }
+        .deserialize(&mut de)
+        .map_err(D::Error::custom)
     }
 }
 
@@ -304,13 +335,44 @@ mod tests {
     }
 
     #[test]
-    fn keys_with_escapes_and_numbers_match_a_value() {
+    fn keys_with_escapes_match_a_value_and_numbers_keep_their_text() {
         let j = r#"{"k\u0065y":"v","big":18446744073709551615,"f":1e2,"neg":-9223372036854775808}"#;
-        let v: serde_json::Value = serde_json::from_str(j).unwrap();
         assert_eq!(one(j, "/key").as_deref(), Some("v"));
-        for p in ["/big", "/f", "/neg"] {
-            assert_eq!(one(j, p), Some(v.pointer(p).unwrap().to_string()), "{p}");
+        assert_eq!(one(j, "/big").as_deref(), Some("18446744073709551615"));
+        assert_eq!(one(j, "/f").as_deref(), Some("1e2"));
+        assert_eq!(one(j, "/neg").as_deref(), Some("-9223372036854775808"));
+    }
+
+    #[test]
+    fn numeric_ids_above_2_pow_53_or_with_fractions_never_collide() {
+        // Each pair is one f64 apart from nothing: equal as doubles, different as written.
+        for (a, b) in [
+            ("9007199254740993", "9007199254740992"),
+            ("1.0000000000000001", "1.0"),
+            (
+                "123456789012345678901234567890",
+                "123456789012345678901234567891",
+            ),
+            ("-0", "0"),
+        ] {
+            let ia = one(&format!(r#"{{"id":{a}}}"#), "/id");
+            let ib = one(&format!(r#"{{"id":{b}}}"#), "/id");
+            assert_eq!(ia.as_deref(), Some(a));
+            assert_eq!(ib.as_deref(), Some(b));
         }
+        // Nested under a wanted path, in arrays, and beside other wanted pointers.
+        let j = r#"{"d":{"id":9007199254740993,"n":[1.50]},"t":"x"}"#;
+        let all = scan(j, &["/d/id", "/d/n/0", "/t"], 64).unwrap();
+        assert_eq!(
+            all,
+            vec![
+                Some("9007199254740993".to_owned()),
+                Some("1.50".to_owned()),
+                Some("x".to_owned())
+            ]
+        );
+        // Out of range is still invalid JSON for a reader.
+        assert!(scan(r#"{"id":1e999}"#, &["/id"], 64).is_none());
     }
 
     #[test]

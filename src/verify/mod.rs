@@ -138,16 +138,42 @@ impl Scheme {
         }
     }
 
-    /// The replay window a scheme gets when the source does not set one: the provider's own
-    /// tolerance where it documents one, off for Cobo (no documented tolerance, and a tight window
-    /// would reject legitimate retries; event-ID dedup covers replays there).
-    pub fn default_replay_window(&self) -> Option<Duration> {
+    /// The provider's own documented timestamp tolerance, where it documents one. Cobo
+    /// documents none; config then defaults the window to what dedup (or the decision store)
+    /// remembers, so nothing older than that memory is accepted (`config::build_source`).
+    pub fn documented_tolerance(&self) -> Option<Duration> {
         match self {
             Self::StandardWebhooks(_) | Self::Stripe(_) | Self::Slack(_) => {
                 Some(Duration::from_secs(300))
             }
             _ => None,
         }
+    }
+
+    /// Request headers whose values the signature covers (lower case). An event ID or type
+    /// read from any other header can be changed by whoever resends a captured request.
+    pub fn signed_headers(&self) -> &'static [&'static str] {
+        match self {
+            Self::StandardWebhooks(_) => &[
+                "webhook-id",
+                "webhook-timestamp",
+                "svix-id",
+                "svix-timestamp",
+            ],
+            Self::CoboWaas2(_) | Self::CoboWaas1(_) => &["biz-timestamp", "biz_timestamp"],
+            Self::Slack(_) => &["x-slack-request-timestamp"],
+            // Stripe signs its timestamp inside `Stripe-Signature`; the rest sign the body only.
+            Self::Stripe(_)
+            | Self::RsaSha256(_)
+            | Self::HmacSha256(_)
+            | Self::SharedSecret(_)
+            | Self::None => &[],
+        }
+    }
+
+    /// Whether the scheme may serve `kind = "callback"` sources (Cobo's `ok`/`deny` answer).
+    pub fn may_be_callback(&self) -> bool {
+        matches!(self, Self::CoboWaas2(_) | Self::CoboWaas1(_))
     }
 
     /// Whether the scheme signs a timestamp that a replay window can be applied to.

@@ -2,12 +2,18 @@
 //! CEL rules (ok, deny, tampered); WaaS 2.0 callbacks decided by the example decision service
 //! over RabbitMQ and over Kafka (stopped service → no 200, restarted → the retry gets the
 //! decision, a second retry is remembered without a new request); two instances sharing Redis.
+//!
+//! And the defences of an `ok` (issue: approvals that cannot be planted or forged): a decision
+//! answers only the exact body it judged (memory and Redis), decisions planted in Redis are
+//! never answered, forged decision replies decide nothing, rules run under a budget, and a full
+//! memory store refuses instead of forgetting.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sha2::Digest as _;
 
 use crate::decision_service::{self, Broker, Policy};
 use crate::helpers::*;
@@ -62,6 +68,8 @@ type = "file"
 path = "{events}"
 
 [sources.allow]
+# The official vectors were signed in 2023: no replay window for them.
+replay_window_secs = 0
 kind = "callback"
 purpose = "approval"
 verify = {{ scheme = "cobo-waas1", public_keys = ["sandbox-legacy"] }}
@@ -73,18 +81,24 @@ rules = [
 ]
 
 [sources.strict]
+# The official vectors were signed in 2023: no replay window for them.
+replay_window_secs = 0
 kind = "callback"
 purpose = "approval"
 verify = {{ scheme = "cobo-waas1", public_keys = ["sandbox-legacy"] }}
 decision = {{ default = "ok", rules = [{{ name = "no-goerli", when = "body.coin == 'GETH'", decision = "deny" }}] }}
 
 [sources.deny-forgeries]
+# The official vectors were signed in 2023: no replay window for them.
+replay_window_secs = 0
 kind = "callback"
 purpose = "approval"
 verify = {{ scheme = "cobo-waas1", public_keys = ["sandbox-legacy"] }}
 decision = {{ default = "deny", on_bad_signature = "deny", rules = [{{ name = "all", when = "true", decision = "ok" }}] }}
 
 [sources.pushes]
+# The official vectors were signed in 2023: no replay window for them.
+replay_window_secs = 0
 kind = "callback"
 purpose = "notification"
 verify = {{ scheme = "cobo-waas1", public_keys = ["sandbox-legacy"] }}
@@ -107,12 +121,22 @@ decision = {{ default = "deny" }}
     let denied = post(&app.url("/hooks/strict"), &headers, body.clone()).await;
     assert_text(&denied, "deny");
 
-    // Every decision has its audit event, keyed by the callback ID (request_id), with the
-    // signed callback inside for re-verification.
+    // Every decision has its audit event, keyed by the callback ID (request_id) and the digest
+    // of the body it judged, with the signed callback inside for re-verification.
     let written = file_events(&events);
     assert_eq!(written.len(), 2, "{written:?}");
     let ok_event = written.iter().find(|e| e["hbsource"] == "allow").unwrap();
-    assert_eq!(ok_event["id"], "request_id_dbe9541f_1673345211103_1107");
+    let digest = sha256_hex(&body);
+    assert_eq!(
+        ok_event["id"],
+        format!("request_id_dbe9541f_1673345211103_1107:{digest}")
+    );
+    assert_eq!(
+        ok_event["data"]["callback_id"],
+        "request_id_dbe9541f_1673345211103_1107"
+    );
+    assert_eq!(ok_event["data"]["body_sha256"], digest.as_str());
+    assert_eq!(ok_event["data"]["callback_id_from"], "body:/request_id");
     assert_eq!(ok_event["type"], "hookbridge.callback.decision");
     assert_eq!(ok_event["data"]["decision"], "ok");
     assert_eq!(ok_event["data"]["decided_by"], "rule:known-goerli-address");
@@ -222,21 +246,44 @@ impl Service {
     }
 }
 
+/// The synthetic WaaS 2.0 callback vector's body for `transaction_id`, signed now (the
+/// vector's own 2023 timestamp is outside the default replay window).
 fn waas2_callback(transaction_id: &str) -> (String, Vec<(String, String)>) {
     let v = &vectors()["cobo_v2_ed25519"][1];
     assert_eq!(v["name"], "cobo_v2_callback_synthetic");
     let original = v["body"].as_str().unwrap();
     let body = original.replace("aff0e1cb-15b2-4e1f-9b9d-a9133715986f", transaction_id);
-    if body == original {
-        // The synthetic vector itself, with its own signature.
-        let headers = vec![
-            h("Biz-Timestamp", v["timestamp"].as_str().unwrap()),
-            h("Biz-Resp-Signature", v["signature_hex"].as_str().unwrap()),
-        ];
-        return (body, headers);
-    }
     let headers = sign_cobo_waas2(&cobo_test_seed(), body.as_bytes(), &now_ms().to_string());
     (body, headers)
+}
+
+fn sha256_hex(body: &str) -> String {
+    hex::encode(sha2::Sha256::digest(body.as_bytes()))
+}
+
+/// The decision service secret the test configs share with the example service.
+const SERVICE_SECRET: &str = "test-decision-secret-0123456789abcdef";
+/// The `[decisions]` secret of the Redis store in these tests.
+const STORE_SECRET: &str = "test-store-secret-0123456789abcdef";
+
+/// A version-2 reply for `key`, MAC'd with `secret` over `nonce` (as the example service would).
+fn reply_json(key: &str, nonce: &str, decision: &str, secret: &str) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("hookbridge-decision-reply/v2\n{key}\n{nonce}\n{decision}").as_bytes());
+    serde_json::json!({
+        "version": 2, "id": key, "nonce": nonce, "decision": decision, "reason": "test",
+        "mac": hex::encode(mac.finalize().into_bytes()),
+    })
+    .to_string()
+}
+
+fn policy(deny_ids: Vec<String>) -> Policy {
+    Policy {
+        deny_ids,
+        max_amount: None,
+        secret: SERVICE_SECRET.as_bytes().to_vec(),
+    }
 }
 
 const VECTOR_TX: &str = "aff0e1cb-15b2-4e1f-9b9d-a9133715986f";
@@ -252,10 +299,11 @@ verify = {{ scheme = "cobo-waas2", public_keys = ["{key}"] }}
 [sources.withdrawals.decision]
 default = "ask"
 timeout_ms = 1500
-service = {{ sink = "{service_sink}", {names} }}
+service = {{ sink = "{service_sink}", secret = "{secret}", {names} }}
 rules = [{{ name = "never-this-wallet", when = "body.wallet_id == 'blocked-wallet'", decision = "deny" }}]
 "#,
-        key = cobo_test_pubkey()
+        key = cobo_test_pubkey(),
+        secret = SERVICE_SECRET,
     )
 }
 
@@ -281,10 +329,7 @@ async fn retry_until_decided(
 async fn request_reply_scenario(app: &TestApp, broker: Broker) {
     assert!(wait_ready(app, Duration::from_secs(60)).await, "not ready");
     let denied_tx = uuid::Uuid::new_v4().to_string();
-    let policy = Policy {
-        deny_ids: vec![denied_tx.clone()],
-        max_amount: None,
-    };
+    let policy = policy(vec![denied_tx.clone()]);
     let service = Service::start(broker.clone(), policy.clone(), Arc::default());
 
     // ok for one transaction, deny for another: exactly those bodies.
@@ -416,11 +461,9 @@ partitions = 2
         Duration::from_secs(20),
     );
     assert_eq!(records.len(), 4, "one event per decision");
-    assert!(
-        records
-            .iter()
-            .any(|r| r.key == VECTOR_TX && r.body["data"]["decision"] == "ok")
-    );
+    assert!(records.iter().any(|r| r.key.starts_with(VECTOR_TX)
+        && r.body["data"]["callback_id"] == VECTOR_TX
+        && r.body["data"]["decision"] == "ok"));
     app.stop().await;
 }
 
@@ -432,9 +475,8 @@ async fn a_retry_on_another_instance_gets_the_same_decision_through_redis() {
     let (requests, replies) = (format!("decisions-{unique}"), format!("replies-{unique}"));
     let config = |n: u8| {
         let store = format!(
-            "[decisions]\nstore = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"hb-test-{unique}:\"\n",
-            std::env::var("HOOKBRIDGE_TEST_REDIS")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+            "[decisions]\nstore = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"hb-test-{unique}:\"\nsecret = \"{STORE_SECRET}\"\n",
+            redis_url()
         );
         let events = dir.path().join(format!("events-{n}.jsonl"));
         rabbit_config(&events, &unique, &requests, &replies, &store)
@@ -449,10 +491,7 @@ async fn a_retry_on_another_instance_gets_the_same_decision_through_redis() {
             url: crate::rabbitmq::amqp_url(),
             requests: requests.clone(),
         },
-        Policy {
-            deny_ids: vec![denied_tx.clone()],
-            max_amount: None,
-        },
+        policy(vec![denied_tx.clone()]),
         Arc::default(),
     );
     let (ok_body, ok_headers) = waas2_callback(&uuid::Uuid::new_v4().to_string());
@@ -476,12 +515,17 @@ async fn a_retry_on_another_instance_gets_the_same_decision_through_redis() {
         &post(&b.url("/hooks/withdrawals"), &deny_headers, deny_body).await,
         "deny",
     );
-    // A reply for a callback nobody asked about (stray, or forged by whoever can publish to the
-    // reply exchange) decides nothing.
+    // A reply for a callback nobody asked about (stray, or made ahead by someone who knows
+    // the secret and can publish to the reply exchange) decides nothing, even with a valid MAC.
     let forged_tx = uuid::Uuid::new_v4().to_string();
-    publish_reply(&replies, &format!("withdrawals:{forged_tx}"), "ok").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let (forged_body, forged_headers) = waas2_callback(&forged_tx);
+    let forged_key = format!("withdrawals:{forged_tx}:{}", sha256_hex(&forged_body));
+    publish_reply(
+        &replies,
+        &reply_json(&forged_key, "0123456789abcdef", "ok", SERVICE_SECRET),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let r = post(&b.url("/hooks/withdrawals"), &forged_headers, forged_body).await;
     assert_eq!(r.status, 503, "{:?}", r.body);
     // No request reached the broker for the decided ones (the forged one asked once)…
@@ -514,10 +558,8 @@ async fn waiting_requests(queue: &str) -> u32 {
 }
 
 /// Publishes a decision reply to a RabbitMQ reply (fanout) exchange, as a decision service would.
-async fn publish_reply(exchange: &str, id: &str, decision: &str) {
+async fn publish_reply(exchange: &str, body: &str) {
     let (conn, channel) = amqp_channel().await;
-    let body =
-        serde_json::json!({ "id": id, "decision": decision, "reason": "forged" }).to_string();
     channel
         .basic_publish(
             exchange.into(),
@@ -534,6 +576,10 @@ async fn publish_reply(exchange: &str, id: &str, decision: &str) {
 }
 
 /// An app with the audit trail in a file and the decision service on RabbitMQ.
+fn redis_url() -> String {
+    std::env::var("HOOKBRIDGE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
 fn rabbit_config(
     events: &std::path::Path,
     unique: &str,
@@ -574,4 +620,433 @@ async fn amqp_channel() -> (lapin::Connection, lapin::Channel) {
     .unwrap();
     let channel = conn.create_channel().await.unwrap();
     (conn, channel)
+}
+
+/// A WaaS 1.0 withdrawal confirmation with `request_id` and `amount`, signed now with the test
+/// key (custodial confirmations carry no `cobo_id`, so `request_id` is the callback ID).
+fn v1_confirmation(request_id: &str, amount: u64) -> (String, Vec<(String, String)>) {
+    let body = format!(
+        r#"{{"id":"","coin":"ETH","address":"0x9414933Ff7777bb28cA22D15c178596A6e58d957","side":"withdraw","amount":"{amount}","decimal":18,"request_id":"{request_id}","status":"pending","created_time":{now},"confirmed_num":0}}"#,
+        now = now_ms()
+    );
+    let headers = sign_cobo_waas1(body.as_bytes(), &now_ms().to_string());
+    (body, headers)
+}
+
+/// The WaaS 1.0 approval source of the conflict tests: small withdrawals are approved by a rule,
+/// everything else is denied.
+fn v1_approval_source(name: &str) -> String {
+    format!(
+        r#"
+[sources.{name}]
+kind = "callback"
+purpose = "approval"
+verify = {{ scheme = "cobo-waas1", public_keys = ["{key}"] }}
+[sources.{name}.decision]
+default = "deny"
+rules = [{{ name = "small", when = "int(body.amount) <= 1000", decision = "ok" }}]
+"#,
+        key = cobo_v1_test_pubkey()
+    )
+}
+
+/// The issue's scenario: another Cobo customer gets a genuinely signed body with the
+/// `request_id` R of our next withdrawal and an amount our rule approves; then our real
+/// callback for R (5,000,000) arrives. It must be judged on its own: never the planted `ok`.
+async fn planted_body_scenario(post_to: &[&TestApp], source: &str, events: &[std::path::PathBuf]) {
+    let r = format!("request-{}", uuid::Uuid::new_v4().simple());
+    let (small, small_headers) = v1_confirmation(&r, 10);
+    let (large, large_headers) = v1_confirmation(&r, 5_000_000);
+    let url = |i: usize| post_to[i % post_to.len()].url(&format!("/hooks/{source}"));
+    assert_text(&post(&url(0), &small_headers, small.clone()).await, "ok");
+    let before = counter(
+        &scrape(post_to[0]).await,
+        "hookbridge_decision_conflicts_total",
+        &[("source", source)],
+    );
+    let real = post(&url(1), &large_headers, large.clone()).await;
+    assert_text(&real, "deny");
+    let conflicts = post_to
+        .iter()
+        .map(|a| async move {
+            counter(
+                &scrape(a).await,
+                "hookbridge_decision_conflicts_total",
+                &[("source", source)],
+            )
+        })
+        .collect::<Vec<_>>();
+    let mut total = 0.0;
+    for c in conflicts {
+        total += c.await;
+    }
+    // The recorder is process-wide: every instance reports the same counter.
+    assert!(
+        total / post_to.len() as f64 - before >= 1.0,
+        "the conflict is counted"
+    );
+    // Retries of either body get that body's own decision, from memory.
+    assert_text(&post(&url(1), &small_headers, small.clone()).await, "ok");
+    assert_text(&post(&url(0), &large_headers, large.clone()).await, "deny");
+    // Two decision events, one per body, told apart by ID; no event carries a body's decision
+    // for the other.
+    let written: Vec<Value> = events.iter().flat_map(|e| file_events(e)).collect();
+    let mine: Vec<&Value> = written
+        .iter()
+        .filter(|e| e["data"]["callback_id"] == r.as_str())
+        .collect();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    for (body, decision) in [(&small, "ok"), (&large, "deny")] {
+        let digest = sha256_hex(body);
+        let e = mine
+            .iter()
+            .find(|e| e["data"]["body_sha256"] == digest.as_str())
+            .unwrap_or_else(|| panic!("no decision event for {digest}"));
+        assert_eq!(e["data"]["decision"], decision);
+        assert_eq!(e["id"], format!("{r}:{digest}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_answers_only_the_body_it_judged_and_rules_run_under_a_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let app = TestApp::spawn_with_metrics(&format!(
+        r#"
+[sinks.f]
+type = "file"
+path = "{events}"
+{conflicts}
+[sources.budget]
+kind = "callback"
+purpose = "approval"
+verify = {{ scheme = "cobo-waas1", public_keys = ["{key}"] }}
+[sources.budget.decision]
+default = "deny"
+rules = [{{ name = "pairs", when = "body.items.all(a, body.items.exists(b, a == b))", decision = "ok" }}]
+"#,
+        events = events.display(),
+        conflicts = v1_approval_source("planted-mem"),
+        key = cobo_v1_test_pubkey(),
+    ))
+    .await;
+    planted_body_scenario(&[&app], "planted-mem", std::slice::from_ref(&events)).await;
+
+    // A rule is true on both bodies, but over its budget on the large one it never runs: deny.
+    let items = |n: usize| {
+        let body = format!(
+            r#"{{"request_id":"budget-{}","amount":"1","items":{:?}}}"#,
+            uuid::Uuid::new_v4().simple(),
+            (0..n).collect::<Vec<_>>()
+        );
+        let headers = sign_cobo_waas1(body.as_bytes(), &now_ms().to_string());
+        (body, headers)
+    };
+    let (body, headers) = items(3);
+    assert_text(&post(&app.url("/hooks/budget"), &headers, body).await, "ok");
+    let (body, headers) = items(3000);
+    let started = Instant::now();
+    assert_text(
+        &post(&app.url("/hooks/budget"), &headers, body.clone()).await,
+        "deny",
+    );
+    eprintln!("over-budget rule answered in {:?}", started.elapsed());
+    let denied = file_events(&events)
+        .into_iter()
+        .find(|e| e["data"]["body_sha256"] == sha256_hex(&body).as_str())
+        .unwrap();
+    assert_eq!(denied["data"]["decided_by"], "rule:pairs");
+    assert!(
+        denied["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("over the rule budget"),
+        "{denied}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_memory_store_refuses_new_approvals_instead_of_forgetting() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(&format!(
+        "[decisions]\nmax_entries = 1\n[sinks.f]\ntype = \"file\"\npath = \"{}\"\n{}",
+        dir.path().join("events.jsonl").display(),
+        v1_approval_source("full")
+    ))
+    .await;
+    let (first, first_headers) = v1_confirmation("first", 10);
+    assert_text(
+        &post(&app.url("/hooks/full"), &first_headers, first.clone()).await,
+        "ok",
+    );
+    let (second, second_headers) = v1_confirmation("second", 10);
+    let r = post(&app.url("/hooks/full"), &second_headers, second).await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (503, Some("decision_store_full"))
+    );
+    assert!(r.headers.contains_key("retry-after"));
+    // The first decision was not evicted to make room: its retry still gets it.
+    assert_text(
+        &post(&app.url("/hooks/full"), &first_headers, first).await,
+        "ok",
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_in_redis_answer_only_their_body_and_planted_ones_are_never_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("hb-test-{}:", uuid::Uuid::new_v4().simple());
+    let config = |n: u8| {
+        format!(
+            "[decisions]\nstore = \"redis\"\nredis_url = \"{url}\"\nkey_prefix = \"{prefix}\"\nsecret = \"{STORE_SECRET}\"\n[sinks.f]\ntype = \"file\"\npath = \"{events}\"\n{source}",
+            url = redis_url(),
+            events = dir.path().join(format!("events-{n}.jsonl")).display(),
+            source = v1_approval_source("planted-redis"),
+        )
+    };
+    let a = TestApp::spawn_with_metrics(&config(1)).await;
+    let b = TestApp::spawn_with_metrics(&config(2)).await;
+    let events = [
+        dir.path().join("events-1.jsonl"),
+        dir.path().join("events-2.jsonl"),
+    ];
+    // The planted body on A, the real one on B: the shared store still keeps them apart.
+    planted_body_scenario(&[&a, &b], "planted-redis", &events).await;
+
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = |body: &str, r: &str| format!("{prefix}d:planted-redis:{r}:{}", sha256_hex(body));
+
+    // 1. Someone with write access to Redis writes an `ok` for a large withdrawal.
+    let (large, large_headers) = v1_confirmation("planted-1", 5_000_000);
+    let record = serde_json::json!({
+        "decision": { "decision": "ok", "reason": "planted", "decided_by": "rule:small",
+                      "decided_at": "2026-12-01T00:00:00.000Z" },
+        "body_sha256": sha256_hex(&large), "locator": "body:/request_id", "audited": true,
+    })
+    .to_string();
+    let planted = serde_json::json!({ "record": record, "mac": "00".repeat(32) }).to_string();
+    let _: () = redis::cmd("SET")
+        .arg(key(&large, "planted-1"))
+        .arg(planted)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let r = post(&a.url("/hooks/planted-redis"), &large_headers, large).await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (503, Some("decision_store_tampered")),
+        "{:?}",
+        r.body
+    );
+
+    // 2. A genuine sealed `ok` (for a small body) copied under a large body's key.
+    let (small, small_headers) = v1_confirmation("planted-2", 10);
+    assert_text(
+        &post(
+            &a.url("/hooks/planted-redis"),
+            &small_headers,
+            small.clone(),
+        )
+        .await,
+        "ok",
+    );
+    let sealed: String = redis::cmd("GET")
+        .arg(key(&small, "planted-2"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (large, large_headers) = v1_confirmation("planted-2b", 5_000_000);
+    let _: () = redis::cmd("SET")
+        .arg(key(&large, "planted-2b"))
+        .arg(sealed)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let r = post(&b.url("/hooks/planted-redis"), &large_headers, large).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_ne!(&r.body[..], b"ok");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Takes one decision request off a RabbitMQ queue: its `id` (the decision key) and nonce.
+async fn take_request(queue: &str) -> (String, String) {
+    let (conn, channel) = amqp_channel().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let msg = loop {
+        let got = channel
+            .basic_get(
+                queue.into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap();
+        if let Some(m) = got {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no decision request on {queue}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = conn.close(200, "bye".into()).await;
+    let request: Value = serde_json::from_slice(&msg.delivery.data).unwrap();
+    assert_eq!(request["hbversion"], "2");
+    (
+        request["id"].as_str().unwrap().to_owned(),
+        request["hbnonce"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_decision_replies_decide_nothing_and_the_genuine_reply_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let (requests, replies) = (format!("decisions-{unique}"), format!("replies-{unique}"));
+    let (other_requests, other_replies) =
+        (format!("other-{unique}"), format!("other-replies-{unique}"));
+    // Two approval sources with the same secret but their own reply addresses.
+    let source = |name: &str, requests: &str, replies: &str| {
+        format!(
+            r#"
+[sources.{name}]
+kind = "callback"
+purpose = "approval"
+sink = "audit"
+verify = {{ scheme = "cobo-waas2", public_keys = ["{key}"] }}
+[sources.{name}.decision]
+default = "ask"
+timeout_ms = 400
+service = {{ sink = "rabbit", secret = "{SERVICE_SECRET}", requests = "{requests}", replies = "{replies}" }}
+"#,
+            key = cobo_test_pubkey()
+        )
+    };
+    let app = TestApp::spawn_with_metrics(&format!(
+        "[spool]\nenabled = false\n[sinks.audit]\ntype = \"file\"\npath = \"{events}\"\n[sinks.rabbit]\ntype = \"rabbitmq\"\nurl = \"{amqp}\"\nexchange = \"hb-{unique}\"\n{a}{b}",
+        events = dir.path().join("events.jsonl").display(),
+        amqp = crate::rabbitmq::amqp_url(),
+        a = source(&format!("fw-{unique}"), &requests, &replies),
+        b = source(&format!("fo-{unique}"), &other_requests, &other_replies),
+    ))
+    .await;
+    assert!(wait_ready(&app, Duration::from_secs(30)).await, "not ready");
+    let src = format!("fw-{unique}");
+    let url = app.url(&format!("/hooks/{src}"));
+    let (body, headers) = waas2_callback(&uuid::Uuid::new_v4().to_string());
+    let r = post(&url, &headers, body.clone()).await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (503, Some("no_decision"))
+    );
+    let (key, nonce) = take_request(&requests).await;
+    assert_eq!(
+        key,
+        format!(
+            "{src}:{}:{}",
+            {
+                let v: Value = serde_json::from_str(&body).unwrap();
+                v["transaction_id"].as_str().unwrap().to_owned()
+            },
+            sha256_hex(&body)
+        )
+    );
+
+    // Each forgery, published where the genuine reply would go (or next door).
+    let (other_body, _) = waas2_callback(&uuid::Uuid::new_v4().to_string());
+    let never_asked = format!("{src}:never-asked:{}", sha256_hex(&other_body));
+    let v1 = serde_json::json!({ "id": key, "decision": "ok", "reason": "v1 format" }).to_string();
+    let no_mac =
+        serde_json::json!({ "version": 2, "id": key, "nonce": nonce, "decision": "ok", "mac": "" })
+            .to_string();
+    let forgeries: [(&str, String, &str); 6] = [
+        (
+            "unsupported_version",
+            reply_json(&key, &nonce, "ok", SERVICE_SECRET)
+                .replace("\"version\":2", "\"version\":1"),
+            &replies,
+        ),
+        ("unparsable", v1, &replies),
+        ("bad_mac", no_mac, &replies),
+        (
+            "bad_mac",
+            reply_json(&key, &nonce, "ok", "someone-else's-secret-0123456789"),
+            &replies,
+        ),
+        (
+            "wrong_nonce",
+            reply_json(
+                &key,
+                "0123456789abcdef0123456789abcdef",
+                "ok",
+                SERVICE_SECRET,
+            ),
+            &replies,
+        ),
+        (
+            "not_asked",
+            reply_json(&never_asked, &nonce, "ok", SERVICE_SECRET),
+            &replies,
+        ),
+    ];
+    for (_, forged, to) in &forgeries {
+        publish_reply(to, forged).await;
+    }
+    // A genuine-looking reply for this source's key, on the other source's reply address.
+    publish_reply(
+        &other_replies,
+        &reply_json(&key, &nonce, "ok", SERVICE_SECRET),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let r = post(&url, &headers, body.clone()).await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (503, Some("no_decision")),
+        "a forged reply decided: {:?}",
+        r.body
+    );
+    let text = scrape(&app).await;
+    let rejected = |source: &str, reason: &str| {
+        counter(
+            &text,
+            "hookbridge_decision_replies_rejected_total",
+            &[("source", source), ("reason", reason)],
+        )
+    };
+    for (reason, _, _) in &forgeries {
+        let expected = forgeries.iter().filter(|(r, _, _)| r == reason).count() as f64;
+        assert_eq!(rejected(&src, reason), expected, "{reason}: {text}");
+    }
+    assert_eq!(
+        rejected(&format!("fo-{unique}"), "wrong_address"),
+        1.0,
+        "{text}"
+    );
+
+    // The genuine reply, late (the ask is remembered with its nonce): the next retry gets it.
+    publish_reply(&replies, &reply_json(&key, &nonce, "ok", SERVICE_SECRET)).await;
+    let decided = retry_until(&url, &body, &headers, Duration::from_secs(10)).await;
+    assert_text(&decided, "ok");
+    app.stop().await;
+}
+
+/// Posts until a 200 or `within` passes; 503 in between.
+async fn retry_until(
+    url: &str,
+    body: &str,
+    headers: &[(String, String)],
+    within: Duration,
+) -> Reply {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = post(url, headers, body.to_owned()).await;
+        if r.status == 200 || Instant::now() > deadline {
+            return r;
+        }
+        assert_eq!(r.status, 503, "{:?}", r.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -25,6 +25,11 @@ fn check(path: &std::path::Path) -> std::process::Output {
         .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
         .env("REDIS_URL", "redis://127.0.0.1:6379/0")
         .env("STANDARD_WEBHOOKS_SECRET", "whsec_cGxhY2Vob2xkZXI=")
+        .env("DECISION_STORE_SECRET", "placeholder-store-secret-32-bytes")
+        .env(
+            "DECISION_SERVICE_SECRET",
+            "placeholder-service-secret-32-byte",
+        )
         .output()
         .unwrap()
 }

@@ -290,3 +290,51 @@ pub async fn try_post(url: &str, headers: &[(String, String)], body: Bytes) -> O
         .ok()?;
     Reply::read(resp).await
 }
+
+/// A secp256k1 key for signing Cobo WaaS 1.0 callbacks in tests (Cobo's own keys are secret):
+/// the scalar is SHA-256 of a fixed label, so the test is repeatable.
+fn cobo_v1_test_key() -> k256::ecdsa::SigningKey {
+    let scalar = sha2::Sha256::digest(b"hookbridge tests: cobo waas1 signer");
+    k256::ecdsa::SigningKey::from_bytes(&scalar).unwrap()
+}
+
+/// The compressed SEC1 public key (hex) of [`cobo_v1_test_key`], for `public_keys`.
+pub fn cobo_v1_test_pubkey() -> String {
+    let point = cobo_v1_test_key().verifying_key().to_encoded_point(true);
+    hex::encode(point.as_bytes())
+}
+
+/// Cobo WaaS 1.0 headers for `body`: DER ECDSA secp256k1 over SHA256(SHA256(body|ts)), hex.
+pub fn sign_cobo_waas1(body: &[u8], ts: &str) -> Vec<(String, String)> {
+    use k256::ecdsa::signature::hazmat::PrehashSigner as _;
+    let mut m = body.to_vec();
+    m.push(b'|');
+    m.extend_from_slice(ts.as_bytes());
+    let d = sha2::Sha256::digest(sha2::Sha256::digest(&m));
+    let sig: k256::ecdsa::Signature = cobo_v1_test_key().sign_prehash(&d).unwrap();
+    vec![
+        h("Biz-Timestamp", ts),
+        h("Biz-Resp-Signature", &hex::encode(sig.to_der().as_bytes())),
+    ]
+}
+
+/// The sum of a counter's samples in a `/metrics` scrape whose labels include `labels`.
+pub fn counter(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// The app's `/metrics` text.
+pub async fn scrape(app: &TestApp) -> String {
+    String::from_utf8(get(&app.url("/metrics")).await.body.to_vec()).unwrap()
+}

@@ -8,6 +8,16 @@ use crate::helpers::*;
 /// The example config, on port 0, with the file sink in `dir`.
 async fn example_app(dir: &std::path::Path) -> TestApp {
     let text = std::fs::read_to_string(repo_path("config/example.toml")).unwrap();
+    // The Cobo vectors were signed in 2023: outside the default window (what dedup remembers).
+    let text = text
+        .replace(
+            "[sources.cobo-waas2]\n",
+            "[sources.cobo-waas2]\nreplay_window_secs = 0\n",
+        )
+        .replace(
+            "[sources.cobo-waas1]\n",
+            "[sources.cobo-waas1]\nreplay_window_secs = 0\n",
+        );
     let text = format!(
         "{text}\n[sinks.default]\ntype = \"file\"\npath = \"{}\"\n",
         dir.join("events.jsonl").display()
@@ -97,7 +107,10 @@ fn cases() -> Vec<Case> {
             h("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
         ],
         body: str_of(gh, "payload").into_bytes(),
-        expect_id: "72d3162e-cc78-11e3-81ab-4c9367dc0958".into(),
+        // GitHub signs no header: the ID is the body's SHA-256, not the delivery header.
+        expect_id: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(str_of(
+            gh, "payload",
+        ))),
     });
     let sh = &v["shopify"][0];
     out.push(Case {
@@ -108,7 +121,7 @@ fn cases() -> Vec<Case> {
             &str_of(sh, "x_shopify_hmac_sha256"),
         )],
         body: str_of(sh, "body").into_bytes(),
-        expect_id: "1".into(),
+        expect_id: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(str_of(sh, "body"))),
     });
     for c in v["standard_webhooks_v1_hmac"].as_array().unwrap() {
         let body = str_of(c, "payload").into_bytes();
@@ -412,4 +425,85 @@ async fn audit_file_has_a_line_per_request_and_no_secrets() {
     assert_eq!(bad["status"], 401);
     assert!(bad.get("event_id").is_none());
     assert!(!bad["detail"].as_str().unwrap().is_empty());
+}
+
+/// The shipped example config as it is (default replay windows), on port 0.
+async fn shipped_example(dir: &std::path::Path) -> TestApp {
+    let text = std::fs::read_to_string(repo_path("config/example.toml")).unwrap();
+    TestApp::spawn(&format!(
+        "{text}\n[sinks.default]\ntype = \"file\"\npath = \"{}\"\n",
+        dir.join("events.jsonl").display()
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn a_github_body_replayed_with_fresh_headers_is_not_a_second_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = shipped_example(dir.path()).await;
+    let gh = &vectors()["github"][0];
+    let body = str_of(gh, "payload");
+    let sig = h("X-Hub-Signature-256", &str_of(gh, "x_hub_signature_256"));
+    let first = post(
+        &app.url("/hooks/github"),
+        &[
+            sig.clone(),
+            h("X-GitHub-Delivery", "d-1"),
+            h("X-GitHub-Event", "push"),
+        ],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    // Everything a topic reader has (body and signature), resent with new unsigned headers.
+    let replay = post(
+        &app.url("/hooks/github"),
+        &[
+            sig,
+            h("X-GitHub-Delivery", "d-2"),
+            h("X-GitHub-Event", "deployment"),
+        ],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(replay.status, 200, "answered as the duplicate it is");
+    assert_eq!(replay.json()["id"], first.json()["id"]);
+    let events = file_events(&dir.path().join("events.jsonl"));
+    assert_eq!(events.len(), 1, "one event, not two: {events:?}");
+    let e = &events[0];
+    assert_eq!(
+        e["id"],
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body))
+    );
+    assert_eq!(
+        (e["type"].as_str(), e["hbunverified"].as_str()),
+        (Some("push"), Some("type"))
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_cobo_timestamp_older_than_the_default_window_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = shipped_example(dir.path()).await;
+    let post_at = |age_ms: u64, id: &str| {
+        let body = cobo_body(id);
+        let headers = sign_cobo_waas2(
+            &cobo_test_seed(),
+            body.as_bytes(),
+            &(now_ms() - age_ms).to_string(),
+        );
+        let url = app.url("/hooks/cobo-waas2");
+        async move { post(&url, &headers, body).await }
+    };
+    // The default window is what dedup remembers: 7 days.
+    let day = 24 * 3600 * 1000;
+    let stale = post_at(8 * day, "evt-stale").await;
+    assert_eq!(
+        (stale.status, stale.json()["error"].as_str()),
+        (401, Some("stale_timestamp"))
+    );
+    assert_eq!(post_at(6 * day, "evt-recent").await.status, 200);
+    assert_eq!(file_events(&dir.path().join("events.jsonl")).len(), 1);
+    app.stop().await;
 }
