@@ -306,9 +306,6 @@ pub async fn on_reply(state: &State, reply: Reply) {
     if arrived_on != Some(spec.reply_address()) {
         return refuse(&reply, Refused::WrongAddress);
     }
-    let Some(_recording) = state.decisions.try_begin(&key) else {
-        return;
-    };
     let asked = match state.decisions.asked(&key).await {
         Ok(Some(a)) => a,
         Ok(None) => return refuse(&reply, Refused::NotAsked),
@@ -324,6 +321,10 @@ pub async fn on_reply(state: &State, reply: Reply) {
     if !spec.secret.verify_hex(message.as_bytes(), &reply.mac) {
         return refuse(&reply, Refused::BadMac);
     }
+    // Only now: a forged reply holding this claim would make the genuine one be skipped.
+    let Some(_recording) = state.decisions.try_begin(&key) else {
+        return;
+    };
     let subject = Subject {
         source: source.to_owned(),
         callback_id: callback_id.to_owned(),

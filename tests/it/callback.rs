@@ -873,134 +873,188 @@ async fn decisions_in_redis_answer_only_their_body_and_planted_ones_are_never_an
     b.stop().await;
 }
 
-/// Takes one decision request off a RabbitMQ queue: its `id` (the decision key) and nonce.
-async fn take_request(queue: &str) -> (String, String) {
-    let (conn, channel) = amqp_channel().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let msg = loop {
-        let got = channel
-            .basic_get(
-                queue.into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap();
-        if let Some(m) = got {
-            break m;
-        }
-        assert!(Instant::now() < deadline, "no decision request on {queue}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let _ = conn.close(200, "bye".into()).await;
-    let request: Value = serde_json::from_slice(&msg.delivery.data).unwrap();
-    assert_eq!(request["hbversion"], "2");
-    (
-        request["id"].as_str().unwrap().to_owned(),
-        request["hbnonce"].as_str().unwrap().to_owned(),
-    )
+/// Where a test plays the decision service: takes requests, publishes replies.
+#[derive(Clone)]
+enum Bus {
+    RabbitMq,
+    Kafka { brokers: String },
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_decision_replies_decide_nothing_and_the_genuine_reply_does() {
-    let dir = tempfile::tempdir().unwrap();
-    let unique = uuid::Uuid::new_v4().simple().to_string();
-    let (requests, replies) = (format!("decisions-{unique}"), format!("replies-{unique}"));
-    let (other_requests, other_replies) =
-        (format!("other-{unique}"), format!("other-replies-{unique}"));
-    // Two approval sources with the same secret but their own reply addresses.
-    let source = |name: &str, requests: &str, replies: &str| {
+impl Bus {
+    /// The `id` (decision key) and nonce of a decision request waiting on `requests`.
+    async fn take_request(&self, requests: &str) -> (String, String) {
+        let request: Value = match self {
+            Self::RabbitMq => {
+                let (conn, channel) = amqp_channel().await;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let msg = loop {
+                    let got = channel
+                        .basic_get(
+                            requests.into(),
+                            lapin::options::BasicGetOptions { no_ack: true },
+                        )
+                        .await
+                        .unwrap();
+                    if let Some(m) = got {
+                        break m;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "no decision request on {requests}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                let _ = conn.close(200, "bye".into()).await;
+                serde_json::from_slice(&msg.delivery.data).unwrap()
+            }
+            Self::Kafka { brokers } => {
+                let (brokers, topic) = (brokers.clone(), requests.to_owned());
+                let records = tokio::task::spawn_blocking(move || {
+                    crate::kafka::consume(&brokers, &topic, 1, Duration::from_secs(15))
+                })
+                .await
+                .unwrap();
+                let first = records.into_iter().next().expect("a decision request");
+                assert_eq!(first.key, first.body["id"].as_str().unwrap());
+                first.body
+            }
+        };
+        assert_eq!(request["hbversion"], "2");
+        (
+            request["id"].as_str().unwrap().to_owned(),
+            request["hbnonce"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn publish(&self, replies: &str, body: &str) {
+        match self {
+            Self::RabbitMq => publish_reply(replies, body).await,
+            Self::Kafka { brokers } => {
+                let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", brokers)
+                    .create()
+                    .unwrap();
+                producer
+                    .send(
+                        rdkafka::producer::FutureRecord::to(replies)
+                            .key("reply")
+                            .payload(body),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+/// Two approval sources with the same service secret but their own request and reply
+/// addresses, on the `bus` sink; the audit trail in a file.
+fn forgery_config(bus: &Bus, unique: &str, events: &std::path::Path) -> String {
+    let source = |name: &str| {
         format!(
             r#"
-[sources.{name}]
+[sources.{name}-{unique}]
 kind = "callback"
 purpose = "approval"
 sink = "audit"
 verify = {{ scheme = "cobo-waas2", public_keys = ["{key}"] }}
-[sources.{name}.decision]
+[sources.{name}-{unique}.decision]
 default = "ask"
 timeout_ms = 400
-service = {{ sink = "rabbit", secret = "{SERVICE_SECRET}", requests = "{requests}", replies = "{replies}" }}
+service = {{ sink = "bus", secret = "{SERVICE_SECRET}", requests = "{name}-requests-{unique}", replies = "{name}-replies-{unique}" }}
 "#,
             key = cobo_test_pubkey()
         )
     };
-    let app = TestApp::spawn_with_metrics(&format!(
-        "[spool]\nenabled = false\n[sinks.audit]\ntype = \"file\"\npath = \"{events}\"\n[sinks.rabbit]\ntype = \"rabbitmq\"\nurl = \"{amqp}\"\nexchange = \"hb-{unique}\"\n{a}{b}",
-        events = dir.path().join("events.jsonl").display(),
-        amqp = crate::rabbitmq::amqp_url(),
-        a = source(&format!("fw-{unique}"), &requests, &replies),
-        b = source(&format!("fo-{unique}"), &other_requests, &other_replies),
-    ))
-    .await;
-    assert!(wait_ready(&app, Duration::from_secs(30)).await, "not ready");
-    let src = format!("fw-{unique}");
+    let sink = match bus {
+        Bus::RabbitMq => format!(
+            "type = \"rabbitmq\"\nurl = \"{}\"\nexchange = \"hb-{unique}\"",
+            crate::rabbitmq::amqp_url()
+        ),
+        Bus::Kafka { brokers } => format!(
+            "type = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"audit-{unique}\"\ncreate_topics = true"
+        ),
+    };
+    format!(
+        "[spool]\nenabled = false\n[sinks.audit]\ntype = \"file\"\npath = \"{events}\"\n[sinks.bus]\n{sink}\n{a}{b}",
+        events = events.display(),
+        a = source("fw"),
+        b = source("fo"),
+    )
+}
+
+/// Every kind of forged reply, where the genuine reply would go (or on the other source's
+/// reply address), decides nothing and is counted by reason; then the genuine reply decides.
+async fn forged_replies_scenario(bus: Bus) {
+    let dir = tempfile::tempdir().unwrap();
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let app =
+        TestApp::spawn_with_metrics(&forgery_config(&bus, &unique, &dir.path().join("e.jsonl")))
+            .await;
+    assert!(wait_ready(&app, Duration::from_secs(60)).await, "not ready");
+    let (src, other) = (format!("fw-{unique}"), format!("fo-{unique}"));
+    let (requests, replies) = (
+        format!("fw-requests-{unique}"),
+        format!("fw-replies-{unique}"),
+    );
+    let other_replies = format!("fo-replies-{unique}");
     let url = app.url(&format!("/hooks/{src}"));
-    let (body, headers) = waas2_callback(&uuid::Uuid::new_v4().to_string());
+    let tx = uuid::Uuid::new_v4().to_string();
+    let (body, headers) = waas2_callback(&tx);
     let r = post(&url, &headers, body.clone()).await;
     assert_eq!(
         (r.status, r.json()["error"].as_str()),
         (503, Some("no_decision"))
     );
-    let (key, nonce) = take_request(&requests).await;
-    assert_eq!(
-        key,
-        format!(
-            "{src}:{}:{}",
-            {
-                let v: Value = serde_json::from_str(&body).unwrap();
-                v["transaction_id"].as_str().unwrap().to_owned()
-            },
-            sha256_hex(&body)
-        )
-    );
+    let (key, nonce) = bus.take_request(&requests).await;
+    assert_eq!(key, format!("{src}:{tx}:{}", sha256_hex(&body)));
 
-    // Each forgery, published where the genuine reply would go (or next door).
     let (other_body, _) = waas2_callback(&uuid::Uuid::new_v4().to_string());
     let never_asked = format!("{src}:never-asked:{}", sha256_hex(&other_body));
-    let v1 = serde_json::json!({ "id": key, "decision": "ok", "reason": "v1 format" }).to_string();
-    let no_mac =
-        serde_json::json!({ "version": 2, "id": key, "nonce": nonce, "decision": "ok", "mac": "" })
-            .to_string();
-    let forgeries: [(&str, String, &str); 6] = [
+    let genuine = reply_json(&key, &nonce, "ok", SERVICE_SECRET);
+    let forgeries: Vec<(&str, String)> = vec![
         (
             "unsupported_version",
-            reply_json(&key, &nonce, "ok", SERVICE_SECRET)
-                .replace("\"version\":2", "\"version\":1"),
-            &replies,
+            genuine.replace("\"version\":2", "\"version\":1"),
         ),
-        ("unparsable", v1, &replies),
-        ("bad_mac", no_mac, &replies),
+        (
+            "unparsable",
+            serde_json::json!({ "id": key, "decision": "ok", "reason": "v1 format" }).to_string(),
+        ),
+        (
+            "unparsable",
+            genuine.replace("\"decision\":\"ok\"", "\"decision\":\"approve\""),
+        ),
+        (
+            "bad_mac",
+            serde_json::json!({ "version": 2, "id": key, "nonce": nonce, "decision": "ok", "mac": "" })
+                .to_string(),
+        ),
         (
             "bad_mac",
             reply_json(&key, &nonce, "ok", "someone-else's-secret-0123456789"),
-            &replies,
+        ),
+        (
+            "bad_mac",
+            // A genuine deny's MAC under an `ok`.
+            reply_json(&key, &nonce, "deny", SERVICE_SECRET).replace("\"deny\"", "\"ok\""),
         ),
         (
             "wrong_nonce",
-            reply_json(
-                &key,
-                "0123456789abcdef0123456789abcdef",
-                "ok",
-                SERVICE_SECRET,
-            ),
-            &replies,
+            reply_json(&key, "0123456789abcdef0123456789abcdef", "ok", SERVICE_SECRET),
         ),
         (
             "not_asked",
             reply_json(&never_asked, &nonce, "ok", SERVICE_SECRET),
-            &replies,
         ),
     ];
-    for (_, forged, to) in &forgeries {
-        publish_reply(to, forged).await;
+    for (_, forged) in &forgeries {
+        bus.publish(&replies, forged).await;
     }
-    // A genuine-looking reply for this source's key, on the other source's reply address.
-    publish_reply(
-        &other_replies,
-        &reply_json(&key, &nonce, "ok", SERVICE_SECRET),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // A genuine reply for this source's key, on the other source's reply address.
+    bus.publish(&other_replies, &genuine).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let r = post(&url, &headers, body.clone()).await;
     assert_eq!(
         (r.status, r.json()["error"].as_str()),
@@ -1016,21 +1070,29 @@ service = {{ sink = "rabbit", secret = "{SERVICE_SECRET}", requests = "{requests
             &[("source", source), ("reason", reason)],
         )
     };
-    for (reason, _, _) in &forgeries {
-        let expected = forgeries.iter().filter(|(r, _, _)| r == reason).count() as f64;
+    for (reason, _) in &forgeries {
+        let expected = forgeries.iter().filter(|(r, _)| r == reason).count() as f64;
         assert_eq!(rejected(&src, reason), expected, "{reason}: {text}");
     }
-    assert_eq!(
-        rejected(&format!("fo-{unique}"), "wrong_address"),
-        1.0,
-        "{text}"
-    );
+    assert_eq!(rejected(&other, "wrong_address"), 1.0, "{text}");
 
     // The genuine reply, late (the ask is remembered with its nonce): the next retry gets it.
-    publish_reply(&replies, &reply_json(&key, &nonce, "ok", SERVICE_SECRET)).await;
-    let decided = retry_until(&url, &body, &headers, Duration::from_secs(10)).await;
+    bus.publish(&replies, &genuine).await;
+    let decided = retry_until(&url, &body, &headers, Duration::from_secs(15)).await;
     assert_text(&decided, "ok");
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_decision_replies_decide_nothing_over_rabbitmq() {
+    forged_replies_scenario(Bus::RabbitMq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_decision_replies_decide_nothing_over_kafka() {
+    let brokers =
+        std::env::var("HOOKBRIDGE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    forged_replies_scenario(Bus::Kafka { brokers }).await;
 }
 
 /// Posts until a 200 or `within` passes; 503 in between.
