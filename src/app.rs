@@ -133,7 +133,11 @@ impl App {
                 source = %spec.name, route = %spec.route(), kind = spec.kind.name(),
                 scheme = spec.verifier.scheme().name(), sink = %spec.sink, "source ready"
             );
-            routes.insert(spec.name.clone(), Route::new(spec, sink, service));
+            let client_limits = (config.server.ipv6_prefix, config.server.max_rate_clients);
+            routes.insert(
+                spec.name.clone(),
+                Route::new(spec, sink, service, client_limits),
+            );
         }
         let replies = routes
             .values()
@@ -162,13 +166,16 @@ impl App {
             sinks,
             body_timeout: config.server.body_timeout,
             metrics,
-            trusted_proxies: config.server.trusted_proxies.clone(),
+            proxies: config.server.proxies.clone(),
             require_tls: config.server.require_tls,
             tls_listener: tls.is_some(),
             spool,
             dedup: Arc::new(dedup),
             decisions: Arc::new(decisions),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(
+                config.server.max_body_buffer_bytes,
+            )),
         });
         Ok(Self {
             listener,
@@ -263,10 +270,11 @@ impl App {
             let stop = stopped(stop_rx.clone());
             tokio::spawn(async move { crate::server::serve(admin, routes, &server, None, stop).await })
         });
-        let serve = if admin_task.is_some() {
-            Serve::Hooks
-        } else {
+        // A public main listener does not name the sources and sinks to anyone who asks.
+        let serve = if self.server.admin_on_main {
             Serve::All
+        } else {
+            Serve::Hooks
         };
         let routes = ingress::routes(Arc::clone(&self.state), serve);
         crate::server::serve(

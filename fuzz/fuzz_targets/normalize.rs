@@ -17,6 +17,7 @@ fn source() -> &'static SourceSpec {
 [sources.n]
 verify = { scheme = "none", accept_unsigned_requests = true }
 event_id = [["/id", "/status"], "/event_id", "header:x-id"]
+unsigned_headers = ["x-id"]
 event_type = ["/type", "/a/b/0"]
 "#;
         hookbridge::config::load(text, &|_| None).expect("fuzz config").sources.remove(0)

@@ -251,6 +251,25 @@ impl RedisStore {
             .ok_or(StoreError::Disconnected)
     }
 
+    /// `SET key value NX PX ttl`: whether this call set it.
+    async fn set_nx(
+        conn: &mut ConnectionManager,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl))
+            .query_async(conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(set.is_some())
+    }
+
     fn seal(&self, key: &str, stored: &Stored) -> Result<String, StoreError> {
         let record =
             serde_json::to_string(stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -407,30 +426,14 @@ impl DecisionStore {
                 let mut conn = r.conn().await?;
                 let full = r.decision_key(&key);
                 let value = r.seal(&key, &proposed)?;
-                let ttl = millis(r.limits.ttl);
+                let ttl = r.limits.ttl;
                 // The first body decided under this callback ID, for conflict reports.
-                let _first: Option<String> = redis::cmd("SET")
-                    .arg(r.first_key(&subject.identity()))
-                    .arg(&subject.body_sha256)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(redis_error)?;
+                let first = r.first_key(&subject.identity());
+                RedisStore::set_nx(&mut conn, &first, &subject.body_sha256, ttl).await?;
                 // A key that vanishes between SET NX and GET (expiry, eviction) is tried again:
                 // answering a decision that is not stored would let another replica decide anew.
                 for _ in 0..3 {
-                    let set: Option<String> = redis::cmd("SET")
-                        .arg(&full)
-                        .arg(&value)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ttl)
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(redis_error)?;
-                    if set.is_some() {
+                    if RedisStore::set_nx(&mut conn, &full, &value, ttl).await? {
                         return Ok(proposed);
                     }
                     let existing: Option<String> = redis::cmd("GET")
@@ -503,16 +506,7 @@ impl DecisionStore {
                 let full = r.asked_key(&key);
                 let value = serde_json::to_string(&fresh)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(&full)
-                    .arg(&value)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(r.limits.asked_ttl))
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(redis_error)?;
-                if set.is_some() {
+                if RedisStore::set_nx(&mut conn, &full, &value, r.limits.asked_ttl).await? {
                     return Ok(fresh);
                 }
                 match self.asked(&key).await? {

@@ -74,8 +74,16 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub tls: Option<TlsFiles>,
     pub require_tls: bool,
-    pub trusted_proxies: Vec<IpNet>,
+    /// Trusted proxies and the forwarding header they set.
+    pub proxies: crate::ingress::client::Proxies,
+    /// Per-client rate buckets: IPv6 prefix length, and most clients tracked per source.
+    pub ipv6_prefix: u8,
+    pub max_rate_clients: usize,
+    pub max_body_buffer_bytes: usize,
     pub admin_listen: Option<SocketAddr>,
+    /// `/readyz` and `/metrics` on the main listener too (no `admin_listen`, and a loopback
+    /// listener or `expose_admin_routes`).
+    pub admin_on_main: bool,
     pub max_in_flight: usize,
 }
 
@@ -379,6 +387,15 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
     if server.require_tls && tls.is_none() && server.trusted_proxies.is_empty() {
         errors.push("server.require_tls: needs server.tls, or trusted_proxies that terminate TLS and send X-Forwarded-Proto".to_owned());
     }
+    if !server.trusted_proxies.is_empty() && server.forwarded_header.is_none() {
+        errors.push("server.forwarded_header: required with trusted_proxies: \"x-forwarded-for\" or \"forwarded\", the one header your proxies set (the other is then ignored)".to_owned());
+    }
+    if server.rate_limit_ipv6_prefix > 128 {
+        errors.push("server.rate_limit_ipv6_prefix: at most 128".to_owned());
+    }
+    if server.max_rate_limited_clients == 0 {
+        errors.push("server.max_rate_limited_clients: must be greater than 0".to_owned());
+    }
     let audit: RawAudit = match root.remove("audit") {
         Some(v) => section("audit", v, &mut errors).unwrap_or_default(),
         None => RawAudit::default(),
@@ -515,9 +532,27 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
             s.name
         ));
     }
+    if server.admin_listen.is_none()
+        && !server.listen.ip().is_loopback()
+        && !server.expose_admin_routes
+    {
+        warnings.push(format!(
+            "server: /readyz and /metrics are not served on the public listener {}; set server.admin_listen (e.g. a private 0.0.0.0:9090), or expose_admin_routes = true",
+            server.listen
+        ));
+    }
     if sources.is_empty() && errors.is_empty() {
         errors
             .push("sources: no source is configured; add at least one [sources.<name>]".to_owned());
+    }
+    if let Some(s) = sources
+        .iter()
+        .find(|s| s.max_body_bytes > server.max_body_buffer_bytes)
+    {
+        errors.push(format!(
+            "server.max_body_buffer_bytes: {} is less than sources.{}.max_body_bytes ({}): such a body could never be read",
+            server.max_body_buffer_bytes, s.name, s.max_body_bytes
+        ));
     }
     if approvals && decisions.store.backend == DedupBackend::Redis && decisions.secret.is_none() {
         errors.push("decisions.secret: required when decisions are remembered in Redis (or secret_file): each stored decision carries a MAC, so write access to Redis alone cannot plant an `ok`".to_owned());
@@ -537,8 +572,16 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
             max_header_bytes: server.max_header_bytes,
             tls,
             require_tls: server.require_tls,
-            trusted_proxies,
+            proxies: crate::ingress::client::Proxies {
+                trusted: trusted_proxies,
+                header: server.forwarded_header.unwrap_or_default(),
+            },
+            ipv6_prefix: server.rate_limit_ipv6_prefix,
+            max_rate_clients: server.max_rate_limited_clients,
+            max_body_buffer_bytes: server.max_body_buffer_bytes,
             admin_listen: server.admin_listen,
+            admin_on_main: server.admin_listen.is_none()
+                && (server.listen.ip().is_loopback() || server.expose_admin_routes),
             max_in_flight: server.max_in_flight,
         },
         audit: AuditConfig {
@@ -725,7 +768,6 @@ struct Memory {
     decisions: Duration,
 }
 
-#[allow(clippy::too_many_lines)] // one field after another; split by section in issue 15's step
 fn build_source(
     name: &str,
     raw: RawSource,

@@ -44,11 +44,32 @@ pub struct RawServer {
     /// through a trusted proxy that says `X-Forwarded-Proto: https`. Default false.
     #[serde(default)]
     pub require_tls: bool,
-    /// Peers (CIDR) whose `X-Forwarded-For` / `Forwarded` headers are believed. Default none.
+    /// Peers (CIDR) whose forwarding header is believed. Default none.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
-    /// Serve `/healthz`, `/readyz` and `/metrics` on this address instead of the main listener.
+    /// The header those proxies set: `x-forwarded-for` (with `X-Forwarded-Proto`) or
+    /// `forwarded` (RFC 7239). Required with `trusted_proxies`; the other is ignored.
+    pub forwarded_header: Option<crate::ingress::client::ForwardedHeader>,
+    /// Per-client rate buckets key IPv6 clients by this prefix length. Default 64.
+    #[serde(default = "default_ipv6_prefix")]
+    pub rate_limit_ipv6_prefix: u8,
+    /// Most clients with a rate bucket of their own per source; past it new clients share one.
+    /// Default 100 000.
+    #[serde(default = "default_rate_clients")]
+    pub max_rate_limited_clients: usize,
+    /// Serve `/readyz` and `/metrics` (and `/healthz`) on this address instead of the main
+    /// listener.
     pub admin_listen: Option<SocketAddr>,
+    /// Serve `/readyz` and `/metrics` on a main listener that is not loopback (they name the
+    /// sources and sinks and count decisions per source). Default false: without
+    /// `admin_listen`, only a loopback main listener serves them.
+    #[serde(default)]
+    pub expose_admin_routes: bool,
+    /// Most bytes of request bodies being read and verified at once, over all requests; beyond
+    /// it, 503 `body_budget` + Retry-After. At least every source's `max_body_bytes`.
+    /// Default 64 MiB.
+    #[serde(default = "default_body_budget")]
+    pub max_body_buffer_bytes: usize,
     /// Most requests handled at once; beyond it, 503 + Retry-After at once. Default 4 096.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
@@ -203,7 +224,12 @@ impl Default for RawServer {
             tls: None,
             require_tls: false,
             trusted_proxies: Vec::new(),
+            forwarded_header: None,
+            rate_limit_ipv6_prefix: default_ipv6_prefix(),
+            max_rate_limited_clients: default_rate_clients(),
+            max_body_buffer_bytes: default_body_budget(),
             admin_listen: None,
+            expose_admin_routes: false,
             max_in_flight: default_max_in_flight(),
         }
     }
@@ -306,6 +332,15 @@ const fn default_channels() -> usize {
 }
 const fn default_true() -> bool {
     true
+}
+const fn default_body_budget() -> usize {
+    64 << 20
+}
+const fn default_ipv6_prefix() -> u8 {
+    64
+}
+const fn default_rate_clients() -> usize {
+    100_000
 }
 
 /// Where a source's requests come from and how to prove it.

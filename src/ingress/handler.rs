@@ -2,7 +2,7 @@
 //! the envelope to the source's sink and waits for its confirmation under the ack deadline.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -10,6 +10,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use governor::clock::Clock;
 use http::{HeaderMap, Method};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use warp::reply::Response;
 
 use super::callback::{self, Answered};
@@ -39,7 +40,7 @@ where
     let started = Instant::now();
     let _in_flight = metrics::InFlight::enter();
     let peer = peer.map(|p| p.0);
-    let client = peer.map(|p| client::client_ip(p.ip(), &headers, &state.trusted_proxies));
+    let client = peer.map(|p| client::client(p.ip(), &headers, &state.proxies));
     let mut ctx = AuditCtx {
         peer,
         client,
@@ -87,7 +88,7 @@ where
 /// What the audit line needs beyond the outcome.
 struct AuditCtx {
     peer: Option<SocketAddr>,
-    client: Option<IpAddr>,
+    client: Option<client::Client>,
     bytes: usize,
     started: Instant,
 }
@@ -132,31 +133,26 @@ where
         && !state.tls_listener
         && !ctx
             .peer
-            .is_some_and(|p| client::forwarded_https(p.ip(), &headers, &state.trusted_proxies))
+            .is_some_and(|p| client::forwarded_https(p.ip(), &headers, &state.proxies))
     {
         return Err(Rejection::TlsRequired);
     }
+    // An unknown client (an unreadable forwarding chain) matches no allowlist.
     if let Some(allowed) = &route.spec.allow_ips
         && !ctx
             .client
+            .and_then(client::Client::addr)
             .is_some_and(|ip| allowed.iter().any(|n| n.contains(&ip)))
     {
         return Err(Rejection::IpDenied);
     }
-    // Per client first: a flooding client is stopped before it drains the source's bucket.
-    if let (Some(limiter), Some(ip)) = (&route.ip_limiter, ctx.client)
-        && let Err(not_until) = limiter.check_key(&ip)
+    // Per client, before anything is read: a flooding client is stopped here. The source's
+    // own bucket is charged only once a request is verified (below), so unsigned traffic
+    // cannot spend what the real provider needs.
+    if let (Some(limiter), Some(c)) = (&route.ip_limiter, ctx.client)
+        && let Err(retry_after) = limiter.check(c)
     {
-        return Err(Rejection::RateLimited {
-            retry_after: retry_secs(&not_until, limiter.clock()),
-        });
-    }
-    if let Some(limiter) = &route.limiter
-        && let Err(not_until) = limiter.check()
-    {
-        return Err(Rejection::RateLimited {
-            retry_after: retry_secs(&not_until, limiter.clock()),
-        });
+        return Err(Rejection::RateLimited { retry_after });
     }
 
     let limit = route.spec.max_body_bytes;
@@ -168,9 +164,13 @@ where
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(Rejection::TooLarge { limit });
     }
-    let body = tokio::time::timeout(state.body_timeout, read_capped(body, limit))
-        .await
-        .map_err(|_| Rejection::BodyTimeout)??;
+    let declared = declared.and_then(|n| usize::try_from(n).ok());
+    let (body, budget) = tokio::time::timeout(
+        state.body_timeout,
+        read_capped(body, limit, declared, &state.body_budget),
+    )
+    .await
+    .map_err(|_| Rejection::BodyTimeout)??;
     ctx.bytes = body.len();
 
     let received = SystemTime::now();
@@ -186,6 +186,15 @@ where
         }
         Err(e) => return Err(e.into()),
     };
+    // Authenticated: its bytes no longer count against what unauthenticated senders may hold.
+    drop(budget);
+    if let Some(limiter) = &route.limiter
+        && let Err(not_until) = limiter.check()
+    {
+        return Err(Rejection::RateLimited {
+            retry_after: retry_secs(&not_until, limiter.clock()),
+        });
+    }
     if let Some(approval) = approval {
         return callback::approve(route, state, approval, verified, received)
             .await
@@ -351,7 +360,7 @@ async fn to_spool(spool: &Spool, sink: &str, envelope: &Envelope) -> Result<Spoo
 }
 
 /// Whole seconds until the bucket has room again (at least 1, as `Retry-After` counts seconds).
-fn retry_secs<C: Clock<Instant = governor::clock::QuantaInstant>>(
+pub(super) fn retry_secs<C: Clock<Instant = governor::clock::QuantaInstant>>(
     not_until: &governor::NotUntil<governor::clock::QuantaInstant>,
     clock: &C,
 ) -> u32 {
@@ -363,21 +372,56 @@ fn retry_secs<C: Clock<Instant = governor::clock::QuantaInstant>>(
 
 /// Collects the body, counting bytes as they arrive: `Content-Length` alone cannot be trusted
 /// (chunked bodies have none).
-async fn read_capped<S, B>(stream: S, limit: usize) -> Result<Bytes, Rejection>
+/// Bytes reserved at a time from the body budget for a body of unknown length.
+const BUDGET_STEP: usize = 16 * 1024;
+
+/// Reads the body under the source's cap, holding bytes of the server-wide body budget for what
+/// it buffers: all of a declared `Content-Length` up front (and a buffer of exactly that size),
+/// or [`BUDGET_STEP`]s as a body of unknown length arrives. The permit is returned with the
+/// body, to be dropped once the request is verified.
+async fn read_capped<S, B>(
+    stream: S,
+    limit: usize,
+    declared: Option<usize>,
+    budget: &Arc<Semaphore>,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Rejection>
 where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf + Send,
 {
+    let take = |n: usize| {
+        u32::try_from(n)
+            .ok()
+            .and_then(|n| Arc::clone(budget).try_acquire_many_owned(n).ok())
+            .ok_or(Rejection::BodyBudget)
+    };
+    let mut held = match declared {
+        Some(0) => None,
+        Some(n) => Some(take(n)?),
+        None => None,
+    };
+    let mut reserved = declared.unwrap_or(0);
     let mut stream = std::pin::pin!(stream);
-    let mut out = BytesMut::new();
+    let mut out = BytesMut::with_capacity(declared.unwrap_or(0));
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| Rejection::BodyRead(e.to_string()))?;
-        if out.len() + chunk.remaining() > limit {
+        let len = out.len() + chunk.remaining();
+        if len > limit {
             return Err(Rejection::TooLarge { limit });
+        }
+        while len > reserved {
+            // More than declared (hyper refuses that), or no length given: reserve as it comes.
+            let step = BUDGET_STEP.min(limit - reserved).max(1);
+            let permit = take(step)?;
+            match held.as_mut() {
+                Some(h) => h.merge(permit),
+                None => held = Some(permit),
+            }
+            reserved += step;
         }
         out.put(chunk);
     }
-    Ok(out.freeze())
+    Ok((out.freeze(), held))
 }
 
 /// Writes the request's audit line (see [`crate::audit`]).
@@ -452,5 +496,8 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf + Send,
 {
-    read_capped(stream, limit).await
+    let budget = Arc::new(Semaphore::new(limit.max(1)));
+    read_capped(stream, limit, None, &budget)
+        .await
+        .map(|(body, _)| body)
 }

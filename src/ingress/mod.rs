@@ -8,13 +8,12 @@ mod handler;
 mod reject;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::StatusCode;
-use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 use warp::Filter;
@@ -43,7 +42,7 @@ pub struct Route {
     pub service: Option<Arc<DecisionService>>,
     metrics: crate::metrics::SourceMetrics,
     limiter: Option<DefaultDirectRateLimiter>,
-    ip_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    ip_limiter: Option<ClientLimiter>,
 }
 
 fn quota(rate: Rate) -> Quota {
@@ -51,9 +50,16 @@ fn quota(rate: Rate) -> Quota {
 }
 
 impl Route {
-    pub fn new(spec: SourceSpec, sink: Arc<Sink>, service: Option<Arc<DecisionService>>) -> Self {
+    pub fn new(
+        spec: SourceSpec,
+        sink: Arc<Sink>,
+        service: Option<Arc<DecisionService>>,
+        (ipv6_prefix, max_clients): (u8, usize),
+    ) -> Self {
         let limiter = spec.rate_limit.map(|r| RateLimiter::direct(quota(r)));
-        let ip_limiter = spec.rate_limit_per_ip.map(|r| RateLimiter::keyed(quota(r)));
+        let ip_limiter = spec
+            .rate_limit_per_ip
+            .map(|r| ClientLimiter::new(r, ipv6_prefix, max_clients));
         let metrics = crate::metrics::SourceMetrics::new(&spec.name, &spec.sink);
         Self {
             metrics,
@@ -68,9 +74,41 @@ impl Route {
     /// Forgets per-client buckets that are full again, so memory follows active clients only.
     pub fn prune_limiters(&self) {
         if let Some(l) = &self.ip_limiter {
-            l.retain_recent();
-            l.shrink_to_fit();
+            l.buckets.retain_recent();
+            l.buckets.shrink_to_fit();
         }
+    }
+}
+
+/// Per-client buckets of one source, bounded by construction: a client's [`client::RateKey`]
+/// is hashed, with a key random to this process, onto one of `slots` buckets. A flood that
+/// rotates through addresses cannot grow the map past `slots`, and cannot tell which slot a
+/// provider's address lands in to drain it on purpose; at worst a few clients share a bucket.
+pub struct ClientLimiter {
+    buckets: DefaultKeyedRateLimiter<u64>,
+    hasher: std::hash::RandomState,
+    ipv6_prefix: u8,
+    slots: u64,
+}
+
+impl ClientLimiter {
+    fn new(rate: Rate, ipv6_prefix: u8, slots: usize) -> Self {
+        Self {
+            buckets: RateLimiter::keyed(quota(rate)),
+            hasher: std::hash::RandomState::new(),
+            ipv6_prefix,
+            slots: u64::try_from(slots.max(1)).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// `Err(retry after, in seconds)` when `client`'s bucket is empty.
+    pub fn check(&self, client: client::Client) -> Result<(), u32> {
+        use std::hash::BuildHasher as _;
+        let key = client::RateKey::of(client, self.ipv6_prefix);
+        let slot = self.hasher.hash_one(key) % self.slots;
+        self.buckets
+            .check_key(&slot)
+            .map_err(|not_until| handler::retry_secs(&not_until, self.buckets.clock()))
     }
 }
 
@@ -80,8 +118,8 @@ pub struct State {
     pub sinks: Sinks,
     pub body_timeout: Duration,
     pub metrics: Option<PrometheusHandle>,
-    /// Peers whose forwarding headers are believed.
-    pub trusted_proxies: Vec<IpNet>,
+    /// Peers whose forwarding header is believed, and which header.
+    pub proxies: client::Proxies,
     /// Refuse requests that did not arrive over TLS.
     pub require_tls: bool,
     /// The listener itself terminates TLS.
@@ -93,6 +131,8 @@ pub struct State {
     pub decisions: Arc<DecisionStore>,
     /// Permits for requests in flight (`server.max_in_flight`).
     pub in_flight: Arc<Semaphore>,
+    /// Bytes of request bodies held before authentication (`server.max_body_buffer_bytes`).
+    pub body_budget: Arc<Semaphore>,
 }
 
 /// What a listener serves.
@@ -100,7 +140,8 @@ pub struct State {
 pub enum Serve {
     /// Hooks and the admin routes (`/healthz`, `/readyz`, `/metrics`).
     All,
-    /// Hooks only: the admin routes have their own listener.
+    /// Hooks and `/healthz` (load balancers probe it; it says only "alive"): the other admin
+    /// routes have their own listener, or are not public.
     Hooks,
     /// The admin routes only.
     Admin,
@@ -176,7 +217,7 @@ pub fn routes(state: Arc<State>, serve: Serve) -> BoxedFilter<(Response,)> {
     // Chosen once here: a listener never runs (and then hides) routes it does not serve.
     let served = match serve {
         Serve::All => hooks.or(admin).unify().boxed(),
-        Serve::Hooks => hooks.boxed(),
+        Serve::Hooks => hooks.or(warp::get().and(healthz)).unify().boxed(),
         Serve::Admin => admin.boxed(),
     };
     served

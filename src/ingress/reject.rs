@@ -46,6 +46,8 @@ pub enum Rejection {
     DuplicateInFlight,
     #[error("too many requests in flight")]
     Overloaded,
+    #[error("the server-wide budget for request bodies being read is spent")]
+    BodyBudget,
     #[error("callback body is not JSON")]
     CallbackNotJson,
     #[error("no callback ID in the callback body")]
@@ -74,6 +76,7 @@ impl Rejection {
             | Self::Spool(_)
             | Self::DuplicateInFlight
             | Self::Overloaded
+            | Self::BodyBudget
             | Self::NoDecision
             | Self::DecisionStore(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -97,6 +100,7 @@ impl Rejection {
             Self::Spool(e) => e.reason(),
             Self::DuplicateInFlight => "duplicate_in_flight",
             Self::Overloaded => "overloaded",
+            Self::BodyBudget => "body_budget",
             Self::CallbackNotJson => "callback_not_json",
             Self::NoCallbackId => "no_callback_id",
             Self::NoDecision => "no_decision",
@@ -119,7 +123,7 @@ impl Rejection {
             Self::Malformed(_) => "event id or type in the request is unusable",
             Self::Publish(_) | Self::AckTimeout | Self::Spool(_) => "event not stored, retry later",
             Self::DuplicateInFlight => "this event is being stored right now, retry later",
-            Self::Overloaded => "too busy, retry later",
+            Self::Overloaded | Self::BodyBudget => "too busy, retry later",
             Self::CallbackNotJson => "callback body must be JSON",
             Self::NoCallbackId => "callback ID not found in the body",
             Self::NoDecision | Self::DecisionStore(_) => "no decision yet, retry later",
@@ -130,7 +134,9 @@ impl Rejection {
     fn retry_after(&self) -> Option<u32> {
         match self {
             Self::Publish(_) | Self::AckTimeout | Self::Spool(_) => Some(5),
-            Self::DuplicateInFlight | Self::Overloaded | Self::NoDecision => Some(1),
+            Self::DuplicateInFlight | Self::Overloaded | Self::BodyBudget | Self::NoDecision => {
+                Some(1)
+            }
             Self::DecisionStore(_) => Some(5),
             Self::RateLimited { retry_after } => Some(*retry_after),
             _ => None,

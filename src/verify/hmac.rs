@@ -182,7 +182,8 @@ impl Stripe {
                         reason: "repeated t",
                     });
                 }
-                "v1" => sigs.extend(hex::decode(v).ok()),
+                // Cheap checks first: only a 32-byte MAC can match.
+                "v1" => sigs.extend(hex::decode(v).ok().filter(|m| m.len() == 32)),
                 _ => {}
             }
         }
@@ -191,6 +192,7 @@ impl Stripe {
             reason: "no t= timestamp",
         })?;
         let ts_ms = parse_unix(ts, STRIPE_HEADER, 1000)?;
+        super::dedup_capped(&mut sigs, STRIPE_HEADER)?;
         if sigs.is_empty() {
             return Err(VerifyError::MalformedHeader {
                 header: STRIPE_HEADER,

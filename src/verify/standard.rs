@@ -9,7 +9,9 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use http::HeaderMap;
 
 use super::hmac::Secrets;
-use super::{Checked, VerifyError, header_any, key_label, parse_unix};
+use super::{
+    Checked, MAX_LISTED_SIGNATURES, VerifyError, dedup_capped, header_any, key_label, parse_unix,
+};
 
 const ID: [&str; 2] = ["webhook-id", "svix-id"];
 const TIMESTAMP: [&str; 2] = ["webhook-timestamp", "svix-timestamp"];
@@ -77,21 +79,31 @@ impl StandardWebhooks {
         let ts = header_any(headers, &TIMESTAMP)?;
         let ts_ms = parse_unix(ts, TIMESTAMP[0], 1000)?;
         let raw = header_any(headers, &SIGNATURE)?;
-        let mut macs = Vec::new();
-        let mut sigs = Vec::new();
+        // Cheap checks first: only entries of the right length are kept, duplicates go, and
+        // the list is capped before anything is hashed.
+        let mut macs: Vec<Vec<u8>> = Vec::new();
+        let mut sigs: Vec<[u8; 64]> = Vec::new();
         for item in raw.split(' ').filter(|s| !s.is_empty()) {
             match item.split_once(',') {
-                Some(("v1", b64)) => macs.extend(B64.decode(b64).ok()),
+                Some(("v1", b64)) => macs.extend(B64.decode(b64).ok().filter(|m| m.len() == 32)),
                 Some(("v1a", b64)) => sigs.extend(
                     B64.decode(b64)
                         .ok()
-                        .and_then(|b| <[u8; 64]>::try_from(b).ok())
-                        .map(|b| Signature::from_bytes(&b)),
+                        .and_then(|b| <[u8; 64]>::try_from(b).ok()),
                 ),
                 // Unknown versions are skipped so senders can add new ones during a migration.
                 _ => {}
             }
         }
+        dedup_capped(&mut macs, SIGNATURE[0])?;
+        dedup_capped(&mut sigs, SIGNATURE[0])?;
+        if macs.len() + sigs.len() > MAX_LISTED_SIGNATURES {
+            return Err(VerifyError::MalformedHeader {
+                header: SIGNATURE[0],
+                reason: "more than 8 distinct signatures",
+            });
+        }
+        let sigs: Vec<Signature> = sigs.iter().map(Signature::from_bytes).collect();
         if macs.is_empty() && sigs.is_empty() {
             return Err(VerifyError::MalformedHeader {
                 header: SIGNATURE[0],

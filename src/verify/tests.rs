@@ -700,3 +700,98 @@ fn bad_keys_are_rejected_at_construction() {
         .unwrap();
     assert!(!err.concat().contains("maybe-a-secret"));
 }
+
+#[test]
+fn signature_lists_are_deduplicated_and_capped_before_anything_is_hashed() {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let v = &vectors()["standard_webhooks_v1a_ed25519"][0];
+    let verifier = no_window(Scheme::StandardWebhooks(
+        StandardWebhooks::new(&[], &[s(v, "public_key")]).unwrap(),
+    ));
+    let (id, ts, sig, body) = (
+        s(v, "msg_id"),
+        s(v, "timestamp"),
+        s(v, "signature"),
+        s(v, "payload"),
+    );
+    let with = |list: &str| {
+        headers(&[
+            ("webhook-id", &id),
+            ("webhook-timestamp", &ts),
+            ("webhook-signature", list),
+        ])
+    };
+    // The attack: bogus v1a entries (R = the base point, s = 0), each distinct.
+    // The compressed Ed25519 base point: 0x58 then 31 bytes of 0x66.
+    let mut base = vec![0x66u8; 32];
+    base[0] = 0x58;
+    base.extend([0u8; 32]);
+    let bogus = |i: u8| {
+        let mut b = base.clone();
+        b[63] = i; // distinct, still a 64-byte signature
+        format!("v1a,{}", b64(&b))
+    };
+    let nine: Vec<String> = (0..9).map(bogus).collect();
+    assert!(matches!(
+        verify(
+            &verifier,
+            &with(&format!("{} {sig}", nine.join(" "))),
+            &body,
+            SystemTime::now()
+        ),
+        Err(VerifyError::MalformedHeader {
+            reason: "more than 8 distinct signatures",
+            ..
+        })
+    ));
+    // Repeats are one entry: 200 copies of one bogus signature and the genuine one pass.
+    let repeated = vec![bogus(1); 200].join(" ");
+    verify(
+        &verifier,
+        &with(&format!("{repeated} {sig}")),
+        &body,
+        SystemTime::now(),
+    )
+    .unwrap();
+    // Seven bogus and the genuine one: within the cap.
+    let seven = (0..7).map(bogus).collect::<Vec<_>>().join(" ");
+    verify(
+        &verifier,
+        &with(&format!("{seven} {sig}")),
+        &body,
+        SystemTime::now(),
+    )
+    .unwrap();
+    // v1 MACs of the wrong length are not candidates at all.
+    assert!(matches!(
+        verify(
+            &verifier,
+            &with(&format!("v1,{}", b64(b"short"))),
+            &body,
+            SystemTime::now()
+        ),
+        Err(VerifyError::MalformedHeader { .. })
+    ));
+
+    // Stripe: nine distinct v1 entries are refused before any MAC is computed.
+    let stripe = no_window(Scheme::Stripe(
+        Stripe::new(vec![b"whsec_x".to_vec()]).unwrap(),
+    ));
+    let entries: Vec<String> = (0..9u8)
+        .map(|i| format!("v1={}", hex::encode([i; 32])))
+        .collect();
+    let hdr = format!("t=1700000000,{}", entries.join(","));
+    assert!(matches!(
+        verify(
+            &stripe,
+            &headers(&[("Stripe-Signature", &hdr)]),
+            "{}",
+            SystemTime::now()
+        ),
+        Err(VerifyError::MalformedHeader {
+            reason: "more than 8 distinct signatures",
+            ..
+        })
+    ));
+}

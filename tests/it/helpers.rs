@@ -49,6 +49,12 @@ impl TestApp {
         Self::spawn_inner(config, None).await
     }
 
+    /// Starts the app from config text as written (its `listen` must use port 0); a wildcard
+    /// address is reached through 127.0.0.1.
+    pub async fn spawn_as_written(config: &str) -> Self {
+        Self::start(config, None).await
+    }
+
     async fn spawn_inner(
         config: &str,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -58,9 +64,19 @@ impl TestApp {
         } else {
             format!("[server]\nlisten = \"127.0.0.1:0\"\n{config}")
         };
-        let cfg = hookbridge::config::load(&text, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        Self::start(&text, metrics).await
+    }
+
+    async fn start(
+        text: &str,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Self {
+        let cfg = hookbridge::config::load(text, &|_| None).unwrap_or_else(|e| panic!("{e}"));
         let app = hookbridge::app::App::build(cfg, metrics).await.unwrap();
-        let addr = app.local_addr().unwrap();
+        let mut addr = app.local_addr().unwrap();
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run(async move {
             let _ = rx.await;

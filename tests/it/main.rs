@@ -4,6 +4,8 @@
 //! - `cli`: `check-config` through the real binary.
 //! - `ingress`: every provider vector end to end through HTTP into the file sink.
 //! - `security`: TLS, proxies and allowlists, rate limits, replay, limits, attacks and metrics.
+//! - `abuse`: the public endpoint under abuse: private admin routes, signature-list caps, the
+//!   body budget, forwarding chains, provider-safe rate limits, idle connections.
 //! - `kafka`, `rabbitmq`: the broker sinks against real brokers started by `scripts/test.sh`.
 //! - `durability`: spool fallback and drain, ack modes, a full spool, Redis dedup, backpressure.
 //! - `chaos`: broker restarts, SIGKILL, a cut connection, all under load (run serially).
@@ -14,6 +16,7 @@
 // Test code: a panic is how a test fails, and cleanup results do not matter.
 #![allow(clippy::unwrap_used, clippy::let_underscore_must_use)]
 
+mod abuse;
 #[cfg(all(feature = "kafka", feature = "rabbitmq"))]
 mod callback;
 #[cfg(all(feature = "kafka", feature = "rabbitmq"))]

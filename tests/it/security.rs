@@ -155,7 +155,7 @@ async fn https_with_a_verified_certificate_and_plain_http_refused() {
 async fn require_tls_behind_a_terminating_proxy() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nrequire_tls = true\ntrusted_proxies = [\"127.0.0.1\"]\n{}[sources.t]\n{TOKEN_SOURCE}\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nrequire_tls = true\ntrusted_proxies = [\"127.0.0.1\"]\nforwarded_header = \"x-forwarded-for\"\n{}[sources.t]\n{TOKEN_SOURCE}\n",
         sink_in(dir.path())
     );
     let app = TestApp::spawn(&config).await;
@@ -189,7 +189,7 @@ async fn require_tls_behind_a_terminating_proxy() {
 async fn allowlists_with_trusted_and_untrusted_proxies() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1/32\", \"::1\"]\n{}[sources.t]\n{TOKEN_SOURCE}\nallow_ips = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1/32\", \"::1\"]\nforwarded_header = \"x-forwarded-for\"\n{}[sources.t]\n{TOKEN_SOURCE}\nallow_ips = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
         sink_in(dir.path())
     );
     let app = TestApp::spawn(&config).await;

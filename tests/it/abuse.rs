@@ -1,0 +1,259 @@
+//! The public endpoint under abuse (one test per defence, each failing without it): admin routes
+//! private on a public listener, signature lists capped, bodies before authentication bounded in
+//! total, forwarding headers parsed hop by hop, rate limits that keep the provider answered,
+//! and idle connections (HTTP/1, HTTP/2, TLS) that cannot hold the connection permits.
+
+use crate::helpers::*;
+
+fn token_source(dir: &std::path::Path) -> String {
+    format!(
+        "[sinks.f]\ntype = \"file\"\npath = \"{}\"\n[sources.t]\nverify = {{ scheme = \"shared-secret\", header = \"x-token\", secrets = [\"tok\"] }}\n",
+        dir.join("events.jsonl").display()
+    )
+}
+
+#[tokio::test]
+async fn admin_routes_are_private_on_a_public_listener_unless_exposed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |extra: &str| {
+        format!(
+            "[server]\nlisten = \"0.0.0.0:0\"\n{extra}\n{}",
+            token_source(dir.path())
+        )
+    };
+    let public = TestApp::spawn_as_written(&config("")).await;
+    assert_eq!(get(&public.url("/healthz")).await.status, 200);
+    for path in ["/readyz", "/metrics"] {
+        assert_eq!(get(&public.url(path)).await.status, 404, "{path}");
+    }
+    // Hooks are served as ever.
+    let r = post(
+        &public.url("/hooks/t"),
+        &[h("x-token", "tok")],
+        r#"{"id":"a1"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    public.stop().await;
+
+    let exposed = TestApp::spawn_as_written(&config("expose_admin_routes = true")).await;
+    assert_eq!(get(&exposed.url("/readyz")).await.status, 200);
+    exposed.stop().await;
+}
+
+/// One HTTP/1.1 POST written byte for byte (header values may hold any bytes), from `from`;
+/// the status code of the answer.
+async fn raw_post(
+    from: std::net::IpAddr,
+    to: std::net::SocketAddr,
+    path: &str,
+    extra_head: &[u8],
+    body: &str,
+) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+    let mut stream = socket.connect(to).await.unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nhost: {to}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(extra_head);
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(body.as_bytes());
+    stream.write_all(&req).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    let line = String::from_utf8_lossy(&answer);
+    line.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_poisoned_forwarding_chain_never_makes_the_client_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    // The audit file is process-wide (nextest runs each test in a process of its own).
+    let guards = hookbridge::telemetry::init(
+        hookbridge::telemetry::LogFormat::Json,
+        &hookbridge::config::AuditConfig {
+            output: hookbridge::config::AuditOutput::File,
+            path: Some(audit.clone()),
+        },
+    )
+    .unwrap();
+    let config = |header: &str, allow: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1/32\"]\nforwarded_header = \"{header}\"\n{}allow_ips = [\"{allow}\"]\n[sources.open]\nverify = {{ scheme = \"shared-secret\", header = \"x-token\", secrets = [\"tok\"] }}\nrate_limit_per_ip = {{ per_second = 1, burst = 2 }}\n",
+            token_source(dir.path())
+        )
+    };
+    let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    // The issue's setup: the proxy's own address is what the allowlist admits.
+    let app = TestApp::spawn(&config("x-forwarded-for", "127.0.0.1/32")).await;
+    let post_with =
+        |head: &'static [u8]| raw_post(local, app.addr, "/hooks/t", head, "{\"id\":\"x\"}");
+    // Non-UTF-8 bytes from the client, then the real address the proxy appended.
+    assert_eq!(
+        post_with(b"x-token: tok\r\nx-forwarded-for: \xff, 203.0.113.9\r\n").await,
+        403
+    );
+    // An unreadable hop where the client's address should be: unknown, denied.
+    assert_eq!(
+        post_with(b"x-token: tok\r\nx-forwarded-for: 203.0.113.9, bogus\r\n").await,
+        403
+    );
+    // No forwarding header from the proxy: unknown too, not the proxy's own address.
+    assert_eq!(post_with(b"x-token: tok\r\n").await, 403);
+    app.stop().await;
+    drop(guards); // flushes the audit writer
+    let lines = std::fs::read_to_string(&audit).unwrap();
+    let clients: Vec<String> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["client"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        clients,
+        ["203.0.113.9", "unknown", "unknown"],
+        "audited as such"
+    );
+
+    // The operator names the header: with `forwarded`, a client-supplied X-Forwarded-For is
+    // ignored, and unknown clients share one rate bucket of their own.
+    let app = TestApp::spawn(&config("forwarded", "198.51.100.0/24")).await;
+    let post_with =
+        |head: &'static [u8]| raw_post(local, app.addr, "/hooks/t", head, "{\"id\":\"y\"}");
+    assert_eq!(
+        post_with(b"x-token: tok\r\nforwarded: for=198.51.100.7\r\n").await,
+        200
+    );
+    assert_eq!(
+        post_with(b"x-token: tok\r\nx-forwarded-for: 198.51.100.7\r\n").await,
+        403
+    );
+    // Unknown clients share one bucket of their own (burst 2), on a source without an
+    // allowlist: the third unknown request in the same second is refused, a known client's not.
+    let open =
+        |head: &'static [u8], id: &'static str| raw_post(local, app.addr, "/hooks/open", head, id);
+    let hidden: &[u8] = b"x-token: tok\r\nforwarded: for=_hidden\r\n";
+    assert_eq!(open(hidden, "{\"id\":\"u1\"}").await, 200);
+    assert_eq!(open(hidden, "{\"id\":\"u2\"}").await, 200);
+    let unknown: &[u8] = b"x-token: tok\r\nforwarded: for=unknown\r\n";
+    assert_eq!(open(unknown, "{\"id\":\"u3\"}").await, 429);
+    let known: &[u8] = b"x-token: tok\r\nforwarded: for=198.51.100.8\r\n";
+    assert_eq!(open(known, "{\"id\":\"k1\"}").await, 200);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unsigned_requests_does_not_spend_the_providers_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(&format!(
+        "{}rate_limit = {{ per_second = 1, burst = 5 }}\n",
+        token_source(dir.path())
+    ))
+    .await;
+    let url = app.url("/hooks/t");
+    // Many unsigned (wrong-token) requests at once: each is refused as unauthenticated...
+    let flood = (0..60).map(|i| {
+        let url = url.clone();
+        async move {
+            post(
+                &url,
+                &[h("x-token", "forged")],
+                format!("{{\"id\":\"f{i}\"}}"),
+            )
+            .await
+            .status
+        }
+    });
+    let statuses = futures_util::future::join_all(flood).await;
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    // ...and the provider's signed ones still find its whole bucket (burst 5).
+    for i in 0..5 {
+        let r = post(&url, &[h("x-token", "tok")], format!("{{\"id\":\"p{i}\"}}")).await;
+        assert_eq!(r.status, 200, "provider request {i}: {:?}", r.body);
+    }
+    // The source's limit still holds for verified traffic.
+    let r = post(&url, &[h("x-token", "tok")], r#"{"id":"p5"}"#).await;
+    assert_eq!(r.status, 429);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ipv6_clients_are_rate_limited_per_64_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1/32\"]\nforwarded_header = \"x-forwarded-for\"\n{}rate_limit_per_ip = {{ per_second = 1, burst = 1 }}\n",
+        token_source(dir.path())
+    ))
+    .await;
+    let from = |client: &str, id: &str| {
+        let (url, body) = (app.url("/hooks/t"), format!("{{\"id\":\"{id}\"}}"));
+        let headers = vec![h("x-token", "tok"), h("x-forwarded-for", client)];
+        async move { post(&url, &headers, body).await.status }
+    };
+    assert_eq!(from("2001:db8:1:2::1", "a").await, 200);
+    // Another address in the same /64: the same subscriber, the same (empty) bucket.
+    assert_eq!(from("2001:db8:1:2:ffff:ffff:ffff:ffff", "b").await, 429);
+    // The next /64 is someone else.
+    assert_eq!(from("2001:db8:1:3::1", "c").await, 200);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_being_read_share_one_budget() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_buffer_bytes = 65536\nbody_timeout_ms = 20000\n{}max_body_bytes = 49152\n",
+        token_source(dir.path())
+    ))
+    .await;
+    // A slow sender declares 40 000 bytes and sends ten: the budget holds all 40 000 for it.
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /hooks/t HTTP/1.1\r\nhost: x\r\nx-token: tok\r\ncontent-length: 40000\r\n\r\n{}",
+            "{\"id\":\"s\","
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let big = |id: &str| format!("{{\"id\":\"{id}\",\"pad\":\"{}\"}}", "x".repeat(39_970));
+    let r = post(&app.url("/hooks/t"), &[h("x-token", "tok")], big("b1")).await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (503, Some("body_budget")),
+        "40 000 + 40 000 > 65 536"
+    );
+    assert!(r.headers.contains_key("retry-after"));
+    // What still fits is read as usual.
+    let small = post(
+        &app.url("/hooks/t"),
+        &[h("x-token", "tok")],
+        r#"{"id":"small"}"#,
+    )
+    .await;
+    assert_eq!(small.status, 200);
+    // The slow sender goes away: its bytes are released, and the large body fits again.
+    drop(slow);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = post(&app.url("/hooks/t"), &[h("x-token", "tok")], big("b2")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.stop().await;
+}
