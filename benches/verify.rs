@@ -1,5 +1,7 @@
 //! Criterion benches for the request hot path: every verifier over a 1 KiB and a 64 KiB body,
-//! and envelope encoding. `cargo bench --bench verify` (not part of the test suite).
+//! envelope encoding, and the worst-case CPU an unauthenticated request can cost (Standard
+//! Webhooks `v1a` entries over a 1 MiB body, at the cap of 8). `cargo bench --bench verify`
+//! (not part of the test suite).
 
 // Bench code: a panic is how a broken setup shows.
 #![allow(clippy::unwrap_used)]
@@ -206,5 +208,62 @@ fn envelope(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, verify, envelope);
+/// The dearest request an attacker without a key can send: a 1 MiB body (the default cap) and
+/// `MAX_LISTED_SIGNATURES` distinct bogus `v1a` entries, each costing an Ed25519 check (a hash of
+/// the whole body) against the configured key; beside it, one entry.
+fn unauthenticated(c: &mut Criterion) {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let seed: [u8; 32] = hex::decode(SEED).unwrap().try_into().unwrap();
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+    let text = format!(
+        "[sources.v1a]\nverify = {{ scheme = \"standard-webhooks\", public_keys = [\"whpk_{}\"] }}\nreplay_window_secs = 0\n",
+        b64(public.as_bytes())
+    );
+    let src = hookbridge::config::load(&text, &|_| None)
+        .unwrap()
+        .sources
+        .remove(0);
+    let body = body(1 << 20);
+    let mut group = c.benchmark_group("unauthenticated");
+    group.sample_size(10);
+    for entries in [1u8, hookbridge::verify::MAX_LISTED_SIGNATURES as u8] {
+        // R = the base point, s small and distinct: well-formed, so each is hashed and checked.
+        let list: Vec<String> = (0..entries)
+            .map(|i| {
+                let mut sig = vec![0x66u8; 32];
+                sig[0] = 0x58;
+                sig.extend([0u8; 32]);
+                sig[63] = i;
+                format!("v1a,{}", b64(&sig))
+            })
+            .collect();
+        let mut h = HeaderMap::new();
+        h.insert("webhook-id", HeaderValue::from_static("msg_attack"));
+        h.insert("webhook-timestamp", HeaderValue::from_static("1700000000"));
+        h.insert(
+            "webhook-signature",
+            HeaderValue::from_str(&list.join(" ")).unwrap(),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("v1a_entries_1MiB", entries),
+            &h,
+            |bench, h| {
+                bench.iter(|| {
+                    let r = src.verifier.verify(
+                        IncomingWebhook {
+                            headers: h.clone(),
+                            body: body.clone(),
+                        },
+                        SystemTime::now(),
+                    );
+                    black_box(r.is_err())
+                });
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, verify, envelope, unauthenticated);
 criterion_main!(benches);

@@ -70,6 +70,13 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     pub max_headers: usize,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub idle_timeout: Duration,
+    /// `None`: connections may live as long as they are used.
+    pub max_connection_age: Option<Duration>,
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+    pub http2_max_concurrent_streams: u32,
     pub shutdown_timeout: Duration,
     pub max_header_bytes: usize,
     pub tls: Option<TlsFiles>,
@@ -364,8 +371,29 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
     if server.max_body_bytes == 0 {
         errors.push("server.max_body_bytes: must be greater than 0".to_owned());
     }
-    if server.max_connections == 0 {
-        errors.push("server.max_connections: must be greater than 0".to_owned());
+    for (value, field) in [
+        (server.max_connections as u64, "max_connections"),
+        (
+            server.max_connections_per_ip as u64,
+            "max_connections_per_ip",
+        ),
+        (server.idle_timeout_ms, "idle_timeout_ms"),
+        (
+            server.http2_keepalive_interval_ms,
+            "http2_keepalive_interval_ms",
+        ),
+        (
+            server.http2_keepalive_timeout_ms,
+            "http2_keepalive_timeout_ms",
+        ),
+        (
+            u64::from(server.http2_max_concurrent_streams),
+            "http2_max_concurrent_streams",
+        ),
+    ] {
+        if value == 0 {
+            errors.push(format!("server.{field}: must be greater than 0"));
+        }
     }
     if server.max_header_bytes < 8192 {
         errors.push("server.max_header_bytes: must be at least 8192".to_owned());
@@ -568,6 +596,13 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
             header_timeout: Duration::from_millis(server.header_timeout_ms),
             max_headers: server.max_headers,
             max_connections: server.max_connections,
+            max_connections_per_ip: server.max_connections_per_ip,
+            idle_timeout: Duration::from_millis(server.idle_timeout_ms),
+            max_connection_age: (server.max_connection_age_ms > 0)
+                .then(|| Duration::from_millis(server.max_connection_age_ms)),
+            http2_keepalive_interval: Duration::from_millis(server.http2_keepalive_interval_ms),
+            http2_keepalive_timeout: Duration::from_millis(server.http2_keepalive_timeout_ms),
+            http2_max_concurrent_streams: server.http2_max_concurrent_streams,
             shutdown_timeout: Duration::from_millis(server.shutdown_timeout_ms),
             max_header_bytes: server.max_header_bytes,
             tls,

@@ -32,6 +32,27 @@ pub struct RawServer {
     /// Most open client connections; further connections wait in the kernel backlog. Default 4 096.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most open connections from one client address (IPv6: one /64); trusted proxies are
+    /// exempt. Default 256.
+    #[serde(default = "default_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// A connection with no request in progress for this long is closed (HTTP/1 keep-alive;
+    /// HTTP/2 with no open stream, by GOAWAY), in ms. Default 60 000.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// A connection older than this is asked to close once its requests finish (HTTP/2
+    /// GOAWAY, HTTP/1 `Connection: close`), in ms; 0 turns it off. Default 600 000.
+    #[serde(default = "default_max_connection_age")]
+    pub max_connection_age_ms: u64,
+    /// HTTP/2 keep-alive PING interval, in ms; a PING unanswered for `http2_keepalive_timeout_ms`
+    /// closes the connection. Defaults 20 000 and 10 000.
+    #[serde(default = "default_h2_ping")]
+    pub http2_keepalive_interval_ms: u64,
+    #[serde(default = "default_h2_ping_timeout")]
+    pub http2_keepalive_timeout_ms: u64,
+    /// Most concurrent HTTP/2 streams per connection. Default 64.
+    #[serde(default = "default_h2_streams")]
+    pub http2_max_concurrent_streams: u32,
     /// How long shutdown may take before open requests are abandoned, in ms. Default 10 000.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_ms: u64,
@@ -219,6 +240,12 @@ impl Default for RawServer {
             header_timeout_ms: default_header_timeout(),
             max_headers: default_max_headers(),
             max_connections: default_max_connections(),
+            max_connections_per_ip: default_connections_per_ip(),
+            idle_timeout_ms: default_idle_timeout(),
+            max_connection_age_ms: default_max_connection_age(),
+            http2_keepalive_interval_ms: default_h2_ping(),
+            http2_keepalive_timeout_ms: default_h2_ping_timeout(),
+            http2_max_concurrent_streams: default_h2_streams(),
             shutdown_timeout_ms: default_shutdown_timeout(),
             max_header_bytes: default_max_header_bytes(),
             tls: None,
@@ -248,6 +275,24 @@ const fn default_header_timeout() -> u64 {
     5_000
 }
 const fn default_max_headers() -> usize {
+    64
+}
+const fn default_connections_per_ip() -> usize {
+    256
+}
+const fn default_idle_timeout() -> u64 {
+    60_000
+}
+const fn default_max_connection_age() -> u64 {
+    600_000
+}
+const fn default_h2_ping() -> u64 {
+    20_000
+}
+const fn default_h2_ping_timeout() -> u64 {
+    10_000
+}
+const fn default_h2_streams() -> u32 {
     64
 }
 const fn default_max_connections() -> usize {

@@ -257,3 +257,224 @@ async fn bodies_being_read_share_one_budget() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn signature_lists_are_capped_before_they_cost_anything() {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let dir = tempfile::tempdir().unwrap();
+    let seed = cobo_test_seed();
+    let public =
+        ed25519_dalek::SigningKey::from_bytes(&hex::decode(&seed).unwrap().try_into().unwrap())
+            .verifying_key();
+    let app = TestApp::spawn(&format!(
+        "[sinks.f]\ntype = \"file\"\npath = \"{}\"\n[sources.sw]\nverify = {{ scheme = \"standard-webhooks\", public_keys = [\"whpk_{}\"] }}\n",
+        dir.path().join("events.jsonl").display(),
+        b64(public.as_bytes())
+    ))
+    .await;
+    // R = the base point, s = i: well-formed bogus Ed25519 signatures, each distinct.
+    let bogus = |i: u8| {
+        let mut sig = vec![0x66u8; 32];
+        sig[0] = 0x58;
+        sig.extend([0u8; 32]);
+        sig[63] = i;
+        format!("v1a,{}", b64(&sig))
+    };
+    let send = |list: String, id: &'static str| {
+        let body = format!("{{\"type\":\"t\",\"n\":\"{id}\"}}");
+        let mut headers = sign_standard_v1a(&seed, id, now_secs(), body.as_bytes());
+        let genuine = headers.pop().unwrap().1;
+        headers.push(h("webhook-signature", &format!("{list} {genuine}")));
+        let url = app.url("/hooks/sw");
+        async move { post(&url, &headers, body).await }
+    };
+    // Nine distinct entries before the genuine one: refused before any is checked.
+    let nine = (0..9).map(bogus).collect::<Vec<_>>().join(" ");
+    let r = send(nine, "msg_nine").await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (401, Some("malformed_signature"))
+    );
+    // Repeats count once: 120 copies of one bogus entry (10 KB of header) and the genuine one
+    // pass.
+    let r = send(vec![bogus(3); 120].join(" "), "msg_repeats").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.stop().await;
+}
+
+/// Reads until the server closes `stream` (EOF or reset), for at most `within`; whether it did.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    within: std::time::Duration,
+) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {} // the server's SETTINGS frame, or an answer
+            Err(_) => return false,
+        }
+    }
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_http2_connections_cannot_hold_the_connection_permits() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_connections = 8\nheader_timeout_ms = 1000\n{}",
+        token_source(dir.path())
+    ))
+    .await;
+    // Eight connections that send the HTTP/2 preface and then nothing.
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        tcp.write_all(PREFACE).await.unwrap();
+        silent.push(tcp);
+    }
+    let started = std::time::Instant::now();
+    for tcp in &mut silent {
+        assert!(
+            closed_within(tcp, std::time::Duration::from_secs(5)).await,
+            "a silent HTTP/2 connection stayed open"
+        );
+    }
+    eprintln!("silent h2 connections closed after {:?}", started.elapsed());
+    let r = post(
+        &app.url("/hooks/t"),
+        &[h("x-token", "tok")],
+        r#"{"id":"after"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_h2_connections_cannot_hold_the_connection_permits() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_connections = 4\nheader_timeout_ms = 1000\n[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n{}",
+        repo_path("tests/fixtures/tls/server.pem").display(),
+        repo_path("tests/fixtures/tls/server.key").display(),
+        token_source(dir.path())
+    ))
+    .await;
+    let connect = |alpn: &'static [&'static [u8]]| async move {
+        crate::security::tls_client_offering(alpn)
+            .connect(
+                tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tokio::net::TcpStream::connect(app.addr).await.unwrap(),
+            )
+            .await
+            .unwrap()
+    };
+    // Four TLS handshakes that settle on h2, then silence.
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        let stream = connect(&[b"h2"]).await;
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        silent.push(stream);
+    }
+    for stream in &mut silent {
+        assert!(
+            closed_within(stream, std::time::Duration::from_secs(5)).await,
+            "a silent TLS h2 connection stayed open"
+        );
+    }
+    // A real request over TLS (HTTP/1.1) gets a permit again.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tls = connect(&[]).await;
+    let body = r#"{"id":"tls-after"}"#;
+    tls.write_all(
+        format!(
+            "POST /hooks/t HTTP/1.1\r\nhost: localhost\r\nx-token: tok\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_address_cannot_take_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_connections_per_ip = 2\nheader_timeout_ms = 5000\n{}",
+        token_source(dir.path())
+    ))
+    .await;
+    let from = |ip: &str| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(std::net::SocketAddr::new(ip.parse().unwrap(), 0))
+            .unwrap();
+        socket.connect(app.addr)
+    };
+    // Two idle connections from 127.0.0.1 fill its share.
+    let _a = from("127.0.0.1").await.unwrap();
+    let _b = from("127.0.0.1").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let head: &[u8] = b"x-token: tok\r\n";
+    assert_eq!(
+        raw_post(local, app.addr, "/hooks/t", head, r#"{"id":"third"}"#).await,
+        503
+    );
+    // Another address is not affected.
+    assert_eq!(
+        raw_post(other, app.addr, "/hooks/t", head, r#"{"id":"other"}"#).await,
+        200
+    );
+    drop((_a, _b));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        raw_post(local, app.addr, "/hooks/t", head, r#"{"id":"again"}"#).await,
+        200
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nidle_timeout_ms = 300\nheader_timeout_ms = 10000\n{}",
+        token_source(dir.path())
+    ))
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let body = r#"{"id":"ka"}"#;
+    tcp.write_all(
+        format!(
+            "POST /hooks/t HTTP/1.1\r\nhost: x\r\nx-token: tok\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Kept alive, then idle: closed well before the 10 s header timeout.
+    assert!(closed_within(&mut tcp, std::time::Duration::from_secs(3)).await);
+    app.stop().await;
+}

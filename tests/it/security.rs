@@ -87,7 +87,7 @@ fn tls_client() -> tokio_rustls::TlsConnector {
 }
 
 /// A client trusting the test CA that offers these ALPN protocols.
-fn tls_client_offering(alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+pub(crate) fn tls_client_offering(alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     let ca = std::fs::read(repo_path("tests/fixtures/tls/ca.pem")).unwrap();
     use rustls::pki_types::{CertificateDer, pem::PemObject};
