@@ -114,7 +114,10 @@ pub async fn serve(
         let slot = if config.proxies.trusted.iter().any(|n| n.contains(&peer_ip)) {
             None
         } else {
-            match PerClient::enter(&per_ip, RateKey::of(Client::Addr(peer_ip), 64)) {
+            match PerClient::enter(
+                &per_ip,
+                RateKey::of(Client::Addr(peer_ip), config.ipv6_prefix),
+            ) {
                 Some(slot) => Some(slot),
                 None => {
                     metrics::connection_rejected("connection_limit_per_ip");
