@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::reject::Rejection;
-use super::{Route, State, handler};
+use super::{Route, State, delivery};
 use crate::callback::rules::Outcome;
 use crate::callback::service::{Reply, Request};
 use crate::callback::store::Stored;
@@ -245,7 +245,7 @@ async fn ensure_audited(
         return Ok(stored.decision);
     }
     let event = Envelope::decision(&route.spec, subject, &stored.decision, callback)?;
-    handler::deliver(route, state, &event).await?;
+    delivery::deliver(route, state, &event).await?;
     if let Err(e) = state.decisions.mark_audited(subject, &stored).await {
         // The event is durable; the next answer publishes it once more, which is harmless.
         tracing::warn!(source = %route.spec.name, callback_id = %subject.callback_id, error = %e, "could not mark a decision audited");

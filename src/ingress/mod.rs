@@ -4,6 +4,7 @@
 
 pub mod callback;
 pub mod client;
+mod delivery;
 mod handler;
 mod reject;
 

@@ -1,0 +1,151 @@
+//! The ack-mode delivery policy: how an accepted event is made durable before it is answered
+//! (`broker`: the sink's confirmation within 80 % of the deadline, else the spool; `spool`: the
+//! spool; `accept`: at once, published in the background), and the late-confirmation watch that
+//! takes a spooled copy back out. Used by the webhook request driver and the approval flow.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::reject::Rejection;
+use super::{Route, State};
+use crate::config::AckMode;
+use crate::metrics;
+use crate::normalize::Envelope;
+use crate::sink::PublishError;
+use crate::spool::{Spool, SpoolError, Spooled};
+
+/// How an accepted event was made safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The broker (or the file sink) confirmed it.
+    Published,
+    /// fsync'd in the spool; the drainer publishes it.
+    Spooled,
+    /// `ack = "accept"`: answered before anything was durable.
+    Unconfirmed,
+    /// A retry of an event already durable: nothing published.
+    Duplicate,
+}
+
+impl Delivery {
+    pub(super) fn outcome(self) -> metrics::Accepted {
+        match self {
+            Self::Published => metrics::Accepted::Published,
+            Self::Spooled => metrics::Accepted::Spooled,
+            Self::Unconfirmed => metrics::Accepted::Unconfirmed,
+            Self::Duplicate => metrics::Accepted::Duplicate,
+        }
+    }
+}
+
+/// Makes the event durable according to the source's ack mode.
+pub(super) async fn deliver(
+    route: &Route,
+    state: &State,
+    envelope: &Envelope,
+) -> Result<Delivery, Rejection> {
+    let sink_name = route.spec.sink.as_str();
+    let spool = state.spool.as_ref().filter(|s| s.has_sink(sink_name));
+    match (route.spec.ack, spool) {
+        (AckMode::Spool, Some(spool)) => {
+            to_spool(spool, sink_name, envelope).await?;
+            Ok(Delivery::Spooled)
+        }
+        (AckMode::Spool, None) => Err(Rejection::Spool(SpoolError::Closed)),
+        (AckMode::Accept, spool) => {
+            let (sink, spool, env) = (Arc::clone(&route.sink), spool.cloned(), envelope.clone());
+            let (deadline, name) = (route.spec.ack_deadline, sink_name.to_owned());
+            let latency = route.metrics.publish_latency().clone();
+            tokio::spawn(async move {
+                let mut publish = std::pin::pin!(sink.publish(&env));
+                if !matches!(
+                    confirm_within(&latency, deadline, &mut publish).await,
+                    Some(Ok(()))
+                ) {
+                    let spooled = match &spool {
+                        Some(s) => to_spool(s, &name, &env).await.is_ok(),
+                        None => false,
+                    };
+                    if !spooled {
+                        tracing::error!(sink = %name, event_id = %env.id(), "ack = accept: event could not be published or spooled and is lost");
+                    }
+                }
+            });
+            Ok(Delivery::Unconfirmed)
+        }
+        (AckMode::Broker, None) => {
+            let mut publish = std::pin::pin!(route.sink.publish(envelope));
+            match confirm_within(
+                route.metrics.publish_latency(),
+                route.spec.ack_deadline,
+                &mut publish,
+            )
+            .await
+            {
+                Some(Ok(())) => Ok(Delivery::Published),
+                Some(Err(e)) => Err(e.into()),
+                None => Err(Rejection::AckTimeout),
+            }
+        }
+        (AckMode::Broker, Some(spool)) => {
+            if !route.sink.is_ready() {
+                to_spool(spool, sink_name, envelope).await?;
+                return Ok(Delivery::Spooled);
+            }
+            // Leave a fifth of the deadline for the spool write if the broker is slow. The
+            // publish is owned (boxed) so it can outlive this request if it times out.
+            let budget = route.spec.ack_deadline.mul_f32(0.8);
+            let (sink, env) = (Arc::clone(&route.sink), envelope.clone());
+            let mut pending = Box::pin(async move { sink.publish(&env).await });
+            match confirm_within(route.metrics.publish_latency(), budget, &mut pending).await {
+                Some(Ok(())) => Ok(Delivery::Published),
+                Some(Err(e @ PublishError::Refused(_))) => Err(e.into()),
+                Some(Err(PublishError::Unavailable(_))) => {
+                    to_spool(spool, sink_name, envelope).await?;
+                    Ok(Delivery::Spooled)
+                }
+                None => {
+                    // The broker may still confirm this publish. Spool the event now, keep
+                    // waiting in the background, and take it back out of the spool if the
+                    // original confirms, so the drainer does not publish it twice.
+                    let spooled = to_spool(spool, sink_name, envelope).await?;
+                    let (spool, name) = (Arc::clone(spool), sink_name.to_owned());
+                    tokio::spawn(async move {
+                        if let Ok(Ok(())) = tokio::time::timeout(LATE_CONFIRM_WAIT, pending).await {
+                            spool.forget(&name, spooled).await;
+                        }
+                    });
+                    Ok(Delivery::Spooled)
+                }
+            }
+        }
+    }
+}
+
+/// How long a timed-out publish is still watched for a late confirmation.
+const LATE_CONFIRM_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits up to `budget` for a sink's confirmation, recording the publish latency when it comes.
+/// `None`: not in time (the publish itself is left to the caller, which may keep waiting).
+async fn confirm_within<F>(
+    latency: &metrics::Histogram,
+    budget: Duration,
+    publish: &mut F,
+) -> Option<Result<(), PublishError>>
+where
+    F: Future<Output = Result<(), PublishError>> + Unpin,
+{
+    let started = Instant::now();
+    let result = tokio::time::timeout(budget, publish).await.ok()?;
+    if result.is_ok() {
+        latency.record(started.elapsed().as_secs_f64());
+    }
+    Some(result)
+}
+
+async fn to_spool(spool: &Spool, sink: &str, envelope: &Envelope) -> Result<Spooled, Rejection> {
+    let spooled = spool.append(sink, envelope).await?;
+    metrics::spooled(sink);
+    Ok(spooled)
+}
