@@ -7,7 +7,7 @@
 //! - [`ingress`]: routes, body limits, the per-request pipeline, status mapping.
 //! - [`verify`]: signature schemes over the raw body; the only maker of `VerifiedWebhook`.
 //! - [`normalize`]: event ID/type and the CloudEvents envelope.
-//! - [`dedup`]: claims on (source, event ID), memory or Redis.
+//! - [`dedup`]: claims on (source, event ID), memory or Redis (one file each).
 //! - [`callback`]: ok/deny decisions for Cobo callbacks (CEL rules, a decision service over the
 //!   broker, remembered decisions).
 //! - [`sink`]: file, Kafka and RabbitMQ backends behind one contract (durable before `Ok`).
@@ -15,7 +15,8 @@
 //!
 //! Around them: [`config`] (load + validate, all errors at once), [`app`] (wiring),
 //! [`metrics`] (every metric name), [`audit`] (the per-request audit line), [`telemetry`]
-//! (logging), [`shutdown`] (signals).
+//! (logging), [`shutdown`] (signals), `kv` (the Redis connection and millisecond durations that
+//! dedup and the decision store share).
 
 pub mod app;
 pub mod audit;
@@ -23,6 +24,7 @@ pub mod callback;
 pub mod config;
 pub mod dedup;
 pub mod ingress;
+mod kv;
 pub mod metrics;
 pub mod normalize;
 pub mod server;

@@ -4,7 +4,7 @@
 //! address) and the peer address put on every request. Shutdown stops accepting, lets open
 //! requests finish, and gives up after a bound.
 //!
-//! Every connection is driven here ([`drive`]) under deadlines of its own, whatever its
+//! Every connection is driven here (`drive`) under deadlines of its own, whatever its
 //! protocol, so that no connection holds a permit without doing work:
 //! - the first request must arrive within `header_timeout` (a silent HTTP/2 preface or a TLS
 //!   handshake with ALPN `h2` and then nothing is closed, counted as `header_timeout`);
@@ -84,7 +84,9 @@ pub async fn serve(
         first_request: config.header_timeout,
         idle: config.idle_timeout,
         max_age: config.max_connection_age,
-        drain: config.shutdown_timeout,
+        // Only a safety net for peers that ignore GOAWAY: long enough for any request that
+        // was already under way (its headers, its body, then the ack deadline within shutdown).
+        drain: config.header_timeout + config.body_timeout + config.shutdown_timeout,
     };
     let mut shutdown = std::pin::pin!(shutdown);
 
@@ -305,7 +307,8 @@ struct Deadlines {
     first_request: Duration,
     idle: Duration,
     max_age: Option<Duration>,
-    /// How long a connection asked to close may take to finish its requests.
+    /// How long a connection asked to close (idle, age, shutdown) may take to finish its
+    /// requests before it is dropped. Server shutdown is bounded separately.
     drain: Duration,
 }
 

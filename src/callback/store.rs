@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, broadcast};
 
 use super::{Decision, MacKey, Subject};
-use crate::dedup::millis;
+use crate::kv::millis;
 
 /// A decision recorded for a key, as broadcast to waiting requests.
 #[derive(Debug, Clone)]
@@ -324,7 +324,7 @@ impl DecisionStore {
     /// When the URL is not a Redis URL.
     pub fn redis(url: &str, limits: Limits, prefix: String, mac: MacKey) -> anyhow::Result<Self> {
         Ok(Self::with(Backend::Redis(RedisStore {
-            conn: crate::dedup::connect_redis(url, "decisions")?,
+            conn: crate::kv::connect_redis(url, "decisions")?,
             limits,
             prefix,
             mac,

@@ -105,8 +105,11 @@ impl ClientLimiter {
     /// `Err(retry after, in seconds)` when `client`'s bucket is empty.
     pub fn check(&self, client: client::Client) -> Result<(), u32> {
         use std::hash::BuildHasher as _;
-        let key = client::RateKey::of(client, self.ipv6_prefix);
-        let slot = self.hasher.hash_one(key) % self.slots;
+        // Unknown clients get the one slot past the hashed range: a bucket of their own.
+        let slot = match client::RateKey::of(client, self.ipv6_prefix) {
+            client::RateKey::Unknown => self.slots,
+            key => self.hasher.hash_one(key) % self.slots,
+        };
         self.buckets
             .check_key(&slot)
             .map_err(|not_until| handler::retry_secs(&not_until, self.buckets.clock()))
