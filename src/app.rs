@@ -214,6 +214,8 @@ impl App {
         if let Some(tls) = &self.tls {
             tls.reload_on_sighup();
         }
+        // The one periodic task: metric upkeep and spool depths every 5 s, idle rate buckets
+        // pruned every minute.
         let housekeeping = {
             let state = Arc::clone(&self.state);
             tokio::spawn(async move {
@@ -222,6 +224,9 @@ impl App {
                 loop {
                     tick.tick().await;
                     n += 1;
+                    if let Some(metrics) = &state.metrics {
+                        metrics.run_upkeep();
+                    }
                     if n.is_multiple_of(12) {
                         state.routes.values().for_each(Route::prune_limiters);
                     }

@@ -98,15 +98,8 @@ fn main() -> ExitCode {
 }
 
 async fn serve(cfg: config::Config) -> anyhow::Result<()> {
+    // The recorder's upkeep (histogram buckets) runs on the app's housekeeping tick.
     let metrics = hookbridge::metrics::install()?;
-    let upkeep = metrics.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
     let app = App::build(cfg, Some(metrics)).await?;
     app.run(shutdown::signal()).await;
     Ok(())
