@@ -451,46 +451,11 @@ async fn one_client_address_cannot_take_every_connection() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn an_idle_keep_alive_connection_is_closed() {
+/// A keep-alive connection that has had one request answered 200, and is still open.
+async fn answered_once(addr: std::net::SocketAddr, id: &str) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nidle_timeout_ms = 300\nheader_timeout_ms = 10000\n{}",
-        token_source(dir.path())
-    ))
-    .await;
-    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    let body = r#"{"id":"ka"}"#;
-    tcp.write_all(
-        format!(
-            "POST /hooks/t HTTP/1.1\r\nhost: x\r\nx-token: tok\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = [0u8; 512];
-    let n = tcp.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-    // Kept alive, then idle: closed well before the 10 s header timeout.
-    assert!(closed_within(&mut tcp, std::time::Duration::from_secs(3)).await);
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn an_old_connection_is_asked_to_close() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let dir = tempfile::tempdir().unwrap();
-    // Idle and header timeouts far away: only the age can close it.
-    let app = TestApp::spawn(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmax_connection_age_ms = 500\nidle_timeout_ms = 60000\nheader_timeout_ms = 10000\n{}",
-        token_source(dir.path())
-    ))
-    .await;
-    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    let body = r#"{"id":"old"}"#;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = format!("{{\"id\":\"{id}\"}}");
     let request = format!(
         "POST /hooks/t HTTP/1.1\r\nhost: x\r\nx-token: tok\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
@@ -499,6 +464,33 @@ async fn an_old_connection_is_asked_to_close() {
     let mut buf = [0u8; 512];
     let n = tcp.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    tcp
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nidle_timeout_ms = 300\nheader_timeout_ms = 10000\n{}",
+        token_source(dir.path())
+    ))
+    .await;
+    let mut tcp = answered_once(app.addr, "ka").await;
+    // Kept alive, then idle: closed well before the 10 s header timeout.
+    assert!(closed_within(&mut tcp, std::time::Duration::from_secs(3)).await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_old_connection_is_asked_to_close() {
+    let dir = tempfile::tempdir().unwrap();
+    // Idle and header timeouts far away: only the age can close it.
+    let app = TestApp::spawn(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_connection_age_ms = 500\nidle_timeout_ms = 60000\nheader_timeout_ms = 10000\n{}",
+        token_source(dir.path())
+    ))
+    .await;
+    let mut tcp = answered_once(app.addr, "old").await;
     let started = std::time::Instant::now();
     assert!(closed_within(&mut tcp, std::time::Duration::from_secs(3)).await);
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
