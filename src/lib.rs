@@ -6,6 +6,7 @@
 //! - [`server`]: accept loop (plain or [`tls`]), connection limits, peer address, drain.
 //! - [`ingress`]: routes, body limits, the per-request pipeline, status mapping.
 //! - [`verify`]: signature schemes over the raw body; the only maker of `VerifiedWebhook`.
+//! - [`plan`]: what config makes of each source, and every request to it follows.
 //! - [`normalize`]: event ID/type and the CloudEvents envelope.
 //! - [`dedup`]: claims on (source, event ID), memory or Redis (one file each).
 //! - [`callback`]: ok/deny decisions for Cobo callbacks (CEL rules, a decision service over the
@@ -27,6 +28,7 @@ pub mod ingress;
 mod kv;
 pub mod metrics;
 pub mod normalize;
+pub mod plan;
 pub mod server;
 pub mod shutdown;
 pub mod sink;

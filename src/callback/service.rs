@@ -26,10 +26,10 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use super::{Decision, ServiceSpec, Verdict};
-#[cfg(any(feature = "kafka", feature = "rabbitmq"))]
-use crate::config::SinkKind;
-use crate::config::SinkSpec;
 use crate::sink::PublishError;
+#[cfg(any(feature = "kafka", feature = "rabbitmq"))]
+use crate::sink::spec::SinkKind;
+use crate::sink::spec::SinkSpec;
 
 /// A reply from a decision service, parsed but not yet believed.
 #[derive(Debug, Clone)]
@@ -310,9 +310,9 @@ mod rabbit {
     use tokio::sync::{Notify, watch};
 
     use super::{Inbox, Request, ServiceSpec, stopped};
-    use crate::config::redact_url;
     use crate::sink::PublishError;
     use crate::sink::rabbitmq::{confirmed, open};
+    use crate::sink::spec::redact_url;
 
     pub struct Requests {
         channel: Arc<RwLock<Option<Channel>>>,
@@ -552,9 +552,9 @@ mod kafka {
     use tokio::sync::watch;
 
     use super::{Inbox, Request, ServiceSpec, stopped};
-    use crate::config::KafkaSpec;
     use crate::sink::PublishError;
     use crate::sink::kafka::{client_config, create_topics};
+    use crate::sink::spec::KafkaSpec;
 
     const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
     const PROBE_EVERY: Duration = Duration::from_secs(2);

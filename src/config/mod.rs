@@ -9,7 +9,6 @@ mod raw;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,13 +19,16 @@ use http::HeaderName;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
-pub use self::raw::{AckMode, AuditOutput, DedupBackend};
+pub use self::raw::{AuditOutput, DedupBackend};
 use self::raw::{
     RawAudit, RawBadSignature, RawDecision, RawDecisions, RawDedup, RawDefault, RawKind,
     RawLocator, RawPurpose, RawRate, RawServer, RawSink, RawSource, RawSpool, RawVerify,
     SecretEncoding,
 };
 use crate::callback::{self, Approval, Otherwise, Purpose, RuleSet, ServiceSpec};
+pub use crate::normalize::locator::Locator;
+pub use crate::plan::{AckMode, Rate, SourceKind, SourceSpec};
+pub use crate::sink::spec::{KafkaSpec, RabbitSpec, SinkKind, SinkSpec, redact_url};
 use crate::verify::{
     CoboWaas1, CoboWaas2, HmacSha256, RsaSha256, Scheme, SharedSecret, Slack, SourceVerifier,
     StandardWebhooks, Stripe,
@@ -144,189 +146,6 @@ pub struct DecisionsConfig {
 pub struct AuditConfig {
     pub output: AuditOutput,
     pub path: Option<PathBuf>,
-}
-
-/// A token bucket: sustained rate and burst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub per_second: std::num::NonZeroU32,
-    pub burst: std::num::NonZeroU32,
-}
-
-#[derive(Debug, Clone)]
-pub struct SinkSpec {
-    pub name: String,
-    pub kind: SinkKind,
-}
-
-#[derive(Debug, Clone)]
-pub enum SinkKind {
-    File { path: PathBuf },
-    Kafka(KafkaSpec),
-    RabbitMq(RabbitSpec),
-}
-
-impl SinkKind {
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Self::File { .. } => "file",
-            Self::Kafka(_) => "kafka",
-            Self::RabbitMq(_) => "rabbitmq",
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct KafkaSpec {
-    pub brokers: String,
-    pub topic: String,
-    pub create_topics: bool,
-    pub partitions: i32,
-    pub message_timeout: Duration,
-    /// librdkafka overrides; may hold SASL passwords, hence the redacting `Debug`.
-    pub librdkafka: BTreeMap<String, String>,
-}
-
-impl fmt::Debug for KafkaSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KafkaSpec")
-            .field("brokers", &self.brokers)
-            .field("topic", &self.topic)
-            .field("librdkafka", &self.librdkafka.keys().collect::<Vec<_>>())
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Clone)]
-pub struct RabbitSpec {
-    /// May carry a password: never logged (see [`RabbitSpec::redacted_url`]).
-    pub url: String,
-    pub exchange: String,
-    pub declare_exchange: bool,
-    pub routing_key: String,
-    pub channels: usize,
-}
-
-impl RabbitSpec {
-    /// The URL with any password replaced, for logs and the config summary.
-    pub fn redacted_url(&self) -> String {
-        redact_url(&self.url)
-    }
-}
-
-impl fmt::Debug for RabbitSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RabbitSpec")
-            .field("url", &self.redacted_url())
-            .field("exchange", &self.exchange)
-            .field("routing_key", &self.routing_key)
-            .finish_non_exhaustive()
-    }
-}
-
-/// `scheme://user:password@host` → `scheme://user:***@host`.
-pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((userinfo, host)) = rest.rsplit_once('@')
-    {
-        let user = userinfo.split(':').next().unwrap_or("");
-        return format!("{scheme}://{user}:***@{host}");
-    }
-    url.to_owned()
-}
-
-/// What a source is for: a webhook (200 once durable) or a Cobo callback (plain-text
-/// `ok`/`deny`, for a notification or an approval).
-#[derive(Debug)]
-pub enum SourceKind {
-    Webhook,
-    Callback(Purpose),
-}
-
-impl SourceKind {
-    /// The approval settings, for an approval callback.
-    pub fn approval(&self) -> Option<&Approval> {
-        match self {
-            Self::Callback(Purpose::Approval(a)) => Some(a),
-            _ => None,
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Webhook => "webhook",
-            Self::Callback(Purpose::Notification) => "callback (notification)",
-            Self::Callback(Purpose::Approval(_)) => "callback (approval)",
-        }
-    }
-}
-
-/// Where to find an event ID or type.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Locator {
-    /// A JSON pointer into the body.
-    Body(String),
-    /// Several JSON pointers whose values are joined with `:`.
-    Joined(Vec<String>),
-    /// A request header that the source's scheme signs.
-    Header(HeaderName),
-    /// A request header the scheme does **not** sign, listed in the source's `unsigned_headers`:
-    /// whoever saw the request can resend it with another value, so events say so
-    /// (`hbunverified`).
-    UnsignedHeader(HeaderName),
-}
-
-impl Locator {
-    /// The body pointers this locator reads (none for a header).
-    pub fn pointers(&self) -> &[String] {
-        match self {
-            Self::Body(p) => std::slice::from_ref(p),
-            Self::Joined(ps) => ps,
-            Self::Header(_) | Self::UnsignedHeader(_) => &[],
-        }
-    }
-
-    /// Whether the value comes from a header the signature does not cover.
-    pub fn is_unsigned(&self) -> bool {
-        matches!(self, Self::UnsignedHeader(_))
-    }
-}
-
-impl fmt::Display for Locator {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Body(p) => write!(f, "body:{p}"),
-            Self::Joined(ps) => write!(f, "body:{}", ps.join("+")),
-            Self::Header(h) | Self::UnsignedHeader(h) => write!(f, "header:{h}"),
-        }
-    }
-}
-
-#[derive(Debug)]
-pub struct SourceSpec {
-    pub name: String,
-    pub kind: SourceKind,
-    pub verifier: SourceVerifier,
-    pub event_id: Vec<Locator>,
-    pub event_type: Vec<Locator>,
-    pub default_type: String,
-    pub ce_source: String,
-    pub sink: String,
-    pub ack_deadline: Duration,
-    pub max_body_bytes: usize,
-    /// `None`: any client address.
-    pub allow_ips: Option<Vec<IpNet>>,
-    pub rate_limit: Option<Rate>,
-    pub rate_limit_per_ip: Option<Rate>,
-    pub ack: AckMode,
-    pub dedup: bool,
-}
-
-impl SourceSpec {
-    /// The URL path this source is served at.
-    pub fn route(&self) -> String {
-        format!("/hooks/{}", self.name)
-    }
 }
 
 /// Reads and validates a config file, substituting `${VAR}` from the process environment.

@@ -181,19 +181,6 @@ fn default_dedup_prefix() -> String {
     "hookbridge:dedup:".to_owned()
 }
 
-/// When a source answers 2xx.
-#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq, Debug)]
-#[serde(rename_all = "lowercase")]
-pub enum AckMode {
-    /// After the broker confirms; if it does not in time, after the spool fsync.
-    #[default]
-    Broker,
-    /// After the spool fsync; published asynchronously.
-    Spool,
-    /// At once, best effort: an event can be lost. Explicit opt-in only.
-    Accept,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
@@ -563,7 +550,7 @@ pub struct RawSource {
     pub rate_limit_per_ip: Option<RawRate>,
     /// `broker` (default), `spool` or `accept`: when the 2xx is sent.
     #[serde(default)]
-    pub ack: AckMode,
+    pub ack: crate::plan::AckMode,
     /// Deduplicate provider retries by event ID. Default true.
     #[serde(default = "default_true")]
     pub dedup: bool,

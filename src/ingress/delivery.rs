@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::reject::Rejection;
 use super::{Route, State};
-use crate::config::AckMode;
 use crate::metrics;
 use crate::normalize::Envelope;
+use crate::plan::AckMode;
 use crate::sink::PublishError;
 use crate::spool::{Spool, SpoolError, Spooled};
 

@@ -17,9 +17,9 @@ use super::delivery::{self, Delivery};
 use super::reject::{self, Rejection};
 use super::{PeerAddr, Route, State, client};
 use crate::callback::Purpose;
-use crate::config::SourceKind;
 use crate::dedup::Claim;
 use crate::normalize::Envelope;
+use crate::plan::SourceKind;
 use crate::verify::IncomingWebhook;
 use crate::{audit, metrics};
 

@@ -23,8 +23,8 @@ use warp::reply::Response;
 
 use crate::callback::service::DecisionService;
 use crate::callback::store::DecisionStore;
-use crate::config::{Rate, SourceSpec};
 use crate::dedup::Dedup;
+use crate::plan::{Rate, SourceSpec};
 use crate::sink::{Sink, Sinks};
 use crate::spool::Spool;
 

@@ -14,9 +14,11 @@ use bytes::Bytes;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Locator, SourceSpec};
+use self::locator::Locator;
+use crate::plan::SourceSpec;
 use crate::verify::VerifiedWebhook;
 
+pub mod locator;
 mod scan;
 
 /// Longest event ID accepted: RabbitMQ's `message-id` is a short string (255 bytes).

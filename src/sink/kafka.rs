@@ -18,10 +18,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::Notify;
 
+use super::spec::KafkaSpec;
 use super::{PublishError, render_template};
-use crate::config::{KafkaSpec, SourceSpec};
 use crate::metrics;
 use crate::normalize::Envelope;
+use crate::plan::SourceSpec;
 
 /// How often the readiness probe asks for metadata while the cluster looks healthy / unreachable.
 const PROBE_HEALTHY: Duration = Duration::from_secs(5);

@@ -16,12 +16,14 @@ mod file;
 pub mod kafka;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+pub mod spec;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{SinkKind, SinkSpec, SourceSpec};
+pub use self::spec::{SinkKind, SinkSpec};
 use crate::normalize::Envelope;
+use crate::plan::SourceSpec;
 
 pub use self::file::FileSink;
 

@@ -19,8 +19,8 @@ use lapin::{
 };
 use tokio::sync::Notify;
 
+use super::spec::{RabbitSpec, redact_url};
 use super::{PublishError, render_template};
-use crate::config::{RabbitSpec, redact_url};
 use crate::metrics;
 use crate::normalize::Envelope;
 
