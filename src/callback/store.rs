@@ -364,11 +364,13 @@ impl DecisionStore {
             Backend::Memory(m) => {
                 let now = Instant::now();
                 let mut m = Self::memory_lock(m)?;
-                (
-                    m.decisions.get(&key, now),
-                    m.firsts.get(&subject.identity(), now),
-                )
+                let stored = m.decisions.get(&key, now);
+                if stored.as_ref().is_some_and(|s| !s.is_about(subject)) {
+                    return Err(StoreError::Tampered);
+                }
+                (stored, m.firsts.get(&subject.identity(), now))
             }
+            // `unseal` checks the MAC and that the record is about this body.
             Backend::Redis(r) => {
                 let mut conn = r.conn().await?;
                 let (raw, first): (Option<String>, Option<String>) = redis::cmd("MGET")
@@ -381,11 +383,6 @@ impl DecisionStore {
                 (stored, first)
             }
         };
-        if let Some(s) = &stored
-            && !s.is_about(subject)
-        {
-            return Err(StoreError::Tampered);
-        }
         let conflict = first.filter(|d| *d != subject.body_sha256);
         Ok(Lookup { stored, conflict })
     }

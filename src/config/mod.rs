@@ -681,7 +681,7 @@ fn build_source(
     // Without a scheme the source is an error already; its defaults no longer matter.
     let (default_id, default_type) = default_locators(scheme.as_ref().map_or("", Scheme::name));
     let callback = callback_ids.is_some();
-    let event_id = match (callback_ids, raw.event_id) {
+    let mut event_id = match (callback_ids, raw.event_id) {
         // An approval's events are its decisions, keyed by callback ID.
         (Some(ids), None) => ids,
         (Some(_), Some(_)) => {
@@ -697,7 +697,6 @@ fn build_source(
         Some(l) => parse_locators(&format!("{path}.event_type"), &l, errors),
         None => default_type,
     };
-    let mut event_id = event_id;
     if let Some(scheme) = &scheme {
         // An approval's IDs are its callback IDs, whose headers are refused on their own.
         let mut none = Vec::new();

@@ -113,33 +113,32 @@ pub(super) async fn approve(
             "another body was decided under this callback ID; deciding this body on its own"
         );
     }
+    // `None`: no rule matched and the default is to ask the decision service.
     let proposed = match approval.rules.evaluate(source, &subject.callback_id, &json) {
         Outcome::Matched {
             rule,
             decision,
             reason,
-        } => Decision::new(decision, reason, format!("rule:{rule}")),
+        } => Some(Decision::new(decision, reason, format!("rule:{rule}"))),
         Outcome::Failed { rule, error } => {
             // Fail closed (see callback::rules): deny, and say why where operators look.
             tracing::error!(source, callback_id = %subject.callback_id, rule = %rule, error = %error, "a decision rule could not be evaluated; denying");
-            Decision::new(
+            Some(Decision::new(
                 Verdict::Deny,
                 format!("rule {rule} could not be evaluated: {error}"),
                 format!("rule:{rule}"),
-            )
+            ))
         }
         Outcome::NoMatch => match approval.otherwise {
-            Otherwise::Decide(v) => Decision::new(v, "no rule matched", "default"),
-            Otherwise::Ask => {
-                let decision = ask(route, state, approval, &subject, &envelope, &body).await?;
-                return Ok(Answered {
-                    conflict_with: lookup.conflict,
-                    ..Answered::new(&subject, decision)
-                });
-            }
+            Otherwise::Decide(v) => Some(Decision::new(v, "no rule matched", "default")),
+            Otherwise::Ask => None,
         },
     };
-    let decision = settle(route, state, &subject, proposed, Some(&envelope)).await?;
+    let decision = match proposed {
+        Some(p) => settle(route, state, &subject, p, Some(&envelope)).await?,
+        // Recorded and audited by the time it returns.
+        None => ask(route, state, approval, &subject, &envelope, &body).await?,
+    };
     Ok(Answered {
         conflict_with: lookup.conflict,
         ..Answered::new(&subject, decision)

@@ -158,11 +158,10 @@ where
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
         return Err(Rejection::TooLarge { limit });
     }
-    let declared = declared.and_then(|n| usize::try_from(n).ok());
     let (body, budget) = tokio::time::timeout(
         state.body_timeout,
         read_capped(body, limit, declared, &state.body_budget),

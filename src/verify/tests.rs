@@ -309,18 +309,25 @@ fn standard_webhooks_v1_official_vectors() {
     }
 }
 
-#[test]
-fn standard_webhooks_v1a_vector() {
+/// The official Standard Webhooks `v1a` vector: a verifier trusting its key, and its message
+/// ID, timestamp, signature header and payload.
+fn v1a_vector() -> (SourceVerifier, String, String, String, String) {
     let v = &vectors()["standard_webhooks_v1a_ed25519"][0];
     let verifier = no_window(Scheme::StandardWebhooks(
         StandardWebhooks::new(&[], &[s(v, "public_key")]).unwrap(),
     ));
-    let (id, ts, sig, body) = (
+    (
+        verifier,
         s(v, "msg_id"),
         s(v, "timestamp"),
         s(v, "signature"),
         s(v, "payload"),
-    );
+    )
+}
+
+#[test]
+fn standard_webhooks_v1a_vector() {
+    let (verifier, id, ts, sig, body) = v1a_vector();
     let good = headers(&[
         ("webhook-id", &id),
         ("webhook-timestamp", &ts),
@@ -705,16 +712,7 @@ fn bad_keys_are_rejected_at_construction() {
 fn signature_lists_are_deduplicated_and_capped_before_anything_is_hashed() {
     use base64::Engine as _;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let v = &vectors()["standard_webhooks_v1a_ed25519"][0];
-    let verifier = no_window(Scheme::StandardWebhooks(
-        StandardWebhooks::new(&[], &[s(v, "public_key")]).unwrap(),
-    ));
-    let (id, ts, sig, body) = (
-        s(v, "msg_id"),
-        s(v, "timestamp"),
-        s(v, "signature"),
-        s(v, "payload"),
-    );
+    let (verifier, id, ts, sig, body) = v1a_vector();
     let with = |list: &str| {
         headers(&[
             ("webhook-id", &id),
