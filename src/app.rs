@@ -4,15 +4,17 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use crate::callback::service::DecisionService;
+use crate::callback::service::{DecisionService, Reply};
 use crate::callback::store::DecisionStore;
 use crate::config::{Config, DedupBackend, ServerConfig};
 use crate::dedup::Dedup;
@@ -27,7 +29,7 @@ const REPLIES_IN_FLIGHT: usize = 64;
 pub struct App {
     listener: TcpListener,
     /// Replies from decision services, recorded by a task of [`App::run`].
-    replies: Option<tokio::sync::mpsc::Receiver<crate::callback::service::Reply>>,
+    replies: Option<mpsc::Receiver<Reply>>,
     admin: Option<TcpListener>,
     tls: Option<ReloadableAcceptor>,
     state: Arc<State>,
@@ -176,6 +178,7 @@ impl App {
             body_budget: Arc::new(tokio::sync::Semaphore::new(
                 config.server.max_body_buffer_bytes,
             )),
+            background: ingress::Background::default(),
         });
         Ok(Self {
             listener,
@@ -200,79 +203,29 @@ impl App {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Serves until `shutdown` resolves, drains requests, then flushes and closes the sinks.
+    /// Serves until `shutdown` resolves, drains requests, then stops every background part in
+    /// its [`Stage`]'s order.
     pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(async move {
-            shutdown.await;
-            stop_tx.send_replace(true);
-        });
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            // Err means the sender is gone, which also means stop.
-            let _stopped = rx.wait_for(|s| *s).await;
-        };
+        let stop = CancellationToken::new();
+        {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stop.cancel();
+            });
+        }
         if let Some(tls) = &self.tls {
             tls.reload_on_sighup();
         }
-        // The one periodic task: metric upkeep and spool depths every 5 s, idle rate buckets
-        // pruned every minute.
-        let housekeeping = {
-            let state = Arc::clone(&self.state);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
-                let mut n: u64 = 0;
-                loop {
-                    tick.tick().await;
-                    n += 1;
-                    if let Some(metrics) = &state.metrics {
-                        metrics.run_upkeep();
-                    }
-                    if n.is_multiple_of(12) {
-                        state.routes.values().for_each(Route::prune_limiters);
-                    }
-                    if let Some(spool) = &state.spool {
-                        let spool = Arc::clone(spool);
-                        let _joined =
-                            tokio::task::spawn_blocking(move || spool.report_depths()).await;
-                    }
-                }
-            })
-        };
-        let reply_task = self.replies.take().map(|mut rx| {
-            let state = Arc::clone(&self.state);
-            // Each reply waits for its durable audit event: one slow publish must not hold the
-            // others past their requests' deadlines. Bounded, so a flood of replies (from
-            // whoever can publish to the reply address) queues instead of spawning without end.
-            let permits = Arc::new(tokio::sync::Semaphore::new(REPLIES_IN_FLIGHT));
-            tokio::spawn(async move {
-                while let Some(reply) = rx.recv().await {
-                    let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                        return;
-                    };
-                    let state = Arc::clone(&state);
-                    tokio::spawn(async move {
-                        ingress::callback::on_reply(&state, reply).await;
-                        drop(permit);
-                    });
-                }
-            })
-        });
-        let (drain_stop, drain_rx) = watch::channel(false);
-        let mut drainers = Vec::new();
-        if let Some(spool) = &self.state.spool {
-            for (name, sink) in self.state.sinks.iter() {
-                let task =
-                    Arc::clone(spool).drain(name.clone(), Arc::clone(sink), drain_rx.clone());
-                drainers.push(tokio::spawn(task));
-            }
-        }
+        let mut parts = Parts::default();
+        self.start_background(&mut parts);
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         tracing::info!(addr = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(), scheme, "listening");
-        let admin_task = self.admin.map(|admin| {
+        let admin_task = self.admin.take().map(|admin| {
             tracing::info!(addr = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listening");
             let routes = ingress::routes(Arc::clone(&self.state), Serve::Admin);
             let server = self.server.clone();
-            let stop = stopped(stop_rx.clone());
+            let stop = stop.clone().cancelled_owned();
             tokio::spawn(async move { crate::server::serve(admin, routes, &server, None, stop).await })
         });
         // A public main listener does not name the sources and sinks to anyone who asks.
@@ -282,47 +235,268 @@ impl App {
             Serve::Hooks
         };
         let routes = ingress::routes(Arc::clone(&self.state), serve);
+        // Stops accepting once `stop` fires, and returns when every open request has finished
+        // (or the shutdown timeout passed).
         crate::server::serve(
             self.listener,
             routes,
             &self.server,
             self.tls,
-            stopped(stop_rx),
+            stop.cancelled_owned(),
         )
         .await;
         if let Some(t) = admin_task {
             let _admin_done = t.await;
         }
-        housekeeping.abort();
-        for route in self.state.routes.values() {
-            if let Some(service) = &route.service {
-                service.close();
-            }
-        }
-        if let Some(t) = reply_task {
-            t.abort();
-        }
-        // Requests are drained; stop the spool drainers, flush the sinks, then make sure every
-        // spooled event is committed. Anything left in the spool is drained on the next start.
-        drain_stop.send_replace(true);
-        let close_all = async {
-            for d in drainers {
-                let _stopped = d.await;
-            }
-            for (name, sink) in self.state.sinks.iter() {
-                sink.close().await;
-                tracing::info!(sink = %name, "sink closed");
-            }
-            if let Some(spool) = &self.state.spool {
-                spool.close().await;
-                tracing::info!("spool closed");
-            }
-        };
-        if tokio::time::timeout(self.server.shutdown_timeout, close_all)
+        if tokio::time::timeout(self.server.shutdown_timeout, parts.stop())
             .await
             .is_err()
         {
-            tracing::warn!("sinks did not close within the shutdown timeout");
+            tracing::warn!("background parts did not stop within the shutdown timeout");
         }
+    }
+
+    /// Starts what runs beside the listeners, each registered with the stage it stops in.
+    fn start_background(&mut self, parts: &mut Parts) {
+        let state = &self.state;
+        parts.spawn(Stage::Intake, "housekeeping", |stop| {
+            housekeeping(Arc::clone(state), stop)
+        });
+        for route in state.routes.values() {
+            if let Some(service) = &route.service {
+                let service = Arc::clone(service);
+                let name = format!("decision service of {}", route.spec.name);
+                parts.add(Stage::Intake, name, async move { service.close().await });
+            }
+        }
+        if let Some(rx) = self.replies.take() {
+            parts.spawn(Stage::Intake, "decision replies", |stop| {
+                record_replies(Arc::clone(state), rx, stop)
+            });
+        }
+        let background = Arc::clone(state);
+        parts.add(Stage::Background, "request background work", async move {
+            background.background.drain().await;
+        });
+        if let Some(spool) = &state.spool {
+            for (name, sink) in state.sinks.iter() {
+                let (spool, name, sink) = (Arc::clone(spool), name.clone(), Arc::clone(sink));
+                let part = format!("spool drainer of {name}");
+                parts.spawn(Stage::Drainers, part, |stop| spool.drain(name, sink, stop));
+            }
+        }
+        for (name, sink) in state.sinks.iter() {
+            let (name, sink) = (name.clone(), Arc::clone(sink));
+            parts.add(Stage::Sinks, format!("sink {name}"), async move {
+                sink.close().await;
+                tracing::info!(sink = %name, "sink closed");
+            });
+        }
+        if let Some(spool) = &state.spool {
+            let spool = Arc::clone(spool);
+            parts.add(Stage::Spool, "spool", async move {
+                spool.close().await;
+                tracing::info!("spool closed");
+            });
+        }
+        let (dedup, decisions) = (Arc::clone(&state.dedup), Arc::clone(&state.decisions));
+        parts.add(
+            Stage::Stores,
+            "dedup store",
+            async move { dedup.close().await },
+        );
+        parts.add(Stage::Stores, "decision store", async move {
+            decisions.close().await;
+        });
+    }
+}
+
+/// When a background part stops, in this order, once the listeners have stopped accepting and
+/// every open request has finished. Each stage waits for the one before: nothing is closed
+/// while something that could still use it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    /// Nothing new starts: the housekeeping tick, the decision services (no more asks, no more
+    /// replies consumed), the reply recorder.
+    Intake,
+    /// What requests and replies left behind finishes: `ack = "accept"` publishes, decisions
+    /// being recorded and audited (late-confirmation watches give up).
+    Background,
+    /// The spool drainers stop between batches.
+    Drainers,
+    /// Sinks deliver what they hold (confirms, librdkafka's queue, the file's fsync) and close.
+    Sinks,
+    /// Every spooled event is committed; what is left is drained on the next start.
+    Spool,
+    /// The stores' connections (Redis) close.
+    Stores,
+}
+
+type Stopping = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The background parts, each with how to stop it: the shutdown order is this data, not the
+/// order of statements in [`App::run`].
+#[derive(Default)]
+struct Parts(Vec<(Stage, String, Stopping)>);
+
+impl Parts {
+    /// Registers `stop` (not polled until shutdown) to run in `stage`.
+    fn add(
+        &mut self,
+        stage: Stage,
+        name: impl Into<String>,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) {
+        self.0.push((stage, name.into(), Box::pin(stop)));
+    }
+
+    /// Spawns a task that runs until its token is cancelled; stopping it cancels the token and
+    /// waits for the task to return.
+    fn spawn<F, T>(&mut self, stage: Stage, name: impl Into<String>, task: F)
+    where
+        F: FnOnce(CancellationToken) -> T,
+        T: Future<Output = ()> + Send + 'static,
+    {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(task(token.clone()));
+        self.add(stage, name, async move {
+            token.cancel();
+            let _stopped = handle.await;
+        });
+    }
+
+    /// Stops every part, stage by stage; the parts of one stage stop together.
+    async fn stop(mut self) {
+        self.0.sort_by_key(|(stage, _, _)| *stage);
+        let mut parts = self.0.into_iter().peekable();
+        while let Some((stage, name, first)) = parts.next() {
+            let mut names = vec![name];
+            let mut stopping = vec![first];
+            while let Some((_, name, next)) = parts.next_if(|(s, _, _)| *s == stage) {
+                names.push(name);
+                stopping.push(next);
+            }
+            futures_util::future::join_all(stopping).await;
+            tracing::debug!(?stage, parts = ?names, "stopped");
+        }
+    }
+}
+
+/// The one periodic task: metric upkeep and spool depths every 5 s, idle rate buckets pruned
+/// every minute.
+async fn housekeeping(state: Arc<State>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        n += 1;
+        if let Some(metrics) = &state.metrics {
+            metrics.run_upkeep();
+        }
+        if n.is_multiple_of(12) {
+            state.routes.values().for_each(Route::prune_limiters);
+        }
+        if let Some(spool) = &state.spool {
+            let spool = Arc::clone(spool);
+            let _joined = tokio::task::spawn_blocking(move || spool.report_depths()).await;
+        }
+    }
+}
+
+/// Records decision services' replies until stopped. Each reply waits for its durable audit
+/// event: one slow publish must not hold the others past their requests' deadlines, so each is
+/// background work of its own (drained at shutdown). Bounded, so a flood of replies (from
+/// whoever can publish to the reply address) queues instead of spawning without end.
+async fn record_replies(state: Arc<State>, mut rx: mpsc::Receiver<Reply>, stop: CancellationToken) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(REPLIES_IN_FLIGHT));
+    loop {
+        let reply = tokio::select! {
+            r = rx.recv() => r,
+            () = stop.cancelled() => return,
+        };
+        let Some(reply) = reply else { return };
+        let permit = tokio::select! {
+            p = Arc::clone(&permits).acquire_owned() => p,
+            () = stop.cancelled() => return,
+        };
+        let Ok(permit) = permit else { return };
+        let state2 = Arc::clone(&state);
+        state.background.spawn(async move {
+            ingress::callback::on_reply(&state2, reply).await;
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn parts_stop_stage_by_stage_whatever_the_order_they_were_registered_in() {
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut parts = Parts::default();
+        for stage in [
+            Stage::Stores,
+            Stage::Sinks,
+            Stage::Intake,
+            Stage::Spool,
+            Stage::Drainers,
+            Stage::Background,
+            Stage::Intake,
+        ] {
+            let order = Arc::clone(&order);
+            parts.add(stage, format!("{stage:?}"), async move {
+                // A slow part of an early stage still finishes before the next stage starts.
+                if stage == Stage::Intake {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                order.lock().unwrap().push(stage);
+            });
+        }
+        parts.stop().await;
+        use Stage::*;
+        assert_eq!(
+            *order.lock().unwrap(),
+            [Intake, Intake, Background, Drainers, Sinks, Spool, Stores]
+        );
+    }
+
+    /// An event a request left to the background (`ack = "accept"`) is published before the
+    /// sinks close, not lost with the runtime.
+    #[tokio::test]
+    async fn shutdown_waits_for_request_background_work_before_closing_the_sinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("events.jsonl");
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[sinks.f]\ntype = \"file\"\npath = {file:?}\n[sources.t]\nverify = {{ scheme = \"shared-secret\", header = \"x-token\", secrets = [\"tok\"] }}\n"
+        );
+        let cfg = crate::config::load(&text, &|_| None).unwrap();
+        let app = App::build(cfg, None).await.unwrap();
+        let sink = Arc::clone(app.state.sinks.get("f").unwrap());
+        app.state.background.spawn(async move {
+            // Still running when shutdown begins.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let event = crate::normalize::Envelope::restore(
+                "late",
+                "t",
+                "hookbridge.webhook",
+                "/hooks/t",
+                "sha256",
+                bytes::Bytes::from_static(b"{\"id\":\"late\"}"),
+            );
+            sink.publish(&event).await.unwrap();
+        });
+        app.run(std::future::ready(())).await;
+        let written = std::fs::read_to_string(&file).unwrap_or_default();
+        assert!(
+            written.contains("\"id\":\"late\""),
+            "the background publish was cut off by shutdown: {written:?}"
+        );
     }
 }

@@ -16,7 +16,8 @@
 //!
 //! Around them: [`config`] (load + validate, all errors at once), [`app`] (wiring),
 //! [`metrics`] (every metric name), [`audit`] (the per-request audit line), [`telemetry`]
-//! (logging), [`shutdown`] (signals), `kv` (the Redis connection and millisecond durations that
+//! (logging), [`shutdown`] (signals), `supervisor` (the one reconnect loop every broker and
+//! Redis connection runs under), `kv` (the Redis connection and millisecond durations that
 //! dedup and the decision store share).
 
 pub mod app;
@@ -33,6 +34,7 @@ pub mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;
+mod supervisor;
 pub mod telemetry;
 pub mod tls;
 pub mod verify;

@@ -31,7 +31,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
@@ -71,9 +73,9 @@ pub async fn serve(
         .keep_alive_interval(Some(config.http2_keepalive_interval))
         .keep_alive_timeout(config.http2_keepalive_timeout);
     let builder = Arc::new(Protocols { h1, h2 });
-    // Each connection holds a receiver: `stop` tells them to wind down, `closed()` says when
-    // the last one has.
-    let (stop, _) = watch::channel(false);
+    // `stop` tells every connection to wind down; the tracker says when the last one has.
+    let stop = CancellationToken::new();
+    let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let per_ip = Arc::new(PerClient {
         open: Mutex::default(),
@@ -135,10 +137,10 @@ pub async fn serve(
             tracing::debug!(error = %e, "set_nodelay failed");
         }
         let builder = Arc::clone(&builder);
-        let watcher = stop.subscribe();
+        let watcher = stop.clone();
         let routes = routes.clone();
         let acceptor = tls.as_ref().and_then(ReloadableAcceptor::get);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permits = (permit, slot);
             let activity = Arc::new(Activity::new());
             let inner = TowerToHyperService::new(warp::service(routes));
@@ -203,11 +205,12 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!(
-        open = stop.receiver_count(),
+        open = connections.len(),
         "stopped accepting; draining connections"
     );
-    stop.send_replace(true);
-    if tokio::time::timeout(config.shutdown_timeout, stop.closed())
+    stop.cancel();
+    connections.close();
+    if tokio::time::timeout(config.shutdown_timeout, connections.wait())
         .await
         .is_err()
     {
@@ -331,7 +334,7 @@ async fn drive<C, E>(
     graceful: impl Fn(Pin<&mut C>),
     activity: &Activity,
     deadlines: &Deadlines,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> ConnResult
 where
     C: Future<Output = Result<(), E>>,
@@ -347,7 +350,7 @@ where
     loop {
         tokio::select! {
             done = conn.as_mut() => return done.map_err(Into::into),
-            _stopped = stop.wait_for(|s| *s), if closing.is_none() => {
+            () = stop.cancelled(), if closing.is_none() => {
                 graceful(conn.as_mut());
                 closing = Some(Instant::now());
             }
@@ -419,7 +422,7 @@ async fn sniff_h2(tcp: &TcpStream, within: Duration) -> Option<bool> {
 /// One accepted connection, about to be served.
 struct Conn<'a> {
     protocols: &'a Protocols,
-    watcher: watch::Receiver<bool>,
+    watcher: CancellationToken,
     activity: &'a Activity,
     deadlines: &'a Deadlines,
 }

@@ -19,11 +19,10 @@
 //!   records it in the shared store for retries that land elsewhere.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::{Decision, ServiceSpec, Verdict};
 use crate::sink::PublishError;
@@ -130,8 +129,6 @@ pub struct Request {
 pub struct DecisionService {
     label: String,
     transport: Transport,
-    ready: Arc<AtomicBool>,
-    stop: watch::Sender<bool>,
 }
 
 enum Transport {
@@ -157,19 +154,14 @@ impl DecisionService {
         sink: &SinkSpec,
         replies: mpsc::Sender<Reply>,
     ) -> anyhow::Result<Self> {
-        let ready = Arc::new(AtomicBool::new(false));
-        let stop = watch::Sender::new(false);
         let inbox = Inbox {
             service: sink.name.clone(),
             via: source.into(),
             replies,
         };
-        let transport = transport(spec, sink, inbox, &ready, &stop).await?;
         Ok(Self {
             label: sink.name.clone(),
-            transport,
-            ready,
-            stop,
+            transport: transport(spec, sink, inbox)?,
         })
     }
 
@@ -180,7 +172,14 @@ impl DecisionService {
 
     /// Connected, and consuming replies.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        match &self.transport {
+            #[cfg(feature = "rabbitmq")]
+            Transport::Rabbit(r) => r.link.is_ready(),
+            #[cfg(feature = "kafka")]
+            Transport::Kafka(k) => k.link.is_ready(),
+            #[cfg(not(any(feature = "kafka", feature = "rabbitmq")))]
+            Transport::Unavailable(never) => match *never {},
+        }
     }
 
     /// Publishes a decision request; `Ok` once the broker has it.
@@ -207,21 +206,21 @@ impl DecisionService {
         }
     }
 
-    pub fn close(&self) {
-        // A watch, not a Notify: a supervisor between two waits still sees it.
-        self.stop.send_replace(true);
-        self.ready.store(false, Ordering::SeqCst);
+    /// Stops consuming replies and closes the connection.
+    pub async fn close(&self) {
+        match &self.transport {
+            #[cfg(feature = "rabbitmq")]
+            Transport::Rabbit(r) => r.link.stop().await,
+            #[cfg(feature = "kafka")]
+            Transport::Kafka(k) => k.link.stop().await,
+            #[cfg(not(any(feature = "kafka", feature = "rabbitmq")))]
+            Transport::Unavailable(never) => match *never {},
+        }
     }
 }
 
 /// The transport for `sink`'s broker.
-async fn transport(
-    spec: &ServiceSpec,
-    sink: &SinkSpec,
-    replies: Inbox,
-    ready: &Arc<AtomicBool>,
-    stop: &watch::Sender<bool>,
-) -> anyhow::Result<Transport> {
+fn transport(spec: &ServiceSpec, sink: &SinkSpec, inbox: Inbox) -> anyhow::Result<Transport> {
     let label = sink.name.clone();
     match &sink.kind {
         #[cfg(feature = "rabbitmq")]
@@ -229,25 +228,18 @@ async fn transport(
             label,
             r.url.clone(),
             spec.clone(),
-            replies,
-            Arc::clone(ready),
-            stop.subscribe(),
+            inbox,
         ))),
         #[cfg(feature = "kafka")]
-        SinkKind::Kafka(k) => Ok(Transport::Kafka(
-            kafka::start(
-                label,
-                k,
-                spec.clone(),
-                replies,
-                Arc::clone(ready),
-                stop.subscribe(),
-            )
-            .await?,
-        )),
+        SinkKind::Kafka(k) => Ok(Transport::Kafka(kafka::start(
+            label,
+            k,
+            spec.clone(),
+            inbox,
+        )?)),
         #[allow(unreachable_patterns)]
         other => {
-            let _ = (replies, spec, ready, stop, label);
+            let _ = (inbox, spec, label);
             anyhow::bail!(
                 "decision service on sink {}: a {} sink cannot carry requests and replies (or this build has no client for it)",
                 sink.name,
@@ -255,13 +247,6 @@ async fn transport(
             )
         }
     }
-}
-
-/// Resolves once `stop` says so (at once if it already has).
-#[cfg(any(feature = "kafka", feature = "rabbitmq"))]
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // Err: the sender is gone, which also means stop.
-    let _stopping = stop.wait_for(|s| *s).await;
 }
 
 /// Where one source's reply consumer hands what it reads.
@@ -296,9 +281,7 @@ impl Inbox {
 
 #[cfg(feature = "rabbitmq")]
 mod rabbit {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, RwLock};
-    use std::time::Duration;
+    use std::sync::Arc;
 
     use futures_util::StreamExt;
     use lapin::options::{
@@ -306,57 +289,44 @@ mod rabbit {
         QueueBindOptions, QueueDeclareOptions,
     };
     use lapin::types::{FieldTable, ShortString};
-    use lapin::{BasicProperties, Channel, Connection, Event, ExchangeKind};
-    use tokio::sync::{Notify, watch};
+    use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 
-    use super::{Inbox, Request, ServiceSpec, stopped};
+    use super::{Inbox, Request, ServiceSpec};
     use crate::sink::PublishError;
-    use crate::sink::rabbitmq::{confirmed, open};
+    use crate::sink::rabbitmq::{Events, confirmed, lost, open};
     use crate::sink::spec::redact_url;
+    use crate::supervisor::{self, Backoff, Connector, Link};
 
     pub struct Requests {
-        channel: Arc<RwLock<Option<Channel>>>,
+        /// The confirm-mode channel requests are published on.
+        pub(super) link: Arc<Link<Channel>>,
         queue: String,
         reply_to: String,
-        /// Wakes the supervisor when a publish finds the channel closed.
-        broken: Arc<Notify>,
     }
 
-    pub fn start(
-        label: String,
-        url: String,
-        spec: ServiceSpec,
-        replies: Inbox,
-        ready: Arc<AtomicBool>,
-        stop: watch::Receiver<bool>,
-    ) -> Requests {
-        let channel = Arc::new(RwLock::new(None));
-        let broken = Arc::new(Notify::new());
-        tokio::spawn(supervise(
-            label,
-            url,
-            spec.clone(),
-            Arc::clone(&channel),
-            replies,
-            ready,
-            Arc::clone(&broken),
-            stop,
-        ));
+    pub fn start(label: String, url: String, spec: ServiceSpec, replies: Inbox) -> Requests {
+        let (queue, reply_to) = (spec.requests.clone(), spec.replies.clone());
+        let link = supervisor::supervise(
+            Asking {
+                label,
+                url,
+                spec,
+                replies,
+            },
+            Backoff::BROKER,
+        );
         Requests {
-            channel,
-            queue: spec.requests,
-            reply_to: spec.replies,
-            broken,
+            link,
+            queue,
+            reply_to,
         }
     }
 
     impl Requests {
         pub async fn publish(&self, request: &Request) -> Result<(), PublishError> {
             let channel = self
-                .channel
-                .read()
-                .ok()
-                .and_then(|c| c.clone())
+                .link
+                .get()
                 .ok_or_else(|| PublishError::Unavailable("decision channel is down".into()))?;
             let id = ShortString::try_new(request.correlation_id.as_str())
                 .map_err(|_| PublishError::Refused("correlation id over 255 bytes".into()))?;
@@ -369,7 +339,7 @@ mod rabbit {
                 .with_app_id("hookbridge".into());
             let unavailable = |e: lapin::Error| {
                 if !channel.status().connected() {
-                    self.broken.notify_one();
+                    self.link.report_broken(&channel);
                 }
                 PublishError::Unavailable(e.to_string())
             };
@@ -393,147 +363,116 @@ mod rabbit {
         }
     }
 
-    async fn connect(
-        url: &str,
-        spec: &ServiceSpec,
-    ) -> anyhow::Result<(Connection, Channel, lapin::Consumer)> {
-        let conn = open(url, "hookbridge-decisions").await?;
-        let publish = conn.create_channel().await?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        publish
-            .queue_declare(
-                spec.requests.as_str().into(),
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
-        let consume = conn.create_channel().await?;
-        consume
-            .exchange_declare(
-                spec.replies.as_str().into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let own = consume
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        consume
-            .queue_bind(
-                own.name().clone(),
-                spec.replies.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let consumer = consume
-            .basic_consume(
-                own.name().clone(),
-                "hookbridge-decisions".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok((conn, publish, consumer))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn supervise(
+    /// The decision service's connection: a confirm-mode channel for requests (shared) and
+    /// this replica's own exclusive queue on the reply exchange (held and consumed).
+    struct Asking {
         label: String,
         url: String,
         spec: ServiceSpec,
-        slot: Arc<RwLock<Option<Channel>>>,
         replies: Inbox,
-        ready: Arc<AtomicBool>,
-        broken: Arc<Notify>,
-        mut stop: watch::Receiver<bool>,
-    ) {
-        let shown = redact_url(&url);
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let connected = tokio::select! {
-                c = connect(&url, &spec) => c,
-                () = stopped(&mut stop) => return,
+    }
+
+    type Held = (Connection, Events, lapin::Consumer);
+
+    impl Connector for Asking {
+        type Shared = Channel;
+        type Held = Held;
+
+        fn describe(&self) -> String {
+            format!(
+                "decision service on {} (RabbitMQ {}, requests {}, replies {})",
+                self.label,
+                redact_url(&self.url),
+                self.spec.requests,
+                self.spec.replies
+            )
+        }
+
+        async fn connect(&mut self) -> anyhow::Result<(Channel, Held)> {
+            let spec = &self.spec;
+            let conn = open(&self.url, "hookbridge-decisions").await?;
+            let events: Events = Box::pin(conn.events_listener());
+            let publish = conn.create_channel().await?;
+            publish
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            let durable = QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
             };
-            let (conn, channel, mut consumer) = match connected {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(service = %label, url = %shown, error = %e, "decision service connection failed");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = stopped(&mut stop) => return,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            backoff = Duration::from_millis(100);
-            let mut events = conn.events_listener();
-            if let Ok(mut s) = slot.write() {
-                *s = Some(channel);
-            }
-            ready.store(true, Ordering::SeqCst);
-            tracing::info!(service = %label, requests = %spec.requests, replies = %spec.replies, "decision service channel ready (RabbitMQ)");
-            let stopping = loop {
+            publish
+                .queue_declare(
+                    spec.requests.as_str().into(),
+                    durable,
+                    FieldTable::default(),
+                )
+                .await?;
+            let consume = conn.create_channel().await?;
+            consume
+                .exchange_declare(
+                    spec.replies.as_str().into(),
+                    ExchangeKind::Fanout,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let own = consume
+                .queue_declare(
+                    "".into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            consume
+                .queue_bind(
+                    own.name().clone(),
+                    spec.replies.as_str().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let consumer = consume
+                .basic_consume(
+                    own.name().clone(),
+                    "hookbridge-decisions".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        exclusive: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok((publish, (conn, events, consumer)))
+        }
+
+        async fn hold(&mut self, _: &Arc<Channel>, held: &mut Held) -> String {
+            let (_, events, consumer) = held;
+            loop {
                 tokio::select! {
                     d = consumer.next() => match d {
-                        Some(Ok(delivery)) => replies.forward(&delivery.data),
-                        Some(Err(e)) => {
-                            tracing::warn!(service = %label, error = %e, "decision reply consumer failed");
-                            break false;
-                        }
-                        None => break false,
+                        Some(Ok(delivery)) => self.replies.forward(&delivery.data),
+                        Some(Err(e)) => return format!("decision reply consumer failed: {e}"),
+                        None => return "decision reply consumer closed".to_owned(),
                     },
-                    ev = events.next() => if matches!(ev, Some(Event::Error(_)) | None) {
-                        tracing::warn!(service = %label, "decision service connection lost");
-                        break false;
-                    },
-                    () = broken.notified() => {
-                        tracing::warn!(service = %label, "decision request channel closed; reconnecting");
-                        break false;
-                    }
-                    () = stopped(&mut stop) => break true,
+                    reason = lost(events) => return reason,
                 }
-            };
-            ready.store(false, Ordering::SeqCst);
-            if let Ok(mut s) = slot.write() {
-                *s = None;
             }
+        }
+
+        async fn close(&mut self, _: Arc<Channel>, (conn, _, _): Held, _stopping: bool) {
             if conn.status().connected()
                 && let Err(e) = conn.close(200, "bye".into()).await
             {
-                tracing::debug!(service = %label, error = %e, "closing the decision connection");
-            }
-            if stopping {
-                return;
-            }
-            // A connection that keeps dropping is not reconnected in a tight loop.
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = stopped(&mut stop) => return,
+                tracing::debug!(service = %self.label, error = %e, "closing the decision connection");
             }
         }
     }
@@ -542,19 +481,18 @@ mod rabbit {
 #[cfg(feature = "kafka")]
 mod kafka {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Header, Message, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    use tokio::sync::watch;
 
-    use super::{Inbox, Request, ServiceSpec, stopped};
+    use super::{Inbox, Request, ServiceSpec};
     use crate::sink::PublishError;
     use crate::sink::kafka::{client_config, create_topics};
     use crate::sink::spec::KafkaSpec;
+    use crate::supervisor::{self, Backoff, Connector, Link};
 
     const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
     const PROBE_EVERY: Duration = Duration::from_secs(2);
@@ -563,6 +501,8 @@ mod kafka {
         producer: FutureProducer,
         topic: String,
         reply_to: String,
+        /// The reply consumer's supervisor; the producer reconnects by itself.
+        pub(super) link: Arc<Link<()>>,
     }
 
     impl Requests {
@@ -596,13 +536,11 @@ mod kafka {
         }
     }
 
-    pub async fn start(
+    pub fn start(
         label: String,
         sink: &KafkaSpec,
         spec: ServiceSpec,
         replies: Inbox,
-        ready: Arc<AtomicBool>,
-        stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Requests> {
         let producer: FutureProducer = client_config(sink)
             .create()
@@ -630,20 +568,27 @@ mod kafka {
         } else {
             Vec::new()
         };
-        tokio::spawn(consume(
-            label,
-            sink.clone(),
-            topics,
-            spec.replies.clone(),
-            Arc::new(consumer),
-            replies,
-            ready,
-            stop,
-        ));
+        let link = supervisor::supervise(
+            Consuming {
+                label,
+                sink: sink.clone(),
+                topics,
+                reply_topic: spec.replies.clone(),
+                consumer: Arc::new(consumer),
+                assigned: false,
+                replies,
+            },
+            // As the Kafka sink: librdkafka reconnects; this is how often to look again.
+            Backoff {
+                min: Duration::from_millis(500),
+                max: Duration::from_millis(500),
+            },
+        );
         Ok(Requests {
             producer,
             topic: spec.requests,
             reply_to: spec.replies,
+            link,
         })
     }
 
@@ -669,77 +614,101 @@ mod kafka {
         Ok(partitions.len())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn consume(
+    /// The reply consumer. Connected means: the reply topic is assigned (once, at its end;
+    /// later reconnects keep the assignment, so no reply is skipped) and the cluster answers.
+    struct Consuming {
         label: String,
         sink: KafkaSpec,
-        mut topics: Vec<String>,
+        /// Topics still to create (`create_topics`).
+        topics: Vec<String>,
         reply_topic: String,
         consumer: Arc<StreamConsumer>,
+        assigned: bool,
         replies: Inbox,
-        ready: Arc<AtomicBool>,
-        mut stop: watch::Receiver<bool>,
-    ) {
-        // Assignment needs the topic: create it first when asked to, then retry until it works.
-        loop {
-            if !topics.is_empty() {
-                match create_topics(&sink, &topics).await {
-                    Ok(()) => topics.clear(),
-                    Err(e) => {
-                        tracing::warn!(service = %label, error = %e, "creating decision topics failed; retrying")
-                    }
-                }
-            }
-            let c = Arc::clone(&consumer);
-            let t = reply_topic.clone();
-            let assigned = tokio::task::spawn_blocking(move || assign_at_end(&c, &t)).await;
-            match assigned {
-                // Assigned: the topics exist, whoever made them (creation may be forbidden).
-                Ok(Ok(n)) => {
-                    tracing::info!(service = %label, replies = %reply_topic, partitions = n, "decision service ready (Kafka)");
-                    break;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(service = %label, error = %e, "decision replies not assignable yet")
-                }
-                _ => {}
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                () = stopped(&mut stop) => return,
-            }
+    }
+
+    impl Consuming {
+        /// Runs `f` on the consumer off the async threads (librdkafka's calls block).
+        async fn blocking<T: Send + 'static>(
+            &self,
+            f: impl FnOnce(&StreamConsumer, &str) -> T + Send + 'static,
+        ) -> Option<T> {
+            let (c, t) = (Arc::clone(&self.consumer), self.reply_topic.clone());
+            tokio::task::spawn_blocking(move || f(&c, &t)).await.ok()
         }
-        ready.store(true, Ordering::SeqCst);
-        // librdkafka reconnects by itself; this probe only keeps `ready` (and `/readyz`) true
-        // to what it can reach, as the Kafka sink's probe does.
-        let mut probe = tokio::time::interval(PROBE_EVERY);
-        loop {
-            tokio::select! {
-                _ = probe.tick() => {
-                    let c = Arc::clone(&consumer);
-                    let t = reply_topic.clone();
-                    let reachable = tokio::task::spawn_blocking(move || {
-                        c.fetch_metadata(Some(&t), METADATA_TIMEOUT).is_ok_and(|m| !m.brokers().is_empty())
-                    })
-                    .await
-                    .unwrap_or(false);
-                    if reachable != ready.swap(reachable, Ordering::SeqCst) {
-                        tracing::warn!(service = %label, reachable, "decision service (Kafka) reachability changed");
+
+        async fn reachable(&self) -> bool {
+            self.blocking(|c, t| {
+                c.fetch_metadata(Some(t), METADATA_TIMEOUT)
+                    .is_ok_and(|m| !m.brokers().is_empty())
+            })
+            .await
+            .unwrap_or(false)
+        }
+    }
+
+    impl Connector for Consuming {
+        type Shared = ();
+        type Held = ();
+
+        fn describe(&self) -> String {
+            format!(
+                "decision service on {} (Kafka {}, replies {})",
+                self.label, self.sink.brokers, self.reply_topic
+            )
+        }
+
+        async fn connect(&mut self) -> anyhow::Result<((), ())> {
+            // Assignment needs the topic: create it first when asked to.
+            if !self.topics.is_empty() {
+                match create_topics(&self.sink, &self.topics).await {
+                    Ok(()) => self.topics.clear(),
+                    // Assigning may still work: the topics may exist, whoever made them
+                    // (creation may be forbidden).
+                    Err(e) => {
+                        tracing::warn!(service = %self.label, error = %e, "creating decision topics failed; retrying")
                     }
                 }
-                m = consumer.recv() => match m {
-                    Ok(msg) => {
-                        if let Some(payload) = msg.payload() {
-                            replies.forward(payload);
+            }
+            if self.assigned {
+                anyhow::ensure!(self.reachable().await, "no Kafka broker reachable");
+            } else {
+                let n = self
+                    .blocking(assign_at_end)
+                    .await
+                    .unwrap_or_else(|| Err(anyhow::anyhow!("assignment task failed")))
+                    .map_err(|e| e.context("decision replies not assignable yet"))?;
+                tracing::info!(service = %self.label, replies = %self.reply_topic, partitions = n, "decision replies assigned");
+                self.assigned = true;
+            }
+            Ok(((), ()))
+        }
+
+        async fn hold(&mut self, _: &Arc<()>, (): &mut ()) -> String {
+            let mut probe = tokio::time::interval(PROBE_EVERY);
+            probe.tick().await;
+            loop {
+                tokio::select! {
+                    _ = probe.tick() => {
+                        if !self.reachable().await {
+                            return "no Kafka broker reachable".to_owned();
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(service = %label, error = %e, "decision reply consumer error");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                },
-                () = stopped(&mut stop) => return,
+                    m = self.consumer.recv() => match m {
+                        Ok(msg) => {
+                            if let Some(payload) = msg.payload() {
+                                self.replies.forward(payload);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(service = %self.label, error = %e, "decision reply consumer error");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    },
+                }
             }
         }
+
+        async fn close(&mut self, _: Arc<()>, (): (), _stopping: bool) {}
     }
 }

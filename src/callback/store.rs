@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{RwLock, broadcast};
+use tokio::sync::broadcast;
 
 use super::{Decision, MacKey, Subject};
 use crate::kv::millis;
@@ -214,7 +214,7 @@ struct Memory {
 }
 
 struct RedisStore {
-    conn: Arc<RwLock<Option<ConnectionManager>>>,
+    conn: crate::kv::Redis,
     limits: Limits,
     prefix: String,
     mac: MacKey,
@@ -244,11 +244,7 @@ impl RedisStore {
     }
 
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        self.conn
-            .read()
-            .await
-            .clone()
-            .ok_or(StoreError::Disconnected)
+        crate::kv::conn(&self.conn).ok_or(StoreError::Disconnected)
     }
 
     /// `SET key value NX PX ttl`: whether this call set it.
@@ -329,6 +325,13 @@ impl DecisionStore {
             prefix,
             mac,
         })))
+    }
+
+    /// Closes the store's connection (Redis), at the end of shutdown.
+    pub async fn close(&self) {
+        if let Backend::Redis(r) = &self.backend {
+            r.conn.stop().await;
+        }
     }
 
     fn memory_lock(m: &Mutex<Memory>) -> Result<std::sync::MutexGuard<'_, Memory>, StoreError> {
@@ -684,7 +687,7 @@ mod tests {
         assert_eq!(Subject::parse_key("s:1"), None);
         assert_eq!(Subject::parse_key(&format!("s::{}", s.body_sha256)), None);
         let r = RedisStore {
-            conn: Arc::default(),
+            conn: crate::supervisor::Link::unconnected(),
             limits: limits(1),
             prefix: "p:".into(),
             mac: MacKey::new(b"0123456789abcdef"),
@@ -704,7 +707,7 @@ mod tests {
     #[test]
     fn a_sealed_record_cannot_be_changed_or_moved() {
         let r = RedisStore {
-            conn: Arc::default(),
+            conn: crate::supervisor::Link::unconnected(),
             limits: limits(1),
             prefix: "p:".into(),
             mac: MacKey::new(b"0123456789abcdef"),

@@ -111,6 +111,13 @@ impl Dedup {
         }
     }
 
+    /// Closes the store's connection (Redis), at the end of shutdown.
+    pub async fn close(&self) {
+        if let Backend::Redis(r) = &self.0 {
+            r.conn.stop().await;
+        }
+    }
+
     /// Publishing failed: forget the claim so the provider's retry can succeed.
     pub async fn release(&self, token: Token) {
         match (&self.0, token) {

@@ -1,19 +1,17 @@
 //! The Redis claim store (`SET NX PX`), shared by every replica. Each pending claim's value
 //! names this process and a counter, so a release deletes only its own claim.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use tokio::sync::RwLock;
 
 use super::{Claim, Token};
 use crate::metrics;
 use crate::normalize::EventId;
 
 pub(super) struct RedisDedup {
-    pub(super) conn: Arc<RwLock<Option<ConnectionManager>>>,
+    pub(super) conn: crate::kv::Redis,
     pub(super) ttl: Duration,
     pub(super) pending_ttl: Duration,
     pub(super) prefix: String,
@@ -32,14 +30,14 @@ impl RedisDedup {
         format!("{}{source}:{id}", self.prefix)
     }
 
-    async fn conn(&self) -> Option<ConnectionManager> {
-        self.conn.read().await.clone()
+    fn conn(&self) -> Option<ConnectionManager> {
+        crate::kv::conn(&self.conn)
     }
 
     pub(super) async fn claim(&self, source: &str, id: &EventId, value: u64) -> Claim {
         let key = self.key(source, id);
         let unrecorded = || Claim::New(Token::Unrecorded);
-        let Some(mut conn) = self.conn().await else {
+        let Some(mut conn) = self.conn() else {
             metrics::dedup_error("redis");
             return unrecorded();
         };
@@ -78,7 +76,7 @@ impl RedisDedup {
     }
 
     pub(super) async fn complete(&self, key: &str) {
-        let Some(mut conn) = self.conn().await else {
+        let Some(mut conn) = self.conn() else {
             return;
         };
         let done: redis::RedisResult<()> = redis::cmd("SET")
@@ -95,7 +93,7 @@ impl RedisDedup {
     }
 
     pub(super) async fn release(&self, key: &str, value: u64) {
-        let Some(mut conn) = self.conn().await else {
+        let Some(mut conn) = self.conn() else {
             return;
         };
         // Delete only our own pending claim, never another replica's or a completed one.

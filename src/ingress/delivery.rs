@@ -2,10 +2,16 @@
 //! (`broker`: the sink's confirmation within 80 % of the deadline, else the spool; `spool`: the
 //! spool; `accept`: at once, published in the background), and the late-confirmation watch that
 //! takes a spooled copy back out. Used by the webhook request driver and the approval flow.
+//!
+//! What a request starts and does not wait for runs on [`Background`], so shutdown drains it
+//! before the sinks close.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::reject::Rejection;
 use super::{Route, State};
@@ -14,6 +20,40 @@ use crate::normalize::Envelope;
 use crate::plan::AckMode;
 use crate::sink::PublishError;
 use crate::spool::{Spool, SpoolError, Spooled};
+
+/// Work that requests leave behind (the `ack = "accept"` publish, the late-confirmation watch,
+/// decision replies being recorded): owned here, so that shutdown waits for it before the sinks
+/// close instead of dropping it with the runtime.
+#[derive(Default)]
+pub struct Background {
+    tasks: TaskTracker,
+    /// Tells waits that may give up (the late-confirmation watch) that shutdown has come.
+    stopping: CancellationToken,
+}
+
+impl Background {
+    /// Runs `work` as owned background work.
+    pub fn spawn<F>(&self, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        drop(self.tasks.spawn(work));
+    }
+
+    /// Resolves once shutdown has begun.
+    pub fn stopping(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.stopping.clone().cancelled_owned()
+    }
+
+    /// Shutdown: what can give up does, and what must finish (publishes, spool writes, each
+    /// bounded by its deadline) has finished when this returns. Later spawns still run, and are
+    /// waited for too.
+    pub async fn drain(&self) {
+        self.stopping.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
 
 /// How an accepted event was made safe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +97,7 @@ pub(super) async fn deliver(
             let (sink, spool, env) = (Arc::clone(&route.sink), spool.cloned(), envelope.clone());
             let (deadline, name) = (route.spec.ack_deadline, sink_name.to_owned());
             let latency = route.metrics.publish_latency().clone();
-            tokio::spawn(async move {
+            state.background.spawn(async move {
                 let mut publish = std::pin::pin!(sink.publish(&env));
                 if !matches!(
                     confirm_within(&latency, deadline, &mut publish).await,
@@ -111,9 +151,17 @@ pub(super) async fn deliver(
                     // original confirms, so the drainer does not publish it twice.
                     let spooled = to_spool(spool, sink_name, envelope).await?;
                     let (spool, name) = (Arc::clone(spool), sink_name.to_owned());
-                    tokio::spawn(async move {
-                        if let Ok(Ok(())) = tokio::time::timeout(LATE_CONFIRM_WAIT, pending).await {
-                            spool.forget(&name, spooled).await;
+                    let stopping = state.background.stopping();
+                    state.background.spawn(async move {
+                        // At shutdown the watch gives up: the spooled copy stays, and at worst
+                        // is published a second time (a duplicate, never a loss).
+                        tokio::select! {
+                            r = tokio::time::timeout(LATE_CONFIRM_WAIT, pending) => {
+                                if let Ok(Ok(())) = r {
+                                    spool.forget(&name, spooled).await;
+                                }
+                            }
+                            () = stopping => {}
                         }
                     });
                     Ok(Delivery::Spooled)

@@ -28,6 +28,7 @@ use crate::plan::{Rate, SourceSpec};
 use crate::sink::{Sink, Sinks};
 use crate::spool::Spool;
 
+pub use self::delivery::Background;
 pub use self::reject::Rejection;
 
 /// The TCP peer of a connection, put on each request by the server's accept loop (warp's own
@@ -137,6 +138,8 @@ pub struct State {
     pub in_flight: Arc<Semaphore>,
     /// Bytes of request bodies held before authentication (`server.max_body_buffer_bytes`).
     pub body_budget: Arc<Semaphore>,
+    /// Work requests leave behind, drained at shutdown before the sinks close.
+    pub background: Background,
 }
 
 /// What a listener serves.

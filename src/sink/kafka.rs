@@ -23,16 +23,22 @@ use super::{PublishError, render_template};
 use crate::metrics;
 use crate::normalize::Envelope;
 use crate::plan::SourceSpec;
+use crate::supervisor::{self, Backoff, Connector, Link};
 
 /// How often the readiness probe asks for metadata while the cluster looks healthy / unreachable.
 const PROBE_HEALTHY: Duration = Duration::from_secs(5);
 const PROBE_UNHEALTHY: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What librdkafka reports from its own threads, for the supervisor to act on.
 #[derive(Default)]
 struct Health {
-    ready: AtomicBool,
+    /// A fatal (idempotence) error: the producer must be rebuilt.
     fatal: AtomicBool,
+    /// All brokers are down: not ready until a probe reaches one again.
+    down: AtomicBool,
+    /// Wakes the supervisor when either flag is raised.
+    changed: Notify,
 }
 
 /// Receives librdkafka's global errors (it calls from its own threads).
@@ -46,11 +52,12 @@ impl ClientContext for Context {
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::Fatal) => {
                 self.health.fatal.store(true, Ordering::SeqCst);
-                self.health.ready.store(false, Ordering::SeqCst);
+                self.health.changed.notify_one();
                 tracing::error!(sink = %self.sink, %error, reason, "fatal Kafka producer error; rebuilding the producer");
             }
             Some(RDKafkaErrorCode::AllBrokersDown) => {
-                self.health.ready.store(false, Ordering::SeqCst);
+                self.health.down.store(true, Ordering::SeqCst);
+                self.health.changed.notify_one();
                 tracing::warn!(sink = %self.sink, reason, "all Kafka brokers are down");
             }
             _ => tracing::warn!(sink = %self.sink, %error, reason, "Kafka client error"),
@@ -63,9 +70,10 @@ type Prod = FutureProducer<Context>;
 pub struct KafkaSink {
     name: String,
     topic: String,
+    /// The producer while the cluster is reachable (readiness is the link's).
+    link: Arc<Link<Prod>>,
+    /// The current producer, reachable or not: flushed at close.
     producer: Arc<RwLock<Prod>>,
-    health: Arc<Health>,
-    stop: Arc<Notify>,
 }
 
 /// The one place librdkafka settings are decided. User overrides come last, but cannot touch
@@ -102,8 +110,8 @@ fn build_producer(name: &str, spec: &KafkaSpec, health: &Arc<Health>) -> anyhow:
 }
 
 impl KafkaSink {
-    /// Creates the producer (no broker needed) and starts the readiness probe, which also
-    /// creates topics when `create_topics` is on.
+    /// Creates the producer (no broker needed) and starts its supervisor, which probes the
+    /// cluster and also creates topics when `create_topics` is on.
     ///
     /// # Errors
     /// When librdkafka refuses the client settings.
@@ -129,37 +137,34 @@ impl KafkaSink {
                 "create_topics cannot create topics whose name depends on {{type}}; create them beforehand"
             );
         }
-        let stop = Arc::new(Notify::new());
-        tokio::spawn(supervise(
-            name.to_owned(),
-            spec.clone(),
-            Arc::clone(&producer),
-            Arc::clone(&health),
-            topics,
-            Arc::clone(&stop),
-        ));
         metrics::sink_ready(name, false);
+        let link = supervisor::supervise(
+            Producing {
+                name: name.to_owned(),
+                spec: spec.clone(),
+                producer: Arc::clone(&producer),
+                health,
+                topics,
+            },
+            // librdkafka reconnects by itself; this is only how often an unreachable cluster
+            // is probed again, so readiness returns within half a second.
+            Backoff {
+                min: PROBE_UNHEALTHY,
+                max: PROBE_UNHEALTHY,
+            },
+        );
         Ok(Self {
             name: name.to_owned(),
             topic: spec.topic.clone(),
+            link,
             producer,
-            health,
-            stop,
         })
     }
 
     pub async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError> {
-        if !self.health.ready.load(Ordering::Relaxed) {
-            return Err(PublishError::Unavailable(format!(
-                "Kafka sink {} is not connected",
-                self.name
-            )));
-        }
-        let producer = self
-            .producer
-            .read()
-            .map_err(|_| PublishError::Unavailable("producer lock poisoned".into()))?
-            .clone();
+        let producer = self.link.get().ok_or_else(|| {
+            PublishError::Unavailable(format!("Kafka sink {} is not connected", self.name))
+        })?;
         let topic = sanitize_topic(&render_template(&self.topic, envelope));
         let headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header {
@@ -190,13 +195,13 @@ impl KafkaSink {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.health.ready.load(Ordering::Relaxed)
+        self.link.is_ready()
     }
 
-    /// Delivers what librdkafka still holds (bounded by `message.timeout.ms`, and by the
-    /// caller's shutdown timeout).
+    /// Stops the supervisor, then delivers what librdkafka still holds (bounded by
+    /// `message.timeout.ms`, and by the caller's shutdown timeout).
     pub async fn close(&self) {
-        self.stop.notify_waiters();
+        self.link.stop().await;
         let Some(producer) = self.producer.read().ok().map(|p| p.clone()) else {
             return;
         };
@@ -236,69 +241,93 @@ fn sanitize_topic(raw: &str) -> String {
         .collect()
 }
 
-async fn supervise(
+/// Whether any broker of `producer`'s cluster answers a metadata request.
+async fn reachable(producer: &Prod) -> bool {
+    let p = producer.clone();
+    tokio::task::spawn_blocking(move || {
+        p.client()
+            .fetch_metadata(None, PROBE_TIMEOUT)
+            .is_ok_and(|m| !m.brokers().is_empty())
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// The sink's "connection": librdkafka keeps its own broker connections, so connecting here
+/// means the cluster answers (and the topics exist when asked for); the producer is rebuilt
+/// only after a fatal error.
+struct Producing {
     name: String,
     spec: KafkaSpec,
     producer: Arc<RwLock<Prod>>,
     health: Arc<Health>,
-    mut topics: Vec<String>,
-    stop: Arc<Notify>,
-) {
-    let mut was_ready = false;
-    loop {
-        if health.fatal.swap(false, Ordering::SeqCst) {
-            match build_producer(&name, &spec, &health) {
-                Ok(p) => {
-                    if let Ok(mut guard) = producer.write() {
-                        *guard = p;
+    /// Topics still to create (`create_topics`).
+    topics: Vec<String>,
+}
+
+impl Connector for Producing {
+    type Shared = Prod;
+    type Held = ();
+
+    fn describe(&self) -> String {
+        format!("sink {} (Kafka {})", self.name, self.spec.brokers)
+    }
+
+    async fn connect(&mut self) -> anyhow::Result<(Prod, ())> {
+        if self.health.fatal.swap(false, Ordering::SeqCst) {
+            let rebuilt = build_producer(&self.name, &self.spec, &self.health)?;
+            if let Ok(mut guard) = self.producer.write() {
+                *guard = rebuilt;
+            }
+            tracing::info!(sink = %self.name, "Kafka producer rebuilt");
+        }
+        let producer = self
+            .producer
+            .read()
+            .map_err(|_| anyhow::anyhow!("producer lock poisoned"))?
+            .clone();
+        // Cleared before the probe: a report that comes after it is about this connection.
+        self.health.down.store(false, Ordering::SeqCst);
+        anyhow::ensure!(reachable(&producer).await, "no Kafka broker reachable");
+        if !self.topics.is_empty() {
+            create_topics(&self.spec, &self.topics)
+                .await
+                .map_err(|e| e.context("creating topics"))?;
+            self.topics.clear();
+        }
+        anyhow::ensure!(
+            !self.health.fatal.load(Ordering::SeqCst),
+            "fatal producer error"
+        );
+        Ok((producer, ()))
+    }
+
+    async fn hold(&mut self, producer: &Arc<Prod>, (): &mut ()) -> String {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(PROBE_HEALTHY) => {
+                    if !reachable(producer).await {
+                        return "no Kafka broker reachable".to_owned();
                     }
-                    tracing::info!(sink = %name, "Kafka producer rebuilt");
                 }
-                Err(e) => {
-                    tracing::error!(sink = %name, error = %e, "rebuilding the Kafka producer failed")
-                }
+                () = self.health.changed.notified() => {}
+            }
+            if self.health.fatal.load(Ordering::SeqCst) {
+                return "fatal producer error".to_owned();
+            }
+            if self.health.down.load(Ordering::SeqCst) {
+                return "all Kafka brokers are down".to_owned();
             }
         }
-        let probe: Option<Prod> = producer.read().ok().map(|p| p.clone());
-        let reachable = match probe {
-            Some(p) => tokio::task::spawn_blocking(move || {
-                p.client()
-                    .fetch_metadata(None, PROBE_TIMEOUT)
-                    .map(|m| !m.brokers().is_empty())
-            })
-            .await
-            .map(|r| r.unwrap_or(false))
-            .unwrap_or(false),
-            None => false,
-        };
-        if reachable && !topics.is_empty() {
-            match create_topics(&spec, &topics).await {
-                Ok(()) => topics.clear(),
-                Err(e) => {
-                    tracing::warn!(sink = %name, error = %e, "creating topics failed; will retry")
-                }
-            }
-        }
-        let ready = reachable && topics.is_empty() && !health.fatal.load(Ordering::SeqCst);
-        health.ready.store(ready, Ordering::SeqCst);
-        if ready != was_ready {
-            metrics::sink_ready(&name, ready);
-            if ready {
-                metrics::sink_connected(&name);
-                tracing::info!(sink = %name, brokers = %spec.brokers, "Kafka sink ready");
-            } else {
-                tracing::warn!(sink = %name, brokers = %spec.brokers, "Kafka sink not ready");
-            }
-            was_ready = ready;
-        }
-        let wait = if ready {
-            PROBE_HEALTHY
-        } else {
-            PROBE_UNHEALTHY
-        };
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stop.notified() => return,
+    }
+
+    /// Nothing to tear down: the producer is kept (and flushed by [`KafkaSink::close`]).
+    async fn close(&mut self, _: Arc<Prod>, (): (), _stopping: bool) {}
+
+    fn on_ready(&self, ready: bool) {
+        metrics::sink_ready(&self.name, ready);
+        if ready {
+            metrics::sink_connected(&self.name);
         }
     }
 }

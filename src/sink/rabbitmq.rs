@@ -7,76 +7,64 @@
 //! checks) the durable topic exchange, and rebuilds everything when the connection or a channel
 //! dies. Publishing never waits for a reconnect: while disconnected it fails at once.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind,
 };
-use tokio::sync::Notify;
 
 use super::spec::{RabbitSpec, redact_url};
 use super::{PublishError, render_template};
 use crate::metrics;
 use crate::normalize::Envelope;
+use crate::supervisor::{self, Backoff, Connector, Link};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-struct Pool {
+pub(crate) struct Pool {
     conn: Connection,
     channels: Vec<Channel>,
 }
 
+/// A connection's event stream (lapin reports a lost connection there).
+pub(crate) type Events = Pin<Box<dyn Stream<Item = Event> + Send>>;
+
 pub struct RabbitSink {
     name: String,
     spec: RabbitSpec,
-    pool: Arc<RwLock<Option<Arc<Pool>>>>,
+    link: Arc<Link<Pool>>,
     next: AtomicUsize,
-    ready: Arc<AtomicBool>,
-    /// Wakes the supervisor to rebuild after a channel died under a publish.
-    broken: Arc<Notify>,
-    stop: Arc<Notify>,
 }
 
 impl RabbitSink {
     /// Starts the supervisor; returns at once, connected or not.
     pub fn start(name: &str, spec: &RabbitSpec) -> Self {
-        let sink = Self {
+        metrics::sink_ready(name, false);
+        let link = supervisor::supervise(
+            Sinking {
+                name: name.to_owned(),
+                spec: spec.clone(),
+            },
+            Backoff::BROKER,
+        );
+        Self {
             name: name.to_owned(),
             spec: spec.clone(),
-            pool: Arc::new(RwLock::new(None)),
+            link,
             next: AtomicUsize::new(0),
-            ready: Arc::new(AtomicBool::new(false)),
-            broken: Arc::new(Notify::new()),
-            stop: Arc::new(Notify::new()),
-        };
-        metrics::sink_ready(name, false);
-        tokio::spawn(supervise(
-            name.to_owned(),
-            spec.clone(),
-            Arc::clone(&sink.pool),
-            Arc::clone(&sink.ready),
-            Arc::clone(&sink.broken),
-            Arc::clone(&sink.stop),
-        ));
-        sink
+        }
     }
 
     pub async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError> {
-        let pool = self
-            .pool
-            .read()
-            .ok()
-            .and_then(|p| p.clone())
-            .ok_or_else(|| {
-                PublishError::Unavailable(format!("RabbitMQ sink {} is not connected", self.name))
-            })?;
+        let pool = self.link.get().ok_or_else(|| {
+            PublishError::Unavailable(format!("RabbitMQ sink {} is not connected", self.name))
+        })?;
         let channel =
             &pool.channels[self.next.fetch_add(1, Ordering::Relaxed) % pool.channels.len()];
         let routing_key =
@@ -125,8 +113,8 @@ impl RabbitSink {
                 props,
             )
             .await
-            .map_err(|e| self.failed(channel, &e))?;
-        let confirmation = confirm.await.map_err(|e| self.failed(channel, &e))?;
+            .map_err(|e| self.failed(&pool, channel, &e))?;
+        let confirmation = confirm.await.map_err(|e| self.failed(&pool, channel, &e))?;
         confirmed(confirmation, |ret| {
             format!(
                 "unroutable: {} {} (bind a queue to exchange {})",
@@ -135,37 +123,21 @@ impl RabbitSink {
         })
     }
 
-    fn failed(&self, channel: &Channel, e: &lapin::Error) -> PublishError {
+    fn failed(&self, pool: &Arc<Pool>, channel: &Channel, e: &lapin::Error) -> PublishError {
         if !channel.status().connected() {
-            self.ready.store(false, Ordering::SeqCst);
-            self.broken.notify_one();
+            self.link.report_broken(pool);
         }
         PublishError::Unavailable(format!("RabbitMQ publish failed: {e}"))
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.link.is_ready()
     }
 
-    /// Waits for outstanding confirms, then closes the connection.
+    /// Waits for outstanding confirms, then closes the connection (the supervisor does both
+    /// as it stops).
     pub async fn close(&self) {
-        self.stop.notify_waiters();
-        let pool = self.pool.write().ok().and_then(|mut p| p.take());
-        if let Some(pool) = pool {
-            for ch in &pool.channels {
-                if let Err(e) = ch.wait_for_confirms().await {
-                    tracing::warn!(sink = %self.name, error = %e, "waiting for confirms at shutdown");
-                }
-            }
-            if let Err(e) = pool
-                .conn
-                .close(200, "hookbridge shutting down".into())
-                .await
-            {
-                tracing::debug!(sink = %self.name, error = %e, "closing the AMQP connection");
-            }
-        }
-        self.ready.store(false, Ordering::SeqCst);
+        self.link.stop().await;
     }
 }
 
@@ -197,107 +169,100 @@ pub(crate) async fn open(url: &str, name: &str) -> anyhow::Result<Connection> {
         .map_err(Into::into)
 }
 
-async fn connect(spec: &RabbitSpec) -> anyhow::Result<Pool> {
-    let conn = open(&spec.url, "hookbridge").await?;
-    let mut channels = Vec::with_capacity(spec.channels);
-    for _ in 0..spec.channels {
-        let ch = conn.create_channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        channels.push(ch);
-    }
-    let opts = ExchangeDeclareOptions {
-        durable: true,
-        passive: !spec.declare_exchange,
-        ..ExchangeDeclareOptions::default()
-    };
-    channels[0]
-        .exchange_declare(
-            spec.exchange.as_str().into(),
-            ExchangeKind::Topic,
-            opts,
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| {
-            if spec.declare_exchange {
-                anyhow::anyhow!("declaring exchange {}: {e}", spec.exchange)
-            } else {
-                anyhow::anyhow!(
-                    "exchange {} must exist (declare_exchange = false): {e}",
-                    spec.exchange
-                )
-            }
-        })?;
-    Ok(Pool { conn, channels })
-}
-
-async fn supervise(
+/// The sink's connection: a pool of confirm-mode channels and the exchange checked.
+struct Sinking {
     name: String,
     spec: RabbitSpec,
-    slot: Arc<RwLock<Option<Arc<Pool>>>>,
-    ready: Arc<AtomicBool>,
-    broken: Arc<Notify>,
-    stop: Arc<Notify>,
-) {
-    let url = redact_url(&spec.url);
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        let pool = tokio::select! {
-            r = connect(&spec) => r,
-            () = stop.notified() => return,
-        };
-        let pool = match pool {
-            Ok(pool) => Arc::new(pool),
-            Err(e) => {
-                tracing::warn!(sink = %name, url = %url, error = %e, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ connect failed");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = stop.notified() => return,
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
-        backoff = BACKOFF_MIN;
-        let mut events = pool.conn.events_listener();
-        if let Ok(mut s) = slot.write() {
-            *s = Some(Arc::clone(&pool));
-        }
-        ready.store(true, Ordering::SeqCst);
-        metrics::sink_ready(&name, true);
-        metrics::sink_connected(&name);
-        tracing::info!(sink = %name, url = %url, channels = spec.channels, exchange = %spec.exchange, "RabbitMQ sink ready");
+}
 
-        // Stay until the connection errors, a publish found a dead channel, or shutdown.
-        let stopping = loop {
-            tokio::select! {
-                ev = events.next() => match ev {
-                    Some(Event::Error(e)) => {
-                        tracing::warn!(sink = %name, error = %e, "RabbitMQ connection lost");
-                        break false;
-                    }
-                    Some(_) => {}
-                    None => break false,
-                },
-                () = broken.notified() => {
-                    tracing::warn!(sink = %name, "RabbitMQ channel closed; reconnecting");
-                    break false;
-                }
-                () = stop.notified() => break true,
-            }
+impl Connector for Sinking {
+    type Shared = Pool;
+    type Held = Events;
+
+    fn describe(&self) -> String {
+        format!(
+            "sink {} (RabbitMQ {}, exchange {})",
+            self.name,
+            redact_url(&self.spec.url),
+            self.spec.exchange
+        )
+    }
+
+    async fn connect(&mut self) -> anyhow::Result<(Pool, Events)> {
+        let spec = &self.spec;
+        let conn = open(&spec.url, "hookbridge").await?;
+        let events: Events = Box::pin(conn.events_listener());
+        let mut channels = Vec::with_capacity(spec.channels);
+        for _ in 0..spec.channels {
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            channels.push(ch);
+        }
+        let opts = ExchangeDeclareOptions {
+            durable: true,
+            passive: !spec.declare_exchange,
+            ..ExchangeDeclareOptions::default()
         };
-        ready.store(false, Ordering::SeqCst);
-        metrics::sink_ready(&name, false);
+        channels[0]
+            .exchange_declare(
+                spec.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                opts,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                if spec.declare_exchange {
+                    anyhow::anyhow!("declaring exchange {}: {e}", spec.exchange)
+                } else {
+                    anyhow::anyhow!(
+                        "exchange {} must exist (declare_exchange = false): {e}",
+                        spec.exchange
+                    )
+                }
+            })?;
+        Ok((Pool { conn, channels }, events))
+    }
+
+    async fn hold(&mut self, _pool: &Arc<Pool>, events: &mut Events) -> String {
+        lost(events).await
+    }
+
+    async fn close(&mut self, pool: Arc<Pool>, _events: Events, stopping: bool) {
         if stopping {
-            return;
+            for ch in &pool.channels {
+                if let Err(e) = ch.wait_for_confirms().await {
+                    tracing::warn!(sink = %self.name, error = %e, "waiting for confirms at shutdown");
+                }
+            }
         }
-        if let Ok(mut s) = slot.write() {
-            *s = None;
-        }
+        let (code, why) = if stopping {
+            (200, "hookbridge shutting down")
+        } else {
+            (320, "reconnecting")
+        };
         if pool.conn.status().connected()
-            && let Err(e) = pool.conn.close(320, "reconnecting".into()).await
+            && let Err(e) = pool.conn.close(code, why.into()).await
         {
-            tracing::debug!(sink = %name, error = %e, "closing the old AMQP connection");
+            tracing::debug!(sink = %self.name, error = %e, "closing the AMQP connection");
+        }
+    }
+
+    fn on_ready(&self, ready: bool) {
+        metrics::sink_ready(&self.name, ready);
+        if ready {
+            metrics::sink_connected(&self.name);
+        }
+    }
+}
+
+/// Resolves, with the reason, once lapin reports the connection lost.
+pub(crate) async fn lost(events: &mut Events) -> String {
+    loop {
+        match events.next().await {
+            Some(Event::Error(e)) => return format!("RabbitMQ connection lost: {e}"),
+            Some(_) => {}
+            None => return "RabbitMQ connection closed".to_owned(),
         }
     }
 }

@@ -23,7 +23,8 @@ use anyhow::Context as _;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
 use crate::normalize::Envelope;
@@ -279,12 +280,7 @@ impl Spool {
     }
 
     /// Publishes what is spooled for `sink`, in order, until `stop` turns true.
-    pub async fn drain(
-        self: Arc<Self>,
-        name: String,
-        sink: Arc<Sink>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    pub async fn drain(self: Arc<Self>, name: String, sink: Arc<Sink>, stop: CancellationToken) {
         let Some(queue) = self.queues.get(&name).cloned() else {
             return;
         };
@@ -293,7 +289,7 @@ impl Spool {
             if !sink.is_ready() {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                    _ = stop.wait_for(|s| *s) => return,
+                    () = stop.cancelled() => return,
                 }
             }
             let this = Arc::clone(&self);
@@ -312,7 +308,7 @@ impl Spool {
                 tokio::select! {
                     () = queue.appended.notified() => {}
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    () = stop.cancelled() => return,
                 }
                 continue;
             }
@@ -350,7 +346,7 @@ impl Spool {
             if failed > 0 {
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    () = stop.cancelled() => return,
                 }
                 backoff = (backoff * 2).min(DRAIN_BACKOFF_MAX);
             } else {
