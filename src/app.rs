@@ -19,7 +19,9 @@ use crate::callback::store::DecisionStore;
 use crate::config::{Config, DedupBackend, ServerConfig};
 use crate::dedup::Dedup;
 use crate::ingress::{self, Route, Serve, State};
+use crate::plan::SourceSpec;
 use crate::sink::Sinks;
+use crate::sink::spec::SinkSpec;
 use crate::spool::Spool;
 use crate::tls::ReloadableAcceptor;
 
@@ -52,94 +54,17 @@ impl App {
             None => None,
         };
         let sinks = Sinks::start(&config.sinks, &config.sources).await?;
-        let spool = match &config.spool {
-            Some(s) => {
-                let names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
-                let spool = Spool::open(&s.path, &names, s.max_bytes)?;
-                tracing::info!(path = %s.path.display(), max_bytes = s.max_bytes, "spool open");
-                Some(Arc::new(spool))
-            }
-            None => None,
-        };
-        let longest_deadline = config
-            .sources
-            .iter()
-            .map(|s| s.ack_deadline)
-            .max()
-            .unwrap_or_default();
-        let pending = crate::dedup::pending_ttl(longest_deadline);
-        let dedup = match config.dedup.backend {
-            DedupBackend::Memory => {
-                Dedup::memory(config.dedup.ttl, pending, config.dedup.max_entries)
-            }
-            DedupBackend::Redis => Dedup::redis(
-                config.dedup.redis_url.as_deref().unwrap_or_default(),
-                config.dedup.ttl,
-                pending,
-                config.dedup.key_prefix.clone(),
-            )?,
-        };
-        tracing::info!(
-            backend = dedup.backend(),
-            ttl_secs = config.dedup.ttl.as_secs(),
-            "dedup ready"
-        );
-        let limits = crate::callback::store::Limits {
-            ttl: config.decisions.store.ttl,
-            asked_ttl: config.decisions.asked_ttl,
-            max_entries: usize::try_from(config.decisions.store.max_entries).unwrap_or(usize::MAX),
-        };
-        let decisions = match config.decisions.store.backend {
-            DedupBackend::Memory => DecisionStore::memory(limits),
-            DedupBackend::Redis => DecisionStore::redis(
-                config
-                    .decisions
-                    .store
-                    .redis_url
-                    .as_deref()
-                    .unwrap_or_default(),
-                limits,
-                config.decisions.store.key_prefix.clone(),
-                // Config refuses a Redis store without a secret when approvals exist; without
-                // approvals nothing is ever stored, and a random key seals nothing.
-                config.decisions.secret.clone().unwrap_or_else(|| {
-                    crate::callback::MacKey::new(uuid::Uuid::new_v4().as_bytes())
-                }),
-            )?,
-        };
+        let spool = open_spool(&config)?;
+        let dedup = dedup_store(&config)?;
+        let decisions = decision_store(&config)?;
         // Bounded: a flood of replies is dropped (and logged) rather than buffered without end;
         // a dropped reply only means the callback's retry asks again.
-        let (reply_tx, reply_rx) = tokio::sync::mpsc::channel(4096);
+        let (reply_tx, reply_rx) = mpsc::channel(4096);
+        let client_limits = (config.server.ipv6_prefix, config.server.max_rate_clients);
         let mut routes = HashMap::new();
         for spec in config.sources {
-            let sink = Arc::clone(
-                sinks
-                    .get(&spec.sink)
-                    .context("source refers to a missing sink")?,
-            );
-            let service = match spec.kind.approval().and_then(|a| a.service.as_ref()) {
-                Some(svc) => {
-                    let sink_spec = config
-                        .sinks
-                        .iter()
-                        .find(|s| s.name == svc.sink)
-                        .context("decision service refers to a missing sink")?;
-                    Some(Arc::new(
-                        DecisionService::start(&spec.name, svc, sink_spec, reply_tx.clone())
-                            .await?,
-                    ))
-                }
-                None => None,
-            };
-            tracing::info!(
-                source = %spec.name, route = %spec.route(), kind = spec.kind.name(),
-                scheme = spec.verifier.scheme().name(), sink = %spec.sink, "source ready"
-            );
-            let client_limits = (config.server.ipv6_prefix, config.server.max_rate_clients);
-            routes.insert(
-                spec.name.clone(),
-                Route::new(spec, sink, service, client_limits),
-            );
+            let route = route(spec, &config.sinks, &sinks, &reply_tx, client_limits).await?;
+            routes.insert(route.spec.name.clone(), route);
         }
         let replies = routes
             .values()
@@ -311,6 +236,95 @@ impl App {
     }
 }
 
+fn open_spool(config: &Config) -> anyhow::Result<Option<Arc<Spool>>> {
+    let Some(s) = &config.spool else {
+        return Ok(None);
+    };
+    let names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
+    let spool = Spool::open(&s.path, &names, s.max_bytes)?;
+    tracing::info!(path = %s.path.display(), max_bytes = s.max_bytes, "spool open");
+    Ok(Some(Arc::new(spool)))
+}
+
+fn dedup_store(config: &Config) -> anyhow::Result<Dedup> {
+    let longest_deadline = config
+        .sources
+        .iter()
+        .map(|s| s.ack_deadline)
+        .max()
+        .unwrap_or_default();
+    let pending = crate::dedup::pending_ttl(longest_deadline);
+    let d = &config.dedup;
+    let dedup = match d.backend {
+        DedupBackend::Memory => Dedup::memory(d.ttl, pending, d.max_entries),
+        DedupBackend::Redis => Dedup::redis(
+            d.redis_url.as_deref().unwrap_or_default(),
+            d.ttl,
+            pending,
+            d.key_prefix.clone(),
+        )?,
+    };
+    tracing::info!(
+        backend = dedup.backend(),
+        ttl_secs = d.ttl.as_secs(),
+        "dedup ready"
+    );
+    Ok(dedup)
+}
+
+fn decision_store(config: &Config) -> anyhow::Result<DecisionStore> {
+    let d = &config.decisions;
+    let limits = crate::callback::store::Limits {
+        ttl: d.store.ttl,
+        asked_ttl: d.asked_ttl,
+        max_entries: usize::try_from(d.store.max_entries).unwrap_or(usize::MAX),
+    };
+    Ok(match d.store.backend {
+        DedupBackend::Memory => DecisionStore::memory(limits),
+        DedupBackend::Redis => DecisionStore::redis(
+            d.store.redis_url.as_deref().unwrap_or_default(),
+            limits,
+            d.store.key_prefix.clone(),
+            // Config refuses a Redis store without a secret when approvals exist; without
+            // approvals nothing is ever stored, and a random key seals nothing.
+            d.secret
+                .clone()
+                .unwrap_or_else(|| crate::callback::MacKey::new(uuid::Uuid::new_v4().as_bytes())),
+        )?,
+    })
+}
+
+/// A source's route: its sink, and the decision service it asks (started here).
+async fn route(
+    spec: SourceSpec,
+    sink_specs: &[SinkSpec],
+    sinks: &Sinks,
+    replies: &mpsc::Sender<Reply>,
+    client_limits: (u8, usize),
+) -> anyhow::Result<Route> {
+    let sink = Arc::clone(
+        sinks
+            .get(&spec.sink)
+            .context("source refers to a missing sink")?,
+    );
+    let service = match spec.kind.approval().and_then(|a| a.service.as_ref()) {
+        Some(svc) => {
+            let sink_spec = sink_specs
+                .iter()
+                .find(|s| s.name == svc.sink)
+                .context("decision service refers to a missing sink")?;
+            let started = DecisionService::start(&spec.name, svc, sink_spec, replies.clone());
+            Some(Arc::new(started.await?))
+        }
+        None => None,
+    };
+    tracing::info!(
+        source = %spec.name, route = %spec.route(), kind = spec.kind.name(),
+        scheme = spec.verifier.scheme().name(), sink = %spec.sink, "source ready"
+    );
+    Ok(Route::new(spec, sink, service, client_limits))
+}
+
 /// When a background part stops, in this order, once the listeners have stopped accepting and
 /// every open request has finished. Each stage waits for the one before: nothing is closed
 /// while something that could still use it runs.
@@ -425,7 +439,7 @@ async fn record_replies(state: Arc<State>, mut rx: mpsc::Receiver<Reply>, stop: 
         let Ok(permit) = permit else { return };
         let state2 = Arc::clone(&state);
         state.background.spawn(async move {
-            ingress::callback::on_reply(&state2, reply).await;
+            ingress::on_reply(&state2, reply).await;
             drop(permit);
         });
     }

@@ -54,25 +54,7 @@ pub async fn serve(
     tls: Option<ReloadableAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut h1 = hyper::server::conn::http1::Builder::new();
-    // hyper panics on header_read_timeout without a timer.
-    h1.timer(TokioTimer::new())
-        // Without half-close, hyper probes a busy connection for EOF while the handler runs: a
-        // fresh 8-16 KB read buffer per in-flight request (the old one is still referenced by the
-        // request), the largest per-connection cost under load. And a client that hangs up then
-        // cancels the handler mid-publish, leaving the event's dedup claim pending; with it, the
-        // handler finishes, the event is durable, and the provider's retry is a duplicate.
-        .half_close(true)
-        .header_read_timeout(config.header_timeout)
-        .max_headers(config.max_headers)
-        .max_buf_size(config.max_header_bytes);
-    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(config.http2_max_concurrent_streams)
-        .keep_alive_interval(Some(config.http2_keepalive_interval))
-        .keep_alive_timeout(config.http2_keepalive_timeout);
-    let builder = Arc::new(Protocols { h1, h2 });
+    let builder = Arc::new(Protocols::new(config));
     // `stop` tells every connection to wind down; the tracker says when the last one has.
     let stop = CancellationToken::new();
     let connections = TaskTracker::new();
@@ -105,103 +87,28 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            metrics::connection_rejected("connection_limit");
-            tracing::debug!(peer = %peer, "connection limit reached; answering 503");
+        let Some(held) = admit(&permits, &per_ip, config, peer) else {
             if tls.is_none() {
                 tokio::spawn(refuse(tcp));
             }
             continue;
         };
-        // Behind a load balancer every connection comes from it: proxies are not capped.
-        let peer_ip = client::canonical(peer.ip());
-        let slot = if config.proxies.trusted.iter().any(|n| n.contains(&peer_ip)) {
-            None
-        } else {
-            match PerClient::enter(
-                &per_ip,
-                RateKey::of(Client::Addr(peer_ip), config.ipv6_prefix),
-            ) {
-                Some(slot) => Some(slot),
-                None => {
-                    metrics::connection_rejected("connection_limit_per_ip");
-                    tracing::debug!(peer = %peer, "per-address connection limit reached; answering 503");
-                    if tls.is_none() {
-                        tokio::spawn(refuse(tcp));
-                    }
-                    continue;
-                }
-            }
-        };
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
-        let builder = Arc::clone(&builder);
-        let watcher = stop.clone();
-        let routes = routes.clone();
-        let acceptor = tls.as_ref().and_then(ReloadableAcceptor::get);
-        connections.spawn(async move {
-            let _permits = (permit, slot);
-            let activity = Arc::new(Activity::new());
-            let inner = TowerToHyperService::new(warp::service(routes));
-            let seen = Arc::clone(&activity);
-            let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                // Ends with the request, also when its HTTP/2 stream is reset and it is dropped.
-                let busy = Busy::enter(&seen);
-                let answer = inner.call(req);
-                async move {
-                    let answered = answer.await;
-                    drop(busy);
-                    answered
-                }
-            });
-            let conn = Conn {
-                protocols: &builder,
-                watcher,
-                activity: &activity,
-                deadlines: &deadlines,
-            };
-            let result = match acceptor {
-                None => match sniff_h2(&tcp, handshake_timeout).await {
-                    Some(h2) => conn.serve(h2, tcp, svc).await,
-                    None => {
-                        metrics::connection_rejected("header_timeout");
-                        tracing::info!(peer = %peer, reason = "header_timeout", "no request before the header timeout");
-                        return;
-                    }
-                },
-                Some(acceptor) => {
-                    // Boxed: a TLS stream held inline would size every connection's task,
-                    // plain ones included, for TLS.
-                    let handshake = Box::pin(tokio::time::timeout(
-                        handshake_timeout,
-                        acceptor.accept(tcp),
-                    ));
-                    match handshake.await {
-                        Ok(Ok(stream)) => {
-                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                            Box::pin(conn.serve(h2, stream, svc)).await
-                        }
-                        Ok(Err(e)) => {
-                            metrics::connection_rejected("tls_handshake");
-                            tracing::info!(peer = %peer, error = %e, reason = "tls_handshake", "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            metrics::connection_rejected("tls_handshake_timeout");
-                            tracing::info!(peer = %peer, reason = "tls_handshake_timeout", "TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-            };
-            if let Err(e) = result {
-                let reason = classify(e.as_ref());
-                metrics::connection_rejected(reason);
-                tracing::info!(peer = %peer, reason, error = %e, "connection ended with an error");
-            }
-        });
+        let accepted = Accepted {
+            tcp,
+            peer,
+            acceptor: tls.as_ref().and_then(ReloadableAcceptor::get),
+            held,
+        };
+        let shared = Shared {
+            protocols: Arc::clone(&builder),
+            stop: stop.clone(),
+            deadlines,
+            handshake_timeout,
+        };
+        connections.spawn(connection(accepted, routes.clone(), shared));
     }
     drop(listener);
     tracing::info!(
@@ -215,6 +122,150 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("shutdown timeout reached with requests still open");
+    }
+}
+
+impl Protocols {
+    /// hyper's HTTP/1.1 and HTTP/2 servers with the configured limits.
+    fn new(config: &ServerConfig) -> Self {
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        // hyper panics on header_read_timeout without a timer.
+        h1.timer(TokioTimer::new())
+            // Without half-close, hyper probes a busy connection for EOF while the handler runs: a
+            // fresh 8-16 KB read buffer per in-flight request (the old one is still referenced by the
+            // request), the largest per-connection cost under load. And a client that hangs up then
+            // cancels the handler mid-publish, leaving the event's dedup claim pending; with it, the
+            // handler finishes, the event is durable, and the provider's retry is a duplicate.
+            .half_close(true)
+            .header_read_timeout(config.header_timeout)
+            .max_headers(config.max_headers)
+            .max_buf_size(config.max_header_bytes);
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(config.http2_max_concurrent_streams)
+            .keep_alive_interval(Some(config.http2_keepalive_interval))
+            .keep_alive_timeout(config.http2_keepalive_timeout);
+        Self { h1, h2 }
+    }
+}
+
+/// A connection's permits: one of `max_connections`, and one of its client address's
+/// `max_connections_per_ip` (behind a load balancer every connection comes from it: trusted
+/// proxies are not capped). `None`, counted and logged: over a limit.
+fn admit(
+    permits: &Arc<Semaphore>,
+    per_ip: &Arc<PerClient>,
+    config: &ServerConfig,
+    peer: std::net::SocketAddr,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, Option<ClientSlot>)> {
+    let Ok(permit) = Arc::clone(permits).try_acquire_owned() else {
+        metrics::connection_rejected("connection_limit");
+        tracing::debug!(peer = %peer, "connection limit reached; answering 503");
+        return None;
+    };
+    let peer_ip = client::canonical(peer.ip());
+    if config.proxies.trusted.iter().any(|n| n.contains(&peer_ip)) {
+        return Some((permit, None));
+    }
+    let key = RateKey::of(Client::Addr(peer_ip), config.ipv6_prefix);
+    let Some(slot) = PerClient::enter(per_ip, key) else {
+        metrics::connection_rejected("connection_limit_per_ip");
+        tracing::debug!(peer = %peer, "per-address connection limit reached; answering 503");
+        return None;
+    };
+    Some((permit, Some(slot)))
+}
+
+/// A connection just accepted, with the permits it holds until it ends.
+struct Accepted {
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    held: (tokio::sync::OwnedSemaphorePermit, Option<ClientSlot>),
+}
+
+/// What every connection of one listener shares.
+struct Shared {
+    protocols: Arc<Protocols>,
+    stop: CancellationToken,
+    deadlines: Deadlines,
+    handshake_timeout: Duration,
+}
+
+/// Serves one accepted connection to its end: the TLS handshake or the HTTP/2 sniff, then
+/// hyper under the connection's deadlines; how it ended is counted and logged here.
+async fn connection(accepted: Accepted, routes: BoxedFilter<(Response,)>, shared: Shared) {
+    let Accepted {
+        tcp,
+        peer,
+        acceptor,
+        held: _held,
+    } = accepted;
+    let Shared {
+        protocols,
+        stop,
+        deadlines,
+        handshake_timeout,
+    } = shared;
+    let activity = Arc::new(Activity::new());
+    let inner = TowerToHyperService::new(warp::service(routes));
+    let seen = Arc::clone(&activity);
+    let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        // Ends with the request, also when its HTTP/2 stream is reset and it is dropped.
+        let busy = Busy::enter(&seen);
+        let answer = inner.call(req);
+        async move {
+            let answered = answer.await;
+            drop(busy);
+            answered
+        }
+    });
+    let conn = Conn {
+        protocols: &protocols,
+        watcher: stop,
+        activity: &activity,
+        deadlines: &deadlines,
+    };
+    let result = match acceptor {
+        None => match sniff_h2(&tcp, handshake_timeout).await {
+            Some(h2) => conn.serve(h2, tcp, svc).await,
+            None => {
+                metrics::connection_rejected("header_timeout");
+                tracing::info!(peer = %peer, reason = "header_timeout", "no request before the header timeout");
+                return;
+            }
+        },
+        Some(acceptor) => {
+            // Boxed: a TLS stream held inline would size every connection's task,
+            // plain ones included, for TLS.
+            let handshake = Box::pin(tokio::time::timeout(
+                handshake_timeout,
+                acceptor.accept(tcp),
+            ));
+            match handshake.await {
+                Ok(Ok(stream)) => {
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    Box::pin(conn.serve(h2, stream, svc)).await
+                }
+                Ok(Err(e)) => {
+                    metrics::connection_rejected("tls_handshake");
+                    tracing::info!(peer = %peer, error = %e, reason = "tls_handshake", "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics::connection_rejected("tls_handshake_timeout");
+                    tracing::info!(peer = %peer, reason = "tls_handshake_timeout", "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        let reason = classify(e.as_ref());
+        metrics::connection_rejected(reason);
+        tracing::info!(peer = %peer, reason, error = %e, "connection ended with an error");
     }
 }
 

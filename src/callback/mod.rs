@@ -2,7 +2,10 @@
 //! `deny` (reject), and `ok` can release a withdrawal, so the answer must come from a decision,
 //! never from the mere arrival of the request.
 //!
-//! This module owns where decisions come from and where they are kept:
+//! This module owns the approval flow and where decisions come from and are kept:
+//! - [`approve`]: the flow of one approval callback (remembered decision, rules, ask, record,
+//!   audit, answer) and of a decision service's reply; it takes the request path's delivery
+//!   as a capability;
 //! - [`rules`]: CEL policy rules evaluated inline (first match wins, explicit default);
 //! - [`service`]: request-reply with the user's decision service over RabbitMQ or Kafka;
 //! - [`store`]: remembered decisions per [`Subject`] (memory, or Redis shared by replicas), and
@@ -11,8 +14,10 @@
 //! A decision belongs to one exact signed body ([`Subject`]): the callback ID alone is not
 //! trusted, because WaaS 1.0's `request_id` is chosen by whoever calls Cobo's API and Cobo's
 //! keys are shared by all of its customers, so another customer can get a genuinely signed body
-//! with any callback ID. The request flow (verify, ask, record, answer) is [`crate::ingress`]'s.
+//! with any callback ID. Reading and verifying the request, and the status of the answer, are
+//! [`crate::ingress`]'s.
 
+pub mod approve;
 pub mod rules;
 pub mod service;
 pub mod store;

@@ -15,6 +15,9 @@ use tokio_util::task::TaskTracker;
 
 use super::reject::Rejection;
 use super::{Route, State};
+use crate::callback::Approval;
+use crate::callback::approve::{self, Approver, Deliver};
+use crate::callback::service::Reply;
 use crate::metrics;
 use crate::normalize::Envelope;
 use crate::plan::AckMode;
@@ -53,6 +56,47 @@ impl Background {
         self.tasks.close();
         self.tasks.wait().await;
     }
+}
+
+/// A source's delivery, as the approval flow's capability: its audit events follow the
+/// source's ack mode like any event.
+pub struct ToSink<'a> {
+    route: &'a Route,
+    state: &'a State,
+}
+
+impl Deliver for ToSink<'_> {
+    type Error = Rejection;
+
+    async fn deliver(&self, event: &Envelope) -> Result<(), Rejection> {
+        deliver(self.route, self.state, event).await.map(drop)
+    }
+}
+
+impl Route {
+    /// This approval source, for the approval flow.
+    pub(super) fn approver<'a>(
+        &'a self,
+        state: &'a State,
+        approval: &'a Approval,
+    ) -> Approver<'a, ToSink<'a>> {
+        Approver {
+            spec: &self.spec,
+            approval,
+            service: self.service.as_deref(),
+            store: &state.decisions,
+            delivery: ToSink { route: self, state },
+        }
+    }
+}
+
+/// Records a decision service's reply (see [`approve::on_reply`]) with this process's sources.
+pub async fn on_reply(state: &State, reply: Reply) {
+    approve::on_reply(&state.decisions, reply, |name| {
+        let route = state.routes.get(name)?;
+        Some(route.approver(state, route.spec.kind.approval()?))
+    })
+    .await;
 }
 
 /// How an accepted event was made safe.
@@ -94,24 +138,7 @@ pub(super) async fn deliver(
         }
         (AckMode::Spool, None) => Err(Rejection::Spool(SpoolError::Closed)),
         (AckMode::Accept, spool) => {
-            let (sink, spool, env) = (Arc::clone(&route.sink), spool.cloned(), envelope.clone());
-            let (deadline, name) = (route.spec.ack_deadline, sink_name.to_owned());
-            let latency = route.metrics.publish_latency().clone();
-            state.background.spawn(async move {
-                let mut publish = std::pin::pin!(sink.publish(&env));
-                if !matches!(
-                    confirm_within(&latency, deadline, &mut publish).await,
-                    Some(Ok(()))
-                ) {
-                    let spooled = match &spool {
-                        Some(s) => to_spool(s, &name, &env).await.is_ok(),
-                        None => false,
-                    };
-                    if !spooled {
-                        tracing::error!(sink = %name, event_id = %env.id(), "ack = accept: event could not be published or spooled and is lost");
-                    }
-                }
-            });
+            publish_in_background(route, state, spool.cloned(), envelope);
             Ok(Delivery::Unconfirmed)
         }
         (AckMode::Broker, None) => {
@@ -128,45 +155,83 @@ pub(super) async fn deliver(
                 None => Err(Rejection::AckTimeout),
             }
         }
-        (AckMode::Broker, Some(spool)) => {
-            if !route.sink.is_ready() {
-                to_spool(spool, sink_name, envelope).await?;
-                return Ok(Delivery::Spooled);
+        (AckMode::Broker, Some(spool)) => publish_or_spool(route, state, spool, envelope).await,
+    }
+}
+
+/// `ack = "accept"`: publishes (or, failing that, spools) as background work.
+fn publish_in_background(
+    route: &Route,
+    state: &State,
+    spool: Option<Arc<Spool>>,
+    envelope: &Envelope,
+) {
+    let sink_name = route.spec.sink.as_str();
+    let (sink, env) = (Arc::clone(&route.sink), envelope.clone());
+    let (deadline, name) = (route.spec.ack_deadline, sink_name.to_owned());
+    let latency = route.metrics.publish_latency().clone();
+    state.background.spawn(async move {
+        let mut publish = std::pin::pin!(sink.publish(&env));
+        if !matches!(
+            confirm_within(&latency, deadline, &mut publish).await,
+            Some(Ok(()))
+        ) {
+            let spooled = match &spool {
+                Some(s) => to_spool(s, &name, &env).await.is_ok(),
+                None => false,
+            };
+            if !spooled {
+                tracing::error!(sink = %name, event_id = %env.id(), "ack = accept: event could not be published or spooled and is lost");
             }
-            // Leave a fifth of the deadline for the spool write if the broker is slow. The
-            // publish is owned (boxed) so it can outlive this request if it times out.
-            let budget = route.spec.ack_deadline.mul_f32(0.8);
-            let (sink, env) = (Arc::clone(&route.sink), envelope.clone());
-            let mut pending = Box::pin(async move { sink.publish(&env).await });
-            match confirm_within(route.metrics.publish_latency(), budget, &mut pending).await {
-                Some(Ok(())) => Ok(Delivery::Published),
-                Some(Err(e @ PublishError::Refused(_))) => Err(e.into()),
-                Some(Err(PublishError::Unavailable(_))) => {
-                    to_spool(spool, sink_name, envelope).await?;
-                    Ok(Delivery::Spooled)
-                }
-                None => {
-                    // The broker may still confirm this publish. Spool the event now, keep
-                    // waiting in the background, and take it back out of the spool if the
-                    // original confirms, so the drainer does not publish it twice.
-                    let spooled = to_spool(spool, sink_name, envelope).await?;
-                    let (spool, name) = (Arc::clone(spool), sink_name.to_owned());
-                    let stopping = state.background.stopping();
-                    state.background.spawn(async move {
-                        // At shutdown the watch gives up: the spooled copy stays, and at worst
-                        // is published a second time (a duplicate, never a loss).
-                        tokio::select! {
-                            r = tokio::time::timeout(LATE_CONFIRM_WAIT, pending) => {
-                                if let Ok(Ok(())) = r {
-                                    spool.forget(&name, spooled).await;
-                                }
-                            }
-                            () = stopping => {}
+        }
+    });
+}
+
+/// `ack = "broker"` with a spool: the broker's confirmation within 80 % of the deadline, else
+/// the spool (and a watch for the late confirmation).
+async fn publish_or_spool(
+    route: &Route,
+    state: &State,
+    spool: &Arc<Spool>,
+    envelope: &Envelope,
+) -> Result<Delivery, Rejection> {
+    let sink_name = route.spec.sink.as_str();
+    if !route.sink.is_ready() {
+        to_spool(spool, sink_name, envelope).await?;
+        return Ok(Delivery::Spooled);
+    }
+    // Leave a fifth of the deadline for the spool write if the broker is slow. The
+    // publish is owned (boxed) so it can outlive this request if it times out.
+    let budget = route.spec.ack_deadline.mul_f32(0.8);
+    let (sink, env) = (Arc::clone(&route.sink), envelope.clone());
+    let mut pending = Box::pin(async move { sink.publish(&env).await });
+    match confirm_within(route.metrics.publish_latency(), budget, &mut pending).await {
+        Some(Ok(())) => Ok(Delivery::Published),
+        Some(Err(e @ PublishError::Refused(_))) => Err(e.into()),
+        Some(Err(PublishError::Unavailable(_))) => {
+            to_spool(spool, sink_name, envelope).await?;
+            Ok(Delivery::Spooled)
+        }
+        None => {
+            // The broker may still confirm this publish. Spool the event now, keep
+            // waiting in the background, and take it back out of the spool if the
+            // original confirms, so the drainer does not publish it twice.
+            let spooled = to_spool(spool, sink_name, envelope).await?;
+            let (spool, name) = (Arc::clone(spool), sink_name.to_owned());
+            let stopping = state.background.stopping();
+            state.background.spawn(async move {
+                // At shutdown the watch gives up: the spooled copy stays, and at worst
+                // is published a second time (a duplicate, never a loss).
+                tokio::select! {
+                    r = tokio::time::timeout(LATE_CONFIRM_WAIT, pending) => {
+                        if let Ok(Ok(())) = r {
+                            spool.forget(&name, spooled).await;
                         }
-                    });
-                    Ok(Delivery::Spooled)
+                    }
+                    () = stopping => {}
                 }
-            }
+            });
+            Ok(Delivery::Spooled)
         }
     }
 }

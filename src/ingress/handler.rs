@@ -12,11 +12,11 @@ use http::{HeaderMap, Method};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use warp::reply::Response;
 
-use super::callback::{self, Answered};
 use super::delivery::{self, Delivery};
 use super::reject::{self, Rejection};
 use super::{PeerAddr, Route, State, client};
 use crate::callback::Purpose;
+use crate::callback::approve::{self, Answered};
 use crate::dedup::Claim;
 use crate::normalize::Envelope;
 use crate::plan::SourceKind;
@@ -124,35 +124,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf + Send,
 {
-    if method != Method::POST {
-        return Err(Rejection::MethodNotAllowed);
-    }
-    if state.require_tls
-        && !state.tls_listener
-        && !ctx
-            .peer
-            .is_some_and(|p| client::forwarded_https(p.ip(), &headers, &state.proxies))
-    {
-        return Err(Rejection::TlsRequired);
-    }
-    // An unknown client (an unreadable forwarding chain) matches no allowlist.
-    if let Some(allowed) = &route.spec.allow_ips
-        && !ctx
-            .client
-            .and_then(client::Client::addr)
-            .is_some_and(|ip| allowed.iter().any(|n| n.contains(&ip)))
-    {
-        return Err(Rejection::IpDenied);
-    }
-    // Per client, before anything is read: a flooding client is stopped here. The source's
-    // own bucket is charged only once a request is verified (below), so unsigned traffic
-    // cannot spend what the real provider needs.
-    if let (Some(limiter), Some(c)) = (&route.ip_limiter, ctx.client)
-        && let Err(retry_after) = limiter.check(c)
-    {
-        return Err(Rejection::RateLimited { retry_after });
-    }
-
+    admit(route, state, &method, &headers, ctx)?;
     let limit = route.spec.max_body_bytes;
     // Refuse early on a declared length, before reading anything.
     let declared = headers
@@ -193,9 +165,11 @@ where
         });
     }
     if let Some(approval) = approval {
-        return callback::approve(route, state, approval, verified, received)
+        let approver = route.approver(state, approval);
+        return approve::approve(&approver, verified, received)
             .await
-            .map(Handled::Decided);
+            .map(Handled::Decided)
+            .map_err(Rejection::from);
     }
     let envelope = Envelope::build(verified, &route.spec, received)?;
 
@@ -219,6 +193,47 @@ where
         }
     }
     delivered.map(|d| Handled::Event(envelope, d))
+}
+
+/// The checks that need no body: method, TLS, the source's address allowlist, and the
+/// client's rate bucket.
+fn admit(
+    route: &Route,
+    state: &State,
+    method: &Method,
+    headers: &HeaderMap,
+    ctx: &AuditCtx,
+) -> Result<(), Rejection> {
+    if method != Method::POST {
+        return Err(Rejection::MethodNotAllowed);
+    }
+    if state.require_tls
+        && !state.tls_listener
+        && !ctx
+            .peer
+            .is_some_and(|p| client::forwarded_https(p.ip(), headers, &state.proxies))
+    {
+        return Err(Rejection::TlsRequired);
+    }
+    // An unknown client (an unreadable forwarding chain) matches no allowlist.
+    if let Some(allowed) = &route.spec.allow_ips
+        && !ctx
+            .client
+            .and_then(client::Client::addr)
+            .is_some_and(|ip| allowed.iter().any(|n| n.contains(&ip)))
+    {
+        return Err(Rejection::IpDenied);
+    }
+    // Per client, before anything is read: a flooding client is stopped here. The source's
+    // own bucket is charged only once a request is verified (below), so unsigned traffic
+    // cannot spend what the real provider needs.
+    if let (Some(limiter), Some(c)) = (&route.ip_limiter, ctx.client)
+        && let Err(retry_after) = limiter.check(c)
+    {
+        return Err(Rejection::RateLimited { retry_after });
+    }
+
+    Ok(())
 }
 
 /// Whole seconds until the bucket has room again (at least 1, as `Retry-After` counts seconds).

@@ -2,7 +2,6 @@
 //! `/metrics`. Owns reading the body under limits, the per-request pipeline
 //! (verify → normalize → sink, under the ack deadline) and the audit line; owns no broker code.
 
-pub mod callback;
 pub mod client;
 mod delivery;
 mod handler;
@@ -28,7 +27,7 @@ use crate::plan::{Rate, SourceSpec};
 use crate::sink::{Sink, Sinks};
 use crate::spool::Spool;
 
-pub use self::delivery::Background;
+pub use self::delivery::{Background, on_reply};
 pub use self::reject::Rejection;
 
 /// The TCP peer of a connection, put on each request by the server's accept loop (warp's own
@@ -172,38 +171,7 @@ pub fn routes(state: Arc<State>, serve: Serve) -> BoxedFilter<(Response,)> {
         .map(|| reject::json_response(StatusCode::OK, &serde_json::json!({ "status": "alive" })));
     let readyz = warp::path!("readyz")
         .and(with_state.clone())
-        .map(|state: Arc<State>| {
-            let sinks: serde_json::Map<String, serde_json::Value> = state
-                .sinks
-                .iter()
-                .map(|(name, sink)| {
-                    (
-                        name.clone(),
-                        serde_json::json!({ "type": sink.type_name(), "ready": sink.is_ready() }),
-                    )
-                })
-                .collect();
-            let spool_ready = state.spool.as_ref().is_none_or(|s| s.is_ready());
-            // Ready when every sink is connected, or when the spool can take what they cannot.
-            // Callbacks that ask a decision service cannot be answered without it (no spool
-            // can stand in for a decision).
-            let services: serde_json::Map<String, serde_json::Value> = state
-                .routes
-                .values()
-                .filter_map(|r| Some((r.spec.name.clone(), r.service.as_ref()?.is_ready().into())))
-                .collect();
-            let ready = (state.sinks.all_ready() || (state.spool.is_some() && spool_ready))
-                && services.values().all(|v| v == &serde_json::Value::Bool(true));
-            let status = if ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            reject::json_response(
-                status,
-                &serde_json::json!({ "ready": ready, "sinks": sinks, "decision_services": services }),
-            )
-        });
+        .map(|state: Arc<State>| readiness(&state));
     let metrics = warp::path!("metrics")
         .and(with_state)
         .map(|state: Arc<State>| {
@@ -236,6 +204,42 @@ pub fn routes(state: Arc<State>, serve: Serve) -> BoxedFilter<(Response,)> {
         })
         .unify()
         .boxed()
+}
+
+/// `/readyz`, with each sink's and decision service's state.
+fn readiness(state: &State) -> Response {
+    let sinks: serde_json::Map<String, serde_json::Value> = state
+        .sinks
+        .iter()
+        .map(|(name, sink)| {
+            (
+                name.clone(),
+                serde_json::json!({ "type": sink.type_name(), "ready": sink.is_ready() }),
+            )
+        })
+        .collect();
+    let spool_ready = state.spool.as_ref().is_none_or(|s| s.is_ready());
+    // Ready when every sink is connected, or when the spool can take what they cannot.
+    // Callbacks that ask a decision service cannot be answered without it (no spool
+    // can stand in for a decision).
+    let services: serde_json::Map<String, serde_json::Value> = state
+        .routes
+        .values()
+        .filter_map(|r| Some((r.spec.name.clone(), r.service.as_ref()?.is_ready().into())))
+        .collect();
+    let ready = (state.sinks.all_ready() || (state.spool.is_some() && spool_ready))
+        && services
+            .values()
+            .all(|v| v == &serde_json::Value::Bool(true));
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    reject::json_response(
+        status,
+        &serde_json::json!({ "ready": ready, "sinks": sinks, "decision_services": services }),
+    )
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
 use crate::callback::Verdict;
+use crate::callback::approve::ApprovalError;
 use crate::callback::store::StoreError;
 use crate::normalize::{EventId, NormalizeError};
 use crate::sink::PublishError;
@@ -56,6 +57,19 @@ pub enum Rejection {
     NoDecision,
     #[error(transparent)]
     DecisionStore(#[from] StoreError),
+}
+
+impl From<ApprovalError<Rejection>> for Rejection {
+    fn from(e: ApprovalError<Rejection>) -> Self {
+        match e {
+            ApprovalError::NotJson => Self::CallbackNotJson,
+            ApprovalError::NoCallbackId => Self::NoCallbackId,
+            ApprovalError::Normalize(e) => Self::Malformed(e),
+            ApprovalError::Store(e) => Self::DecisionStore(e),
+            ApprovalError::NoDecision => Self::NoDecision,
+            ApprovalError::Delivery(r) => r,
+        }
+    }
 }
 
 impl Rejection {

@@ -113,6 +113,10 @@ impl Envelope {
         }
     }
 
+    /// Over 80 lines on purpose: it is the request path's one pass from verified bytes to the
+    /// envelope (scan, locate, attributes, splice), every step borrowing the scan's result and
+    /// the strings before it; split, those borrows would become parameters or copies.
+    ///
     /// # Errors
     /// [`NormalizeError`] when a located ID or type is unusable (too long, control characters).
     pub fn build(

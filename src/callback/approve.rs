@@ -10,23 +10,61 @@
 //! - a decision service's reply decides only when it carries a valid MAC (the service's
 //!   secret) over the key, the nonce of the ask, and the decision, arrives on the reply
 //!   address of the source that asked, and answers an outstanding ask ([`on_reply`]).
+//!
+//! The flow owns no HTTP and no sink: the request path hands it an [`Approver`] with a
+//! [`Deliver`] capability (how an audit event is made durable for this source) and maps its
+//! [`ApprovalError`] to a status.
 
+use std::future::Future;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::reject::Rejection;
-use super::{Route, State, delivery};
-use crate::callback::rules::Outcome;
-use crate::callback::service::{Reply, Request};
-use crate::callback::store::Stored;
-use crate::callback::{
-    Approval, Decision, OnTimeout, Otherwise, Subject, Verdict, reply_mac_message,
-};
+use super::rules::Outcome;
+use super::service::{DecisionService, Reply, Request};
+use super::store::{DecisionStore, StoreError, Stored};
+use super::{Approval, Decision, OnTimeout, Otherwise, Subject, Verdict, reply_mac_message};
 use crate::metrics;
 use crate::normalize::{self, Envelope, IdOrigin, MAX_EVENT_ID_LEN, NormalizeError};
+use crate::plan::SourceSpec;
 use crate::verify::VerifiedWebhook;
+
+/// Makes an audit event durable under the source's ack mode (the request path's delivery
+/// policy): the one thing the approval flow needs from outside.
+pub trait Deliver: Sync {
+    type Error: std::fmt::Display + Send;
+
+    fn deliver(&self, event: &Envelope) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// One approval source, as the flow sees it.
+pub struct Approver<'a, D> {
+    pub spec: &'a SourceSpec,
+    pub approval: &'a Approval,
+    /// The decision service asked when no rule decides (`default = "ask"`).
+    pub service: Option<&'a DecisionService>,
+    pub store: &'a DecisionStore,
+    pub delivery: D,
+}
+
+/// Why a callback got no decision; every case is a non-200, so Cobo retries.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError<E> {
+    #[error("callback body is not JSON")]
+    NotJson,
+    #[error("no callback ID in the callback body")]
+    NoCallbackId,
+    #[error(transparent)]
+    Normalize(#[from] NormalizeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no decision yet for this callback")]
+    NoDecision,
+    /// The decision's audit event could not be made durable.
+    #[error("{0}")]
+    Delivery(E),
+}
 
 /// A decided callback, for the answer and the audit line.
 #[derive(Debug)]
@@ -70,22 +108,24 @@ impl Answered {
 }
 
 /// Decides a verified approval callback; see the module docs.
-pub(super) async fn approve(
-    route: &Route,
-    state: &State,
-    approval: &Approval,
+///
+/// # Errors
+/// See [`ApprovalError`]: no `ok` is ever answered on an error.
+pub async fn approve<D: Deliver>(
+    ctx: &Approver<'_, D>,
     verified: VerifiedWebhook,
     received: SystemTime,
-) -> Result<Answered, Rejection> {
+) -> Result<Answered, ApprovalError<D::Error>> {
+    let approval = ctx.approval;
     let body: Bytes = verified.body().clone();
     let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return Err(Rejection::CallbackNotJson);
+        return Err(ApprovalError::NotJson);
     };
-    let envelope = Envelope::build(verified, &route.spec, received)?;
+    let envelope = Envelope::build(verified, ctx.spec, received)?;
     let IdOrigin::Locator(locator) = envelope.id_origin() else {
-        return Err(Rejection::NoCallbackId);
+        return Err(ApprovalError::NoCallbackId);
     };
-    let source = route.spec.name.as_str();
+    let source = ctx.spec.name.as_str();
     let subject = Subject::new(source, envelope.id().as_str(), locator, &body);
     // The key is also the AMQP correlation id (a short string).
     if subject.key().len() > MAX_EVENT_ID_LEN {
@@ -94,9 +134,9 @@ pub(super) async fn approve(
         }
         .into());
     }
-    let lookup = state.decisions.get(&subject).await?;
+    let lookup = ctx.store.get(&subject).await?;
     if let Some(stored) = lookup.stored {
-        let decision = ensure_audited(route, state, &subject, stored, Some(&envelope)).await?;
+        let decision = ensure_audited(ctx, &subject, stored, Some(&envelope)).await?;
         return Ok(Answered {
             remembered: true,
             ..Answered::new(&subject, decision)
@@ -135,9 +175,9 @@ pub(super) async fn approve(
         },
     };
     let decision = match proposed {
-        Some(p) => settle(route, state, &subject, p, Some(&envelope)).await?,
+        Some(p) => settle(ctx, &subject, p, Some(&envelope)).await?,
         // Recorded and audited by the time it returns.
-        None => ask(route, state, approval, &subject, &envelope, &body).await?,
+        None => ask(ctx, &subject, &envelope, &body).await?,
     };
     Ok(Answered {
         conflict_with: lookup.conflict,
@@ -147,39 +187,42 @@ pub(super) async fn approve(
 
 /// Asks the decision service and waits for its reply (recorded by whichever replica consumed
 /// it) until the deadline; returns the standing decision, recorded and audited.
-async fn ask(
-    route: &Route,
-    state: &State,
-    approval: &Approval,
+async fn ask<D: Deliver>(
+    ctx: &Approver<'_, D>,
     subject: &Subject,
     envelope: &Envelope,
     body: &[u8],
-) -> Result<Decision, Rejection> {
-    let (Some(service), Some(spec)) = (route.service.as_ref(), approval.service.as_ref()) else {
+) -> Result<Decision, ApprovalError<D::Error>> {
+    let (approval, store, source) = (ctx.approval, ctx.store, ctx.spec.name.as_str());
+    let (Some(service), Some(spec)) = (ctx.service, approval.service.as_ref()) else {
         // Config validation makes this unreachable; still never an `ok`.
-        return Err(Rejection::NoDecision);
+        return Err(ApprovalError::NoDecision);
     };
     let key = subject.key();
     let callback_id = subject.callback_id.as_str();
     let deadline = tokio::time::Instant::from_std(Instant::now() + approval.timeout);
     // Subscribe before asking: a fast reply must not slip between the two.
-    let mut replies = state.decisions.subscribe();
+    let mut replies = store.subscribe();
     // Before publishing: the reply may come (to any replica) before `ask` returns.
-    let asked = state.decisions.ask(subject).await?;
+    let asked = store.ask(subject).await?;
     let request = Request {
         correlation_id: key.clone(),
-        json: normalize::decision_request(&route.spec, subject, &asked.nonce, &spec.replies, body)?,
+        json: normalize::decision_request(ctx.spec, subject, &asked.nonce, &spec.replies, body)?,
     };
     match tokio::time::timeout_at(deadline, service.ask(&request)).await {
         Ok(Ok(())) => {}
         // Not asked is not "no answer in time": never a remembered `deny`, always a 503.
         Ok(Err(e)) => {
-            tracing::warn!(source = %route.spec.name, callback_id, error = %e, "decision request not published");
-            return Err(Rejection::NoDecision);
+            tracing::warn!(source, callback_id, error = %e, "decision request not published");
+            return Err(ApprovalError::NoDecision);
         }
         Err(_) => {
-            tracing::warn!(source = %route.spec.name, callback_id, "decision request not confirmed before the deadline");
-            return Err(Rejection::NoDecision);
+            tracing::warn!(
+                source,
+                callback_id,
+                "decision request not confirmed before the deadline"
+            );
+            return Err(ApprovalError::NoDecision);
         }
     }
     let announced = loop {
@@ -194,61 +237,62 @@ async fn ask(
         return Ok(decision);
     }
     // Recorded by another replica, or just now: make sure it is audited, then answer it.
-    if let Some(stored) = state.decisions.get(subject).await?.stored {
-        return ensure_audited(route, state, subject, stored, Some(envelope)).await;
+    if let Some(stored) = store.get(subject).await?.stored {
+        return ensure_audited(ctx, subject, stored, Some(envelope)).await;
     }
-    metrics::decision_timeout(&route.spec.name);
+    metrics::decision_timeout(source);
     match approval.on_timeout {
-        OnTimeout::Retry => Err(Rejection::NoDecision),
+        OnTimeout::Retry => Err(ApprovalError::NoDecision),
         OnTimeout::Deny => {
             // A reply this process is recording right now must win over the timeout.
-            let Some(_recording) = state.decisions.try_begin(&key) else {
-                return Err(Rejection::NoDecision);
+            let Some(_recording) = store.try_begin(&key) else {
+                return Err(ApprovalError::NoDecision);
             };
             let timeout = Decision::new(
                 Verdict::Deny,
                 "the decision service did not answer in time",
                 "timeout",
             );
-            settle(route, state, subject, timeout, Some(envelope)).await
+            settle(ctx, subject, timeout, Some(envelope)).await
         }
     }
 }
 
 /// Records `proposed` unless a decision already stands, then makes the standing decision's
 /// audit event durable; returns the standing decision.
-async fn settle(
-    route: &Route,
-    state: &State,
+async fn settle<D: Deliver>(
+    ctx: &Approver<'_, D>,
     subject: &Subject,
     proposed: Decision,
     callback: Option<&Envelope>,
-) -> Result<Decision, Rejection> {
-    let standing = state.decisions.record(subject, proposed).await?;
-    ensure_audited(route, state, subject, standing, callback).await
+) -> Result<Decision, ApprovalError<D::Error>> {
+    let standing = ctx.store.record(subject, proposed).await?;
+    ensure_audited(ctx, subject, standing, callback).await
 }
 
 /// Publishes the audit event of a stored decision unless it is known to be durable already
 /// (same ID and content each time, so a second copy is a plain duplicate), marks it, and wakes
 /// this process's waiting requests.
-async fn ensure_audited(
-    route: &Route,
-    state: &State,
+async fn ensure_audited<D: Deliver>(
+    ctx: &Approver<'_, D>,
     subject: &Subject,
     stored: Stored,
     callback: Option<&Envelope>,
-) -> Result<Decision, Rejection> {
+) -> Result<Decision, ApprovalError<D::Error>> {
     if stored.audited {
         // Another replica audited it: wake this process's waiters too.
-        state.decisions.announce(&subject.key(), &stored.decision);
+        ctx.store.announce(&subject.key(), &stored.decision);
         return Ok(stored.decision);
     }
-    let event = Envelope::decision(&route.spec, subject, &stored.decision, callback)?;
-    delivery::deliver(route, state, &event).await?;
-    if let Err(e) = state.decisions.mark_audited(subject, &stored).await {
+    let event = Envelope::decision(ctx.spec, subject, &stored.decision, callback)?;
+    ctx.delivery
+        .deliver(&event)
+        .await
+        .map_err(ApprovalError::Delivery)?;
+    if let Err(e) = ctx.store.mark_audited(subject, &stored).await {
         // The event is durable; the next answer publishes it once more, which is harmless.
-        tracing::warn!(source = %route.spec.name, callback_id = %subject.callback_id, error = %e, "could not mark a decision audited");
-        state.decisions.announce(&subject.key(), &stored.decision);
+        tracing::warn!(source = %ctx.spec.name, callback_id = %subject.callback_id, error = %e, "could not mark a decision audited");
+        ctx.store.announce(&subject.key(), &stored.decision);
     }
     Ok(stored.decision)
 }
@@ -283,29 +327,30 @@ impl Refused {
 
 /// A reply from a decision service, consumed by this replica (every replica consumes every
 /// reply): if it is authentic and answers an outstanding ask, record it unless a decision
-/// already stands, and wake the waiting request.
-pub async fn on_reply(state: &State, reply: Reply) {
+/// already stands, and wake the waiting request. `approver` finds an approval source by name.
+pub async fn on_reply<'a, D: Deliver>(
+    store: &DecisionStore,
+    reply: Reply,
+    approver: impl Fn(&str) -> Option<Approver<'a, D>>,
+) {
     let key = reply.id.clone();
     let (source, callback_id, body_sha256) = match Subject::parse_key(&key) {
         Some(parts) => parts,
         None => return refuse(&reply, Refused::UnknownKey),
     };
-    let Some((route, spec)) = state.routes.get(source).and_then(|r| {
-        let spec = r.spec.kind.approval()?.service.as_ref()?;
-        Some((r, spec))
+    let Some((ctx, spec)) = approver(source).and_then(|ctx| {
+        let spec = ctx.approval.service.as_ref()?;
+        Some((ctx, spec))
     }) else {
         return refuse(&reply, Refused::UnknownKey);
     };
     // The consumer that read it belongs to `reply.via`: it must listen where `source` asked.
-    let arrived_on = state
-        .routes
-        .get(&*reply.via)
-        .and_then(|r| r.spec.kind.approval()?.service.as_ref())
-        .map(crate::callback::ServiceSpec::reply_address);
+    let arrived_on =
+        approver(&reply.via).and_then(|r| Some(r.approval.service.as_ref()?.reply_address()));
     if arrived_on != Some(spec.reply_address()) {
         return refuse(&reply, Refused::WrongAddress);
     }
-    let asked = match state.decisions.asked(&key).await {
+    let asked = match store.asked(&key).await {
         Ok(Some(a)) => a,
         Ok(None) => return refuse(&reply, Refused::NotAsked),
         Err(e) => {
@@ -321,7 +366,7 @@ pub async fn on_reply(state: &State, reply: Reply) {
         return refuse(&reply, Refused::BadMac);
     }
     // Only now: a forged reply holding this claim would make the genuine one be skipped.
-    let Some(_recording) = state.decisions.try_begin(&key) else {
+    let Some(_recording) = store.try_begin(&key) else {
         return;
     };
     let subject = Subject {
@@ -331,7 +376,7 @@ pub async fn on_reply(state: &State, reply: Reply) {
         body_sha256: body_sha256.to_owned(),
     };
     let verdict = reply.decision.decision;
-    match settle(route, state, &subject, reply.decision, None).await {
+    match settle(&ctx, &subject, reply.decision, None).await {
         Ok(standing) => tracing::info!(
             source, callback_id, decision = %standing.decision, decided_by = %standing.decided_by,
             "decision recorded"
