@@ -678,8 +678,6 @@ fn build_source(
         }
     };
 
-    // Without a scheme the source is an error already; its defaults no longer matter.
-    let (default_id, default_type) = default_locators(scheme.as_ref().map_or("", Scheme::name));
     let callback = callback_ids.is_some();
     let mut event_id = match (callback_ids, raw.event_id) {
         // An approval's events are its decisions, keyed by callback ID.
@@ -691,11 +689,18 @@ fn build_source(
             Vec::new()
         }
         (None, Some(l)) => parse_locators(&format!("{path}.event_id"), &l, errors),
-        (None, None) => default_id,
+        // Without a scheme the source is an error already; its defaults no longer matter.
+        (None, None) => scheme
+            .as_ref()
+            .map(Scheme::default_event_id)
+            .unwrap_or_default(),
     };
     let mut event_type = match raw.event_type {
         Some(l) => parse_locators(&format!("{path}.event_type"), &l, errors),
-        None => default_type,
+        None => scheme
+            .as_ref()
+            .map(Scheme::default_event_type)
+            .unwrap_or_default(),
     };
     if let Some(scheme) = &scheme {
         // An approval's IDs are its callback IDs, whose headers are refused on their own.
@@ -839,15 +844,8 @@ fn build_kind(
             }
             ids
         }
-        // `cobo_id` is Cobo's own; WaaS 1.0 custodial confirmations carry only `request_id`,
-        // which whoever calls Cobo's API chooses (decisions are bound to the body either way).
-        None => match scheme {
-            Some(Scheme::CoboWaas2(_)) => vec![Locator::Body("/transaction_id".to_owned())],
-            _ => vec![
-                Locator::Body("/cobo_id".to_owned()),
-                Locator::Body("/request_id".to_owned()),
-            ],
-        },
+        // Without a scheme the source is an error already; its defaults no longer matter.
+        None => scheme.map(Scheme::default_callback_ids).unwrap_or_default(),
     };
     let Some(d) = decision else {
         errors.push(format!("{path}.decision: required for purpose = \"approval\": rules and/or a decision service, and an explicit default"));
@@ -1067,35 +1065,6 @@ fn parse_rate(path: &str, raw: RawRate, errors: &mut Vec<String>) -> Option<Rate
         },
     };
     Some(Rate { per_second, burst })
-}
-
-/// Per-scheme event ID and type locators, from each provider's documented payloads.
-fn default_locators(scheme: &str) -> (Vec<Locator>, Vec<Locator>) {
-    let body = |p: &str| Locator::Body(p.to_owned());
-    let header = |h: &'static str| Locator::Header(HeaderName::from_static(h));
-    let joined = |ps: &[&str]| Locator::Joined(ps.iter().map(|p| (*p).to_owned()).collect());
-    match scheme {
-        "cobo-waas2" => (vec![body("/event_id"), body("/id")], vec![body("/type")]),
-        // Pending pushes repeat `id` once per confirmation change: each is a distinct event.
-        "cobo-waas1" => (
-            vec![
-                joined(&["/id", "/status", "/confirmed_num"]),
-                joined(&["/cobo_id", "/status", "/confirmed_num"]),
-                body("/request_id"),
-            ],
-            vec![body("/side")],
-        ),
-        "standard-webhooks" => (
-            vec![header("webhook-id"), header("svix-id")],
-            vec![body("/type")],
-        ),
-        "stripe" => (vec![body("/id")], vec![body("/type")]),
-        "slack" => (
-            vec![body("/event_id")],
-            vec![body("/event/type"), body("/type")],
-        ),
-        _ => (Vec::new(), Vec::new()),
-    }
 }
 
 fn parse_locators(path: &str, raw: &[RawLocator], errors: &mut Vec<String>) -> Vec<Locator> {
