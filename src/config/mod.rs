@@ -26,9 +26,9 @@ use self::raw::{
     SecretEncoding,
 };
 use crate::callback::{self, Approval, Otherwise, Purpose, RuleSet, ServiceSpec};
-pub use crate::normalize::locator::Locator;
-pub use crate::plan::{AckMode, Rate, SourceKind, SourceSpec};
-pub use crate::sink::spec::{KafkaSpec, RabbitSpec, SinkKind, SinkSpec, redact_url};
+use crate::normalize::locator::Locator;
+use crate::plan::{AckMode, Rate, SourceKind, SourceSpec};
+use crate::sink::spec::{KafkaSpec, RabbitSpec, SinkKind, SinkSpec, redact_url};
 use crate::verify::{
     CoboWaas1, CoboWaas2, HmacSha256, RsaSha256, Scheme, SharedSecret, Slack, SourceVerifier,
     StandardWebhooks, Stripe,
