@@ -141,7 +141,7 @@ impl Scheme {
 
     /// The provider's own documented timestamp tolerance, where it documents one. Cobo
     /// documents none; config then defaults the window to what dedup (or the decision store)
-    /// remembers, so nothing older than that memory is accepted (`config::build_source`).
+    /// remembers, so nothing older than that memory is accepted (`config::sources`).
     pub fn documented_tolerance(&self) -> Option<Duration> {
         match self {
             Self::StandardWebhooks(_) | Self::Stripe(_) | Self::Slack(_) => {
