@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-use hookbridge::config::SourceSpec;
 use hookbridge::normalize::Envelope;
+use hookbridge::plan::SourceSpec;
 use hookbridge::verify::IncomingWebhook;
 use libfuzzer_sys::fuzz_target;
 

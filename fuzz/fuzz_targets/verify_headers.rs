@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-use hookbridge::config::SourceSpec;
+use hookbridge::plan::SourceSpec;
 use hookbridge::verify::IncomingWebhook;
 use libfuzzer_sys::fuzz_target;
 

@@ -409,7 +409,8 @@ pub struct RawDecision {
     /// Most work one rule may do on one callback: its size × the body's size raised to one more
     /// than its macro nesting. Over it, the rule is not run and the callback is denied.
     /// Default 1 000 000.
-    pub rule_budget: Option<u64>,
+    #[serde(default = "default_rule_budget")]
+    pub rule_budget: u64,
     /// The decision service, for `default = "ask"`.
     pub service: Option<RawService>,
     /// Longest wait for the decision service, in ms. Default 1 500 (Cobo waits 2 s).
@@ -423,6 +424,9 @@ pub struct RawDecision {
     pub on_bad_signature: RawBadSignature,
 }
 
+const fn default_rule_budget() -> u64 {
+    crate::callback::rules::DEFAULT_BUDGET
+}
 const fn default_decision_timeout() -> u64 {
     1_500
 }
@@ -479,7 +483,7 @@ fn default_replies() -> String {
 }
 
 /// `[decisions]`: where callback decisions are remembered.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDecisions {
     /// `memory` or `redis`. Default: the `[dedup]` backend.
@@ -487,18 +491,50 @@ pub struct RawDecisions {
     /// For `redis`. Default: `dedup.redis_url`.
     pub redis_url: Option<String>,
     /// How long a decision is remembered, in seconds. Default 2 592 000 (30 days).
-    pub remember_secs: Option<u64>,
+    #[serde(default = "default_remember_secs")]
+    pub remember_secs: u64,
     /// For `memory`: most decisions remembered. Default 100 000.
-    pub max_entries: Option<u64>,
+    #[serde(default = "default_decision_entries")]
+    pub max_entries: u64,
     /// For `redis`: key prefix. Default `hookbridge:decision:`.
-    pub key_prefix: Option<String>,
+    #[serde(default = "default_decision_prefix")]
+    pub key_prefix: String,
     /// How long an ask (and its nonce) is remembered, in seconds: a reply after that decides
     /// nothing and the callback's next retry asks again. Default 86 400 (a day).
-    pub asked_secs: Option<u64>,
+    #[serde(default = "default_asked_secs")]
+    pub asked_secs: u64,
     /// For `redis` (required there when an approval source exists): the secret each stored
     /// decision is MAC'd with, the same on every replica; or `secret_file`.
     pub secret: Option<String>,
     pub secret_file: Option<PathBuf>,
+}
+
+impl Default for RawDecisions {
+    fn default() -> Self {
+        Self {
+            store: None,
+            redis_url: None,
+            remember_secs: default_remember_secs(),
+            max_entries: default_decision_entries(),
+            key_prefix: default_decision_prefix(),
+            asked_secs: default_asked_secs(),
+            secret: None,
+            secret_file: None,
+        }
+    }
+}
+
+const fn default_remember_secs() -> u64 {
+    30 * 24 * 3600
+}
+const fn default_decision_entries() -> u64 {
+    100_000
+}
+fn default_decision_prefix() -> String {
+    "hookbridge:decision:".to_owned()
+}
+const fn default_asked_secs() -> u64 {
+    24 * 3600
 }
 
 /// An event-ID or event-type locator: `"/json/pointer"`, `"header:Name"`, or a list of
@@ -530,7 +566,8 @@ pub struct RawSource {
     /// Event type locators, tried in order. Default per scheme.
     pub event_type: Option<Vec<RawLocator>>,
     /// CloudEvents `type` when no locator yields one. Default `hookbridge.webhook`.
-    pub default_type: Option<String>,
+    #[serde(default = "default_event_type")]
+    pub default_type: String,
     /// CloudEvents `source` attribute. Default `/hooks/<name>`.
     pub ce_source: Option<String>,
     /// Sink name; may be omitted when exactly one sink exists.
@@ -569,6 +606,9 @@ pub struct RawSource {
     pub decision: Option<RawDecision>,
 }
 
+fn default_event_type() -> String {
+    "hookbridge.webhook".to_owned()
+}
 const fn default_ack_deadline() -> u64 {
     1_500
 }

@@ -1,4 +1,11 @@
+use std::time::Duration;
+
+use http::HeaderName;
+
 use super::*;
+use crate::callback;
+use crate::normalize::locator::Locator;
+use crate::sink::spec::{SinkKind, redact_url};
 
 fn no_env(_: &str) -> Option<String> {
     None

@@ -16,13 +16,14 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 pub use self::cobo::{CoboWaas1, CoboWaas2};
 pub use self::hmac::{Encoding, HmacSha256, Slack, Stripe};
 pub use self::rsa::{RsaSha256, WARN_BELOW_BITS as RSA_WARN_BELOW_BITS};
 pub use self::shared_secret::SharedSecret;
 pub use self::standard::StandardWebhooks;
+use crate::normalize::locator::Locator;
 
 /// A request as it arrived: headers and the exact body bytes, not yet trusted.
 #[derive(Debug)]
@@ -140,7 +141,7 @@ impl Scheme {
 
     /// The provider's own documented timestamp tolerance, where it documents one. Cobo
     /// documents none; config then defaults the window to what dedup (or the decision store)
-    /// remembers, so nothing older than that memory is accepted (`config::build_source`).
+    /// remembers, so nothing older than that memory is accepted (`config::sources`).
     pub fn documented_tolerance(&self) -> Option<Duration> {
         match self {
             Self::StandardWebhooks(_) | Self::Stripe(_) | Self::Slack(_) => {
@@ -188,6 +189,62 @@ impl Scheme {
         )
     }
 
+    /// Where the event ID is when a source configures none, from each provider's documented
+    /// payloads (tried in order; without a value the ID is the body's SHA-256).
+    pub fn default_event_id(&self) -> Vec<Locator> {
+        match self {
+            Self::CoboWaas2(_) => vec![body_pointer("/event_id"), body_pointer("/id")],
+            // Pending pushes repeat `id` once per confirmation change: each is a distinct event.
+            Self::CoboWaas1(_) => vec![
+                joined_pointers(&["/id", "/status", "/confirmed_num"]),
+                joined_pointers(&["/cobo_id", "/status", "/confirmed_num"]),
+                body_pointer("/request_id"),
+            ],
+            Self::StandardWebhooks(_) => {
+                vec![signed_header("webhook-id"), signed_header("svix-id")]
+            }
+            Self::Stripe(_) => vec![body_pointer("/id")],
+            Self::Slack(_) => vec![body_pointer("/event_id")],
+            Self::RsaSha256(_) | Self::HmacSha256(_) | Self::SharedSecret(_) | Self::None => {
+                Vec::new()
+            }
+        }
+    }
+
+    /// Where the event type is when a source configures none, from each provider's documented
+    /// payloads.
+    pub fn default_event_type(&self) -> Vec<Locator> {
+        match self {
+            Self::CoboWaas2(_) | Self::StandardWebhooks(_) | Self::Stripe(_) => {
+                vec![body_pointer("/type")]
+            }
+            Self::CoboWaas1(_) => vec![body_pointer("/side")],
+            Self::Slack(_) => vec![body_pointer("/event/type"), body_pointer("/type")],
+            Self::RsaSha256(_) | Self::HmacSha256(_) | Self::SharedSecret(_) | Self::None => {
+                Vec::new()
+            }
+        }
+    }
+
+    /// Where an approval callback's ID is when a source configures no `callback_id`: body
+    /// fields only, since Cobo signs no header.
+    pub fn default_callback_ids(&self) -> Vec<Locator> {
+        match self {
+            Self::CoboWaas2(_) => vec![body_pointer("/transaction_id")],
+            // `cobo_id` is Cobo's own; WaaS 1.0 custodial confirmations carry only `request_id`,
+            // which whoever calls Cobo's API chooses (decisions are bound to the body either way).
+            Self::CoboWaas1(_) => vec![body_pointer("/cobo_id"), body_pointer("/request_id")],
+            // Not callback schemes (`may_be_callback`): such a source is refused.
+            Self::RsaSha256(_)
+            | Self::HmacSha256(_)
+            | Self::SharedSecret(_)
+            | Self::StandardWebhooks(_)
+            | Self::Stripe(_)
+            | Self::Slack(_)
+            | Self::None => Vec::new(),
+        }
+    }
+
     /// Number of keys or secrets configured (for the config summary).
     pub fn key_count(&self) -> usize {
         match self {
@@ -216,6 +273,21 @@ impl Scheme {
             Self::None => Ok(Checked::default()),
         }
     }
+}
+
+/// A JSON pointer into the body, for the default locators.
+fn body_pointer(pointer: &str) -> Locator {
+    Locator::Body(pointer.to_owned())
+}
+
+/// JSON pointers whose values are joined, for the default locators.
+fn joined_pointers(pointers: &[&str]) -> Locator {
+    Locator::Joined(pointers.iter().map(|p| (*p).to_owned()).collect())
+}
+
+/// A signed header, for the default locators.
+fn signed_header(name: &'static str) -> Locator {
+    Locator::Header(HeaderName::from_static(name))
 }
 
 /// What one scheme's check established.
