@@ -6,6 +6,8 @@ WORKDIR /src
 RUN apt-get update && apt-get install -y --no-install-recommends \
       build-essential pkg-config libssl-dev zlib1g-dev perl \
     && rm -rf /var/lib/apt/lists/*
+# The whole tree, tools/ included: cargo reads every workspace member's manifest (tools/loadgen,
+# tools/testkit) even to build the service alone, which is all this image builds.
 COPY . .
 # The production profile adds fat LTO: slower to build, less CPU per request (docs/benchmarks.md).
 RUN cargo build --profile production --locked --bin hookbridge \

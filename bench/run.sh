@@ -30,7 +30,7 @@ trap cleanup EXIT
 log() { printf '\n==> %s\n' "$*"; }
 
 log "build ($PROFILE profile, with the load generator)"
-cargo build --profile "$PROFILE" --locked --features loadgen --bins --example decision-service
+cargo build --profile "$PROFILE" --locked -p hookbridge -p hookbridge-loadgen --bins --example decision-service
 
 log "brokers"
 ensure_rabbitmq

@@ -11,16 +11,15 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use ed25519_dalek::Signer as _;
-use hmac::Mac as _;
 use hookbridge::normalize::Envelope;
 use hookbridge::plan::SourceSpec;
 use hookbridge::verify::IncomingWebhook;
+use hookbridge_testkit::keys::{
+    BENCH_HMAC_SECRET, BENCH_RSA_PUBLIC_PEM, BENCH_STANDARD_SECRET, COBO_TEST_PUBKEY_HEX,
+    COBO_TEST_SEED_HEX,
+};
+use hookbridge_testkit::{StandardV1a, bench, bogus_v1a, header_map};
 use http::{HeaderMap, HeaderValue};
-use sha2::Digest as _;
-
-const SEED: &str = "0281d349927d3b4342129aa4d86bd0ed70163feb7b8d06fecc25c667974b6297";
-const PUBKEY: &str = "f06a7074b7892a39139b6317509f9d0e01ae234cf17fc7bfa9db3d5957f931be";
 
 fn body(size: usize) -> Bytes {
     let mut s = String::from(
@@ -34,22 +33,17 @@ fn body(size: usize) -> Bytes {
 }
 
 fn sources() -> Vec<SourceSpec> {
-    let rsa = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/bench/keys/rsa-public.pem"
-    ))
-    .unwrap();
     let text = format!(
         r#"
 [sources.cobo-waas2]
-verify = {{ scheme = "cobo-waas2", public_keys = ["{PUBKEY}"] }}
+verify = {{ scheme = "cobo-waas2", public_keys = ["{COBO_TEST_PUBKEY_HEX}"] }}
 [sources.standard-webhooks]
-verify = {{ scheme = "standard-webhooks", secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] }}
+verify = {{ scheme = "standard-webhooks", secrets = ["{BENCH_STANDARD_SECRET}"] }}
 replay_window_secs = 0
 [sources.hmac-sha256]
-verify = {{ scheme = "hmac-sha256", header = "x-signature-256", prefix = "sha256=", secrets = ["bench-hmac-secret"] }}
+verify = {{ scheme = "hmac-sha256", header = "x-signature-256", prefix = "sha256=", secrets = ["{BENCH_HMAC_SECRET}"] }}
 [sources.rsa-sha256]
-verify = {{ scheme = "rsa-sha256", public_keys = ["""{rsa}"""] }}
+verify = {{ scheme = "rsa-sha256", public_keys = ["""{BENCH_RSA_PUBLIC_PEM}"""] }}
 [sources.cobo-waas1]
 verify = {{ scheme = "cobo-waas1", public_keys = ["sandbox-legacy"] }}
 "#
@@ -57,70 +51,17 @@ verify = {{ scheme = "cobo-waas1", public_keys = ["sandbox-legacy"] }}
     hookbridge::config::load(&text, &|_| None).unwrap().sources
 }
 
+/// The headers each bench source (`sources`) accepts for `body`, at fixed timestamps: the
+/// sources have no replay window.
 fn signed(scheme: &str, body: &Bytes) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    let put = |h: &mut HeaderMap, k: &'static str, v: String| {
-        h.insert(k, HeaderValue::from_str(&v).unwrap());
-    };
-    match scheme {
-        "cobo-waas2" => {
-            let key = ed25519_dalek::SigningKey::from_bytes(
-                &hex::decode(SEED).unwrap().try_into().unwrap(),
-            );
-            let ts = "1701396866123";
-            let d = sha2::Sha256::digest(sha2::Sha256::digest(
-                [body.as_ref(), b"|", ts.as_bytes()].concat(),
-            ));
-            put(&mut h, "biz-timestamp", ts.into());
-            put(
-                &mut h,
-                "biz-resp-signature",
-                hex::encode(key.sign(&d).to_bytes()),
-            );
-        }
-        "standard-webhooks" => {
-            use base64::Engine as _;
-            let key = base64::engine::general_purpose::STANDARD
-                .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-                .unwrap();
-            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-            mac.update(b"msg_1.1614265330.");
-            mac.update(body);
-            put(&mut h, "webhook-id", "msg_1".into());
-            put(&mut h, "webhook-timestamp", "1614265330".into());
-            let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-            put(&mut h, "webhook-signature", format!("v1,{sig}"));
-        }
-        "hmac-sha256" => {
-            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"bench-hmac-secret").unwrap();
-            mac.update(body);
-            put(
-                &mut h,
-                "x-signature-256",
-                format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
-            );
-        }
-        "rsa-sha256" => {
-            use base64::Engine as _;
-            use rsa::pkcs8::DecodePrivateKey as _;
-            use rsa::signature::{SignatureEncoding as _, Signer as _};
-            let pem = std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/bench/keys/rsa-private.pem"
-            ))
-            .unwrap();
-            let key = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(
-                rsa::RsaPrivateKey::from_pkcs8_pem(&pem).unwrap(),
-            );
-            put(
-                &mut h,
-                "x-signature",
-                base64::engine::general_purpose::STANDARD.encode(key.sign(body).to_bytes()),
-            );
-        }
+    let headers = match scheme {
+        "cobo-waas2" => bench::cobo_waas2().sign(body, "1701396866123"),
+        "standard-webhooks" => bench::standard_webhooks().sign("msg_1", 1614265330, body),
+        "hmac-sha256" => bench::hmac_sha256().sign(body),
+        "rsa-sha256" => bench::rsa_sha256().sign(body),
         _ => unreachable!(),
-    }
-    h
+    };
+    header_map(&headers)
 }
 
 fn verify(c: &mut Criterion) {
@@ -212,13 +153,9 @@ fn envelope(c: &mut Criterion) {
 /// `MAX_LISTED_SIGNATURES` distinct bogus `v1a` entries, each costing an Ed25519 check (a hash of
 /// the whole body) against the configured key; beside it, one entry.
 fn unauthenticated(c: &mut Criterion) {
-    use base64::Engine as _;
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let seed: [u8; 32] = hex::decode(SEED).unwrap().try_into().unwrap();
-    let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
     let text = format!(
-        "[sources.v1a]\nverify = {{ scheme = \"standard-webhooks\", public_keys = [\"whpk_{}\"] }}\nreplay_window_secs = 0\n",
-        b64(public.as_bytes())
+        "[sources.v1a]\nverify = {{ scheme = \"standard-webhooks\", public_keys = [\"{}\"] }}\nreplay_window_secs = 0\n",
+        StandardV1a::new(COBO_TEST_SEED_HEX).public_key()
     );
     let src = hookbridge::config::load(&text, &|_| None)
         .unwrap()
@@ -229,15 +166,7 @@ fn unauthenticated(c: &mut Criterion) {
     group.sample_size(10);
     for entries in [1u8, hookbridge::verify::MAX_LISTED_SIGNATURES as u8] {
         // R = the base point, s small and distinct: well-formed, so each is hashed and checked.
-        let list: Vec<String> = (0..entries)
-            .map(|i| {
-                let mut sig = vec![0x66u8; 32];
-                sig[0] = 0x58;
-                sig.extend([0u8; 32]);
-                sig[63] = i;
-                format!("v1a,{}", b64(&sig))
-            })
-            .collect();
+        let list: Vec<String> = (0..entries).map(bogus_v1a).collect();
         let mut h = HeaderMap::new();
         h.insert("webhook-id", HeaderValue::from_static("msg_attack"));
         h.insert("webhook-timestamp", HeaderValue::from_static("1700000000"));

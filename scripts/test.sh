@@ -28,20 +28,20 @@ export HOOKBRIDGE_TEST_AMQP="amqp://guest:guest@127.0.0.1:5672/%2f"
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy (all targets, all features: service, load generator, benches) -D warnings"
-cargo clippy --all-targets --all-features --locked -- -D warnings
+step "cargo clippy (workspace: service, load generator, test kit; all targets and features) -D warnings"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
-step "cargo clippy --no-default-features (no broker crates)"
-cargo clippy --no-default-features --lib --locked -- -D warnings
+step "cargo clippy --no-default-features (the service without broker crates)"
+cargo clippy -p hookbridge --no-default-features --lib --locked -- -D warnings
 
 step "cargo doc -D warnings"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --locked --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked --quiet
 
-step "cargo nextest run (everything but chaos)"
-cargo nextest run --locked --profile ci -E 'not test(/^chaos::/)'
+step "cargo nextest run (everything but chaos, the test kit's and load generator's own tests included)"
+cargo nextest run --workspace --locked --profile ci -E 'not test(/^chaos::/)'
 
 # The chaos scenarios stop RabbitMQ and freeze brokers: alone, one at a time, after the rest.
 step "chaos scenarios (serial)"
-cargo nextest run --locked --profile ci --test-threads 1 --no-capture -E 'test(/^chaos::/)' 2>&1 \
+cargo nextest run --workspace --locked --profile ci --test-threads 1 --no-capture -E 'test(/^chaos::/)' 2>&1 \
   | tee "$STATE_DIR/chaos.log" | grep --line-buffered -E '^chaos |PASS|FAIL|Summary|panicked'
 test "${PIPESTATUS[0]}" -eq 0

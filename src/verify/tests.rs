@@ -141,20 +141,12 @@ fn cobo_waas2_vectors() {
 fn cobo_cli_selftest_digest_and_key() {
     // Cobo's own CLI vector: Ed25519(sha256(sha256("000000"))) with the test key.
     let v = &vectors()["cobo_cli_signer_selftest"];
-    let key = ed25519_dalek::SigningKey::from_bytes(
-        &hex::decode(s(v, "private_key_hex"))
-            .unwrap()
-            .try_into()
-            .unwrap(),
-    );
+    let key = hookbridge_testkit::CoboWaas2::new(&s(v, "private_key_hex"));
+    assert_eq!(key.public_key_hex(), s(v, "pubkey_hex"));
     assert_eq!(
-        hex::encode(key.verifying_key().as_bytes()),
-        s(v, "pubkey_hex")
+        key.signature(s(v, "message").as_bytes()),
+        s(v, "signature_hex")
     );
-    use sha2::Digest as _;
-    let d = sha2::Sha256::digest(sha2::Sha256::digest(s(v, "message").as_bytes()));
-    use ed25519_dalek::Signer as _;
-    assert_eq!(hex::encode(key.sign(&d).to_bytes()), s(v, "signature_hex"));
 }
 
 #[test]
@@ -711,6 +703,7 @@ fn bad_keys_are_rejected_at_construction() {
 #[test]
 fn signature_lists_are_deduplicated_and_capped_before_anything_is_hashed() {
     use base64::Engine as _;
+    use hookbridge_testkit::bogus_v1a as bogus;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let (verifier, id, ts, sig, body) = v1a_vector();
     let with = |list: &str| {
@@ -720,16 +713,7 @@ fn signature_lists_are_deduplicated_and_capped_before_anything_is_hashed() {
             ("webhook-signature", list),
         ])
     };
-    // The attack: bogus v1a entries (R = the base point, s = 0), each distinct.
-    // The compressed Ed25519 base point: 0x58 then 31 bytes of 0x66.
-    let mut base = vec![0x66u8; 32];
-    base[0] = 0x58;
-    base.extend([0u8; 32]);
-    let bogus = |i: u8| {
-        let mut b = base.clone();
-        b[63] = i; // distinct, still a 64-byte signature
-        format!("v1a,{}", b64(&b))
-    };
+    // The attack: bogus v1a entries (R = the base point, s = i), each distinct.
     let nine: Vec<String> = (0..9).map(bogus).collect();
     assert!(matches!(
         verify(

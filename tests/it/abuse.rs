@@ -260,27 +260,16 @@ async fn bodies_being_read_share_one_budget() {
 
 #[tokio::test]
 async fn signature_lists_are_capped_before_they_cost_anything() {
-    use base64::Engine as _;
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    use hookbridge_testkit::{StandardV1a, bogus_v1a as bogus};
     let dir = tempfile::tempdir().unwrap();
     let seed = cobo_test_seed();
-    let public =
-        ed25519_dalek::SigningKey::from_bytes(&hex::decode(&seed).unwrap().try_into().unwrap())
-            .verifying_key();
     let app = TestApp::spawn(&format!(
-        "[sinks.f]\ntype = \"file\"\npath = \"{}\"\n[sources.sw]\nverify = {{ scheme = \"standard-webhooks\", public_keys = [\"whpk_{}\"] }}\n",
+        "[sinks.f]\ntype = \"file\"\npath = \"{}\"\n[sources.sw]\nverify = {{ scheme = \"standard-webhooks\", public_keys = [\"{}\"] }}\n",
         dir.path().join("events.jsonl").display(),
-        b64(public.as_bytes())
+        StandardV1a::new(&seed).public_key()
     ))
     .await;
-    // R = the base point, s = i: well-formed bogus Ed25519 signatures, each distinct.
-    let bogus = |i: u8| {
-        let mut sig = vec![0x66u8; 32];
-        sig[0] = 0x58;
-        sig.extend([0u8; 32]);
-        sig[63] = i;
-        format!("v1a,{}", b64(&sig))
-    };
+    // `bogus(i)`: R = the base point, s = i: well-formed bogus Ed25519 signatures, each distinct.
     let send = |list: String, id: &'static str| {
         let body = format!("{{\"type\":\"t\",\"n\":\"{id}\"}}");
         let mut headers = sign_standard_v1a(&seed, id, now_secs(), body.as_bytes());

@@ -1,4 +1,5 @@
-//! Test harness: the app in-process on an ephemeral port, a plain HTTP client, and signers.
+//! Test harness: the app in-process on an ephemeral port, a plain HTTP client, and the signers
+//! (hookbridge-testkit's) under the names the tests use.
 
 #![allow(dead_code)]
 
@@ -6,15 +7,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use hmac::Mac as _;
+use hookbridge_testkit as testkit;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use sha2::Digest as _;
 use tokio::sync::oneshot;
 
 pub fn vectors() -> Value {
@@ -187,75 +185,29 @@ pub fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn hmac256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
-    for p in parts {
-        mac.update(p);
-    }
-    mac.finalize().into_bytes().to_vec()
-}
+// The signers are hookbridge-testkit's; these names are what the tests call.
 
-/// Cobo WaaS 2.0 headers for `body`, signed with the Cobo CLI test key (hex seed).
+/// Cobo WaaS 2.0 headers for `body`, signed with an Ed25519 seed (hex), e.g. the Cobo CLI test key.
 pub fn sign_cobo_waas2(seed_hex: &str, body: &[u8], ts: &str) -> Vec<(String, String)> {
-    let key =
-        ed25519_dalek::SigningKey::from_bytes(&hex::decode(seed_hex).unwrap().try_into().unwrap());
-    let mut m = body.to_vec();
-    m.push(b'|');
-    m.extend_from_slice(ts.as_bytes());
-    let d = sha2::Sha256::digest(sha2::Sha256::digest(&m));
-    use ed25519_dalek::Signer as _;
-    vec![
-        h("Biz-Timestamp", ts),
-        h("Biz-Resp-Signature", &hex::encode(key.sign(&d).to_bytes())),
-    ]
+    testkit::CoboWaas2::new(seed_hex).sign(body, ts)
 }
 
 /// Standard Webhooks v1 headers with a `whsec_` secret.
 pub fn sign_standard_v1(secret: &str, id: &str, ts: u64, body: &[u8]) -> Vec<(String, String)> {
-    let key = B64.decode(secret.trim_start_matches("whsec_")).unwrap();
-    let ts = ts.to_string();
-    let sig = hmac256(&key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
-    vec![
-        h("webhook-id", id),
-        h("webhook-timestamp", &ts),
-        h("webhook-signature", &format!("v1,{}", B64.encode(sig))),
-    ]
+    testkit::StandardV1::new(secret).sign(id, ts, body)
 }
 
 /// Standard Webhooks v1a headers with an Ed25519 seed (hex).
 pub fn sign_standard_v1a(seed_hex: &str, id: &str, ts: u64, body: &[u8]) -> Vec<(String, String)> {
-    let key =
-        ed25519_dalek::SigningKey::from_bytes(&hex::decode(seed_hex).unwrap().try_into().unwrap());
-    let ts = ts.to_string();
-    let msg = [id.as_bytes(), b".", ts.as_bytes(), b".", body].concat();
-    use ed25519_dalek::Signer as _;
-    let sig = key.sign(&msg);
-    vec![
-        h("webhook-id", id),
-        h("webhook-timestamp", &ts),
-        h(
-            "webhook-signature",
-            &format!("v1a,{}", B64.encode(sig.to_bytes())),
-        ),
-    ]
+    testkit::StandardV1a::new(seed_hex).sign(id, ts, body)
 }
 
 pub fn sign_stripe(secret: &str, ts: u64, body: &[u8]) -> Vec<(String, String)> {
-    let ts = ts.to_string();
-    let sig = hmac256(secret.as_bytes(), &[ts.as_bytes(), b".", body]);
-    vec![h(
-        "Stripe-Signature",
-        &format!("t={ts},v1={}", hex::encode(sig)),
-    )]
+    testkit::Stripe::new(secret).sign(ts, body)
 }
 
 pub fn sign_slack(secret: &str, ts: u64, body: &[u8]) -> Vec<(String, String)> {
-    let ts = ts.to_string();
-    let sig = hmac256(secret.as_bytes(), &[b"v0:", ts.as_bytes(), b":", body]);
-    vec![
-        h("X-Slack-Request-Timestamp", &ts),
-        h("X-Slack-Signature", &format!("v0={}", hex::encode(sig))),
-    ]
+    testkit::Slack::new(secret).sign(ts, body)
 }
 
 /// Reads the file sink's JSON lines.
@@ -267,26 +219,16 @@ pub fn file_events(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// A ~1 KB Cobo WaaS 2.0 webhook body with the given event ID.
-pub fn cobo_body(event_id: &str) -> String {
-    format!(
-        r#"{{"event_id":"{event_id}","url":"https://example.com/hooks/cobo","created_timestamp":1701396866000,"type":"wallets.transaction.succeeded","data":{{"data_type":"Transaction","transaction_id":"{event_id}-tx","wallet_id":"f47ac10b-58cc-4372-a567-0e02b2c3d479","type":"Deposit","status":"Success","chain_id":"ETH","token_id":"ETH_USDT","asset_id":"USDT","source":{{"source_type":"External","addresses":["0x9414933Ff7777bb28cA22D15c178596A6e58d957"]}},"destination":{{"destination_type":"Address","account_output":{{"address":"0x2f8BdfEa7B1A5d2B4b1f2e1b6A8dD0C1d3e4F5a6","amount":"1250.000000"}}}},"result":{{"result_type":"Transaction"}},"fee":{{"fee_type":"EVM_EIP_1559","token_id":"ETH","fee_used":"0.000421"}},"initiator":"api","confirmed_num":12,"confirming_threshold":12,"transaction_hash":"0x7f1a49a302bece956da7e0a3e9a77f0fb33ccc368ef2fa4dacac5c96d7d5f542","block_info":{{"block_number":19112233,"block_hash":"0x52dc95dbf0f409e290e38481b8b624ba2748ee08de6141be067ab80f5daf9b92"}},"created_timestamp":1701396800000,"updated_timestamp":1701396866000}}}}"#
-    )
-}
+/// A ~1.2 KB Cobo WaaS 2.0 webhook body with the given event ID.
+pub use testkit::cobo_body;
 
-/// The Cobo CLI test key seed from the vectors.
+/// The Cobo CLI test key seed (the one in the vectors).
 pub fn cobo_test_seed() -> String {
-    vectors()["cobo_v2_ed25519"][0]["private_key_hex"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    testkit::keys::COBO_TEST_SEED_HEX.to_owned()
 }
 
 pub fn cobo_test_pubkey() -> String {
-    vectors()["cobo_v2_ed25519"][0]["pubkey_hex"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    testkit::keys::COBO_TEST_PUBKEY_HEX.to_owned()
 }
 
 /// Like [`post`], but a transport error (connection refused or reset) is `None`, not a panic:
@@ -307,31 +249,15 @@ pub async fn try_post(url: &str, headers: &[(String, String)], body: Bytes) -> O
     Reply::read(resp).await
 }
 
-/// A secp256k1 key for signing Cobo WaaS 1.0 callbacks in tests (Cobo's own keys are secret):
-/// the scalar is SHA-256 of a fixed label, so the test is repeatable.
-fn cobo_v1_test_key() -> k256::ecdsa::SigningKey {
-    let scalar = sha2::Sha256::digest(b"hookbridge tests: cobo waas1 signer");
-    k256::ecdsa::SigningKey::from_bytes(&scalar).unwrap()
-}
-
-/// The compressed SEC1 public key (hex) of [`cobo_v1_test_key`], for `public_keys`.
+/// The compressed SEC1 public key (hex) of the tests' Cobo WaaS 1.0 signer (Cobo's own keys are
+/// secret), for `public_keys`.
 pub fn cobo_v1_test_pubkey() -> String {
-    let point = cobo_v1_test_key().verifying_key().to_encoded_point(true);
-    hex::encode(point.as_bytes())
+    testkit::CoboWaas1::test_key().public_key_hex()
 }
 
 /// Cobo WaaS 1.0 headers for `body`: DER ECDSA secp256k1 over SHA256(SHA256(body|ts)), hex.
 pub fn sign_cobo_waas1(body: &[u8], ts: &str) -> Vec<(String, String)> {
-    use k256::ecdsa::signature::hazmat::PrehashSigner as _;
-    let mut m = body.to_vec();
-    m.push(b'|');
-    m.extend_from_slice(ts.as_bytes());
-    let d = sha2::Sha256::digest(sha2::Sha256::digest(&m));
-    let sig: k256::ecdsa::Signature = cobo_v1_test_key().sign_prehash(&d).unwrap();
-    vec![
-        h("Biz-Timestamp", ts),
-        h("Biz-Resp-Signature", &hex::encode(sig.to_der().as_bytes())),
-    ]
+    testkit::CoboWaas1::test_key().sign(body, ts)
 }
 
 /// The sum of a counter's samples in a `/metrics` scrape whose labels include `labels`.

@@ -1,0 +1,60 @@
+//! `ceiling-kafka`: a bare rdkafka producer (idempotent, acks=all) publishing the same messages,
+//! key and headers as hookbridge.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+
+use crate::measure::own_cpu;
+
+pub async fn run(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    in_flight: usize,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("partitioner", "murmur2_random")
+        .create()?;
+    let bodies = super::messages(n);
+    let started = Instant::now();
+    let cpu_before = own_cpu();
+    let results: Vec<bool> = futures_util::stream::iter(bodies.iter())
+        .map(|(id, body)| {
+            let producer = producer.clone();
+            async move {
+                let headers = rdkafka::message::OwnedHeaders::new()
+                    .insert(rdkafka::message::Header {
+                        key: "ce_id",
+                        value: Some(id.as_str()),
+                    })
+                    .insert(rdkafka::message::Header {
+                        key: "content-type",
+                        value: Some("application/cloudevents+json"),
+                    });
+                let rec = FutureRecord::to(topic)
+                    .key(id.as_str())
+                    .payload(body.as_slice())
+                    .headers(headers);
+                producer.send(rec, Duration::from_secs(5)).await.is_ok()
+            }
+        })
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    let ok = results.iter().filter(|r| **r).count();
+    super::report(
+        "kafka bare rdkafka (acks=all, idempotent)",
+        ok,
+        started.elapsed(),
+        own_cpu().saturating_sub(cpu_before),
+        out,
+    )
+}
