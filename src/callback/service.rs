@@ -12,7 +12,7 @@
 //!   service's secret, of [`super::reply_mac_message`]. RabbitMQ: a fanout exchange; Kafka: a
 //!   topic. This module only parses replies; whether one decides anything (the MAC, the nonce of
 //!   the ask, the address it came to) is checked where the ask is known
-//!   (`ingress::callback::on_reply`).
+//!   (`approve::on_reply`).
 //! - **Every replica sees every reply**: on RabbitMQ each binds its own exclusive queue to the
 //!   fanout exchange; on Kafka each reads all partitions from the end, without a consumer group.
 //!   So the replica holding the request is woken whichever replica "got" the reply, and each
