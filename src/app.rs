@@ -129,7 +129,7 @@ impl App {
     }
 
     /// Serves until `shutdown` resolves, drains requests, then stops every background part in
-    /// its [`Stage`]'s order.
+    /// its stage's order (see `Stage`).
     pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let stop = CancellationToken::new();
         {
