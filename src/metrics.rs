@@ -64,15 +64,19 @@ pub enum Accepted {
     Duplicate,
     /// A callback answered from a decision.
     Decided,
+    /// A provider's endpoint handshake answered (Slack `url_verification`, Zoom
+    /// `endpoint.url_validation`): verified, nothing published.
+    Handshake,
 }
 
 impl Accepted {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Published,
         Self::Spooled,
         Self::Unconfirmed,
         Self::Duplicate,
         Self::Decided,
+        Self::Handshake,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -82,6 +86,7 @@ impl Accepted {
             Self::Unconfirmed => "accepted_unconfirmed",
             Self::Duplicate => "duplicate",
             Self::Decided => "decided",
+            Self::Handshake => "handshake",
         }
     }
 }
@@ -90,7 +95,7 @@ impl Accepted {
 /// macros would otherwise copy the label and look the series up on every request.
 pub struct SourceMetrics {
     /// Indexed by [`Accepted`] discriminant.
-    outcomes: [Counter; 5],
+    outcomes: [Counter; Accepted::ALL.len()],
     ack_latency: Histogram,
     publish_latency: Histogram,
 }

@@ -661,6 +661,8 @@ pub enum RawVerify {
     Stripe { secrets: Vec<String> },
     /// Slack `X-Slack-Signature` (v0). `secrets`: signing secrets.
     Slack { secrets: Vec<String> },
+    /// Zoom `x-zm-signature` (v0). `secrets`: the app's secret tokens.
+    Zoom { secrets: Vec<String> },
     /// No verification. Only with `accept_unsigned_requests = true`, and logged at startup.
     None {
         #[serde(default)]

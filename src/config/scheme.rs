@@ -10,7 +10,7 @@ use super::problems::Scope;
 use super::raw::{RawVerify, SecretEncoding};
 use crate::verify::{
     CoboWaas1, CoboWaas2, HmacSha256, RSA_WARN_BELOW_BITS, RsaSha256, Scheme, SharedSecret, Slack,
-    StandardWebhooks, Stripe,
+    StandardWebhooks, Stripe, Zoom,
 };
 
 /// The scheme of source `source`; `None` when it is unusable (recorded).
@@ -52,6 +52,9 @@ pub fn build(at: &mut Scope<'_>, raw: RawVerify, source: &str) -> Option<Scheme>
         }
         RawVerify::Slack { secrets } => {
             Slack::new(secrets.into_iter().map(String::into_bytes).collect()).map(Scheme::Slack)
+        }
+        RawVerify::Zoom { secrets } => {
+            Zoom::new(secrets.into_iter().map(String::into_bytes).collect()).map(Scheme::Zoom)
         }
         RawVerify::None {
             accept_unsigned_requests,

@@ -20,7 +20,7 @@ use crate::callback::approve::{self, Answered};
 use crate::dedup::Claim;
 use crate::normalize::Envelope;
 use crate::plan::SourceKind;
-use crate::verify::IncomingWebhook;
+use crate::verify::{Handshake, IncomingWebhook};
 use crate::{audit, metrics};
 
 pub async fn receive<S, B>(
@@ -70,6 +70,11 @@ where
                 reject::accepted(envelope.id())
             }
         }
+        Ok(Handled::Handshake(handshake)) => {
+            route.metrics.request(metrics::Accepted::Handshake);
+            audit_handshake(&name, &ctx, &handshake);
+            reject::handshake(&handshake)
+        }
         Ok(Handled::Decided(answered)) => {
             route.metrics.request(metrics::Accepted::Decided);
             audit_decision(&name, &ctx, &answered);
@@ -108,6 +113,8 @@ enum Handled {
     Event(Envelope, Delivery),
     /// An approval callback's decision.
     Decided(Answered),
+    /// A provider's endpoint handshake, answered by its scheme and never published.
+    Handshake(Handshake),
 }
 
 /// Cheap checks first (no body read yet): method, TLS, address, rate; then the body, the
@@ -163,6 +170,9 @@ where
         return Err(Rejection::RateLimited {
             retry_after: retry_secs(&not_until, limiter.clock()),
         });
+    }
+    if let Some(handshake) = route.spec.verifier.scheme().handshake(&verified)? {
+        return Ok(Handled::Handshake(handshake));
     }
     if let Some(approval) = approval {
         let approver = route.approver(state, approval);
@@ -334,6 +344,22 @@ fn audit(source: &str, ctx: &AuditCtx, outcome: Result<(&Envelope, Delivery), &R
             line.write();
         }
     }
+}
+
+/// The audit line of an answered handshake: its kind, and no event (nothing was published).
+fn audit_handshake(source: &str, ctx: &AuditCtx, h: &Handshake) {
+    let (client, peer, latency_us) = ctx.fields();
+    let mut line = audit::Line::new(
+        "handshake answered",
+        source,
+        &client,
+        &peer,
+        ctx.bytes,
+        latency_us,
+    );
+    line.outcome = metrics::Accepted::Handshake.label();
+    line.reason = h.kind();
+    line.write();
 }
 
 /// The audit line of an approval callback: the decision, who made it and why.

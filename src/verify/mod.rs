@@ -7,6 +7,7 @@
 //! of the pipeline takes that type, so an unverified request cannot be normalized or published.
 
 mod cobo;
+mod handshake;
 mod hmac;
 mod rsa;
 mod shared_secret;
@@ -19,7 +20,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
 
 pub use self::cobo::{CoboWaas1, CoboWaas2};
-pub use self::hmac::{Encoding, HmacSha256, Slack, Stripe};
+pub use self::handshake::{Handshake, HandshakeError};
+pub use self::hmac::{Encoding, HmacSha256, Slack, Stripe, Zoom};
 pub use self::rsa::{RsaSha256, WARN_BELOW_BITS as RSA_WARN_BELOW_BITS};
 pub use self::shared_secret::SharedSecret;
 pub use self::standard::StandardWebhooks;
@@ -113,6 +115,7 @@ pub enum Scheme {
     StandardWebhooks(StandardWebhooks),
     Stripe(Stripe),
     Slack(Slack),
+    Zoom(Zoom),
     /// No verification at all: only when configured explicitly, and logged loudly at startup.
     None,
 }
@@ -135,12 +138,13 @@ impl Scheme {
             Self::StandardWebhooks(_) => "standard-webhooks",
             Self::Stripe(_) => "stripe",
             Self::Slack(_) => "slack",
+            Self::Zoom(_) => "zoom",
             Self::None => "none",
         }
     }
 
-    /// The provider's own documented timestamp tolerance, where it documents one. Cobo
-    /// documents none; config then defaults the window to what dedup (or the decision store)
+    /// The provider's own documented timestamp tolerance, where it documents one. Cobo and
+    /// Zoom document none; config then defaults the window to what dedup (or the decision store)
     /// remembers, so nothing older than that memory is accepted (`config::sources`).
     pub fn documented_tolerance(&self) -> Option<Duration> {
         match self {
@@ -163,6 +167,7 @@ impl Scheme {
             ],
             Self::CoboWaas2(_) | Self::CoboWaas1(_) => &["biz-timestamp", "biz_timestamp"],
             Self::Slack(_) => &["x-slack-request-timestamp"],
+            Self::Zoom(_) => &["x-zm-request-timestamp"],
             // Stripe signs its timestamp inside `Stripe-Signature`; the rest sign the body only.
             Self::Stripe(_)
             | Self::RsaSha256(_)
@@ -186,6 +191,7 @@ impl Scheme {
                 | Self::StandardWebhooks(_)
                 | Self::Stripe(_)
                 | Self::Slack(_)
+                | Self::Zoom(_)
         )
     }
 
@@ -205,6 +211,9 @@ impl Scheme {
             }
             Self::Stripe(_) => vec![body_pointer("/id")],
             Self::Slack(_) => vec![body_pointer("/event_id")],
+            // Zoom's bodies carry no event ID (`event_ts` is shared by events of one moment):
+            // the body's SHA-256, which a retry of the same delivery repeats.
+            Self::Zoom(_) => Vec::new(),
             Self::RsaSha256(_) | Self::HmacSha256(_) | Self::SharedSecret(_) | Self::None => {
                 Vec::new()
             }
@@ -220,6 +229,7 @@ impl Scheme {
             }
             Self::CoboWaas1(_) => vec![body_pointer("/side")],
             Self::Slack(_) => vec![body_pointer("/event/type"), body_pointer("/type")],
+            Self::Zoom(_) => vec![body_pointer("/event")],
             Self::RsaSha256(_) | Self::HmacSha256(_) | Self::SharedSecret(_) | Self::None => {
                 Vec::new()
             }
@@ -241,6 +251,7 @@ impl Scheme {
             | Self::StandardWebhooks(_)
             | Self::Stripe(_)
             | Self::Slack(_)
+            | Self::Zoom(_)
             | Self::None => Vec::new(),
         }
     }
@@ -256,6 +267,7 @@ impl Scheme {
             Self::StandardWebhooks(v) => v.key_count(),
             Self::Stripe(v) => v.key_count(),
             Self::Slack(v) => v.key_count(),
+            Self::Zoom(v) => v.key_count(),
             Self::None => 0,
         }
     }
@@ -270,7 +282,33 @@ impl Scheme {
             Self::StandardWebhooks(v) => v.check(headers, body),
             Self::Stripe(v) => v.check(headers, body),
             Self::Slack(v) => v.check(headers, body),
+            Self::Zoom(v) => v.check(headers, body),
             Self::None => Ok(Checked::default()),
+        }
+    }
+
+    /// The provider's endpoint handshake, when `webhook` is one: the answer ingress sends
+    /// instead of publishing anything. Asked only of a verified request, so a forged handshake
+    /// is refused like any forged request and its challenge never echoed.
+    ///
+    /// # Errors
+    /// [`HandshakeError`] when the body says it is a handshake but cannot be answered (no
+    /// challenge, or not a short visible-ASCII string).
+    pub fn handshake(
+        &self,
+        webhook: &VerifiedWebhook,
+    ) -> Result<Option<Handshake>, HandshakeError> {
+        match self {
+            Self::Slack(_) => handshake::slack(webhook.body()),
+            Self::Zoom(v) => handshake::zoom(v, webhook.proof().key.as_deref(), webhook.body()),
+            Self::CoboWaas2(_)
+            | Self::CoboWaas1(_)
+            | Self::RsaSha256(_)
+            | Self::HmacSha256(_)
+            | Self::SharedSecret(_)
+            | Self::StandardWebhooks(_)
+            | Self::Stripe(_)
+            | Self::None => Ok(None),
         }
     }
 }

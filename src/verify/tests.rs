@@ -777,3 +777,130 @@ fn signature_lists_are_deduplicated_and_capped_before_anything_is_hashed() {
         })
     ));
 }
+
+/// Zoom publishes no vector: signed the way its docs describe (`v0:ts:body`, hex), by the test
+/// kit; the Slack vector's construction under Zoom's header names.
+#[test]
+fn zoom_signature_and_window() {
+    let body = r#"{"event":"meeting.started","event_ts":1626230691572,"payload":{}}"#;
+    let verifier = SourceVerifier::new(
+        Scheme::Zoom(Zoom::new(vec![b"old".to_vec(), b"zoom-secret".to_vec()]).unwrap()),
+        Some(Duration::from_secs(300)),
+    );
+    let ts = 1_700_000_000;
+    let signed = hookbridge_testkit::header_map(
+        &hookbridge_testkit::Zoom::new("zoom-secret").sign(ts, body.as_bytes()),
+    );
+    let proof = verify(&verifier, &signed, body, at(ts)).unwrap();
+    assert_eq!(
+        (proof.scheme, proof.key.as_deref()),
+        ("zoom", Some("key#2"))
+    );
+    assert_eq!(
+        verify(
+            &verifier,
+            &signed,
+            &body.replace("started", "ended"),
+            at(ts)
+        ),
+        Err(VerifyError::BadSignature)
+    );
+    let mut later = signed.clone();
+    later.insert("x-zm-request-timestamp", HeaderValue::from(ts + 1));
+    assert_eq!(
+        verify(&verifier, &later, body, at(ts)),
+        Err(VerifyError::BadSignature)
+    );
+    assert_eq!(
+        verify(&verifier, &signed, body, at(ts + 301)),
+        Err(VerifyError::StaleTimestamp(301))
+    );
+}
+
+/// The handshake hook: asked of verified requests only, it answers Slack's and Zoom's own
+/// handshakes and nothing else (an event that merely mentions one is an event).
+#[test]
+fn handshakes_are_recognised_by_their_top_level_type_only() {
+    let slack = SourceVerifier::new(
+        Scheme::Slack(Slack::new(vec![b"s".to_vec()]).unwrap()),
+        None,
+    );
+    let ask = |v: &SourceVerifier, h: HeaderMap, body: &str| {
+        let w = v
+            .verify(
+                IncomingWebhook {
+                    headers: h,
+                    body: Bytes::from(body.to_owned()),
+                },
+                SystemTime::now(),
+            )
+            .unwrap();
+        v.scheme().handshake(&w)
+    };
+    let signed = |body: &str| {
+        hookbridge_testkit::header_map(
+            &hookbridge_testkit::Slack::new("s").sign(1, body.as_bytes()),
+        )
+    };
+    let body = r#"{"token":"t","challenge":"abc-123_XYZ","type":"url_verification"}"#;
+    let answer = ask(&slack, signed(body), body).unwrap().unwrap();
+    assert_eq!(
+        (answer.kind(), answer.content_type(), &answer.body()[..]),
+        ("url_verification", "text/plain", &b"abc-123_XYZ"[..])
+    );
+    for not_one in [
+        r#"{"type":"event_callback","event":{"type":"url_verification","challenge":"x"}}"#,
+        "token=x&text=url_verification",
+        r#"{"type":"event_callback","challenge":"url_verification"}"#,
+    ] {
+        assert_eq!(ask(&slack, signed(not_one), not_one), Ok(None), "{not_one}");
+    }
+    for bad in [
+        r#"{"type":"url_verification"}"#,
+        r#"{"type":"url_verification","challenge":7}"#,
+        r#"{"type":"url_verification","challenge":""}"#,
+        r#"{"type":"url_verification","challenge":"a b"}"#,
+        &format!(
+            r#"{{"type":"url_verification","challenge":"{}"}}"#,
+            "a".repeat(257)
+        ),
+    ] {
+        assert!(
+            matches!(
+                ask(&slack, signed(bad), bad),
+                Err(HandshakeError::Malformed { .. })
+            ),
+            "{bad}"
+        );
+    }
+
+    // Zoom answers with the secret that verified the request.
+    let zoom = SourceVerifier::new(
+        Scheme::Zoom(Zoom::new(vec![b"one".to_vec(), b"two".to_vec()]).unwrap()),
+        None,
+    );
+    let body = r#"{"payload":{"plainToken":"qgg8vlvZRS6UYooatFL8Aw"},"event_ts":1,"event":"endpoint.url_validation"}"#;
+    let kit = hookbridge_testkit::Zoom::new("two");
+    let answer = ask(
+        &zoom,
+        hookbridge_testkit::header_map(&kit.sign(1, body.as_bytes())),
+        body,
+    )
+    .unwrap()
+    .unwrap();
+    let json: Value = serde_json::from_slice(answer.body()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"plainToken": "qgg8vlvZRS6UYooatFL8Aw", "encryptedToken": kit.encrypted_token("qgg8vlvZRS6UYooatFL8Aw")})
+    );
+    // Other schemes have no handshake, even for a body that looks like one.
+    let hmac = no_window(Scheme::HmacSha256(
+        HmacSha256::new("x-sig", Encoding::Hex, None, vec![b"k".to_vec()]).unwrap(),
+    ));
+    let body = r#"{"token":"t","challenge":"abc","type":"url_verification"}"#;
+    let h = hookbridge_testkit::header_map(
+        &hookbridge_testkit::HmacSha256::new("x-sig", "", hookbridge_testkit::Encoding::Hex, b"k")
+            .sign(body.as_bytes()),
+    );
+    assert_eq!(ask(&hmac, h, body), Ok(None));
+}

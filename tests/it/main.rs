@@ -3,6 +3,7 @@
 //! - `helpers`: spawn the app on 127.0.0.1:0, an HTTP client, and signers for every scheme.
 //! - `cli`: `check-config` through the real binary.
 //! - `ingress`: every provider vector end to end through HTTP into the file sink.
+//! - `handshake`: Slack's and Zoom's endpoint handshakes answered, never published.
 //! - `security`: TLS, proxies and allowlists, rate limits, replay, limits, attacks and metrics.
 //! - `abuse`: the public endpoint under abuse: private admin routes, signature-list caps, the
 //!   body budget, forwarding chains, provider-safe rate limits, idle connections.
@@ -28,6 +29,7 @@ mod cli;
 mod decision_service;
 #[cfg(all(feature = "kafka", feature = "rabbitmq"))]
 mod durability;
+mod handshake;
 mod helpers;
 mod ingress;
 #[cfg(feature = "kafka")]

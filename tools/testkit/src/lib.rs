@@ -19,7 +19,7 @@ mod tests;
 
 pub use bogus::{bogus_ed25519_signature, bogus_v1a};
 pub use cobo::{CoboWaas1, CoboWaas2, cobo_digest};
-pub use hmac_schemes::{Encoding, HmacSha256, Slack, Stripe};
+pub use hmac_schemes::{Encoding, HmacSha256, Slack, Stripe, Zoom};
 pub use rsa_sha256::RsaSha256;
 pub use standard::{StandardV1, StandardV1a};
 
