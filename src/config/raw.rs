@@ -591,6 +591,10 @@ pub struct RawSource {
     /// Deduplicate provider retries by event ID. Default true.
     #[serde(default = "default_true")]
     pub dedup: bool,
+    /// Shadow mode, for moving a provider onto hookbridge: verify, log and count, but accept
+    /// and publish (marked `hbshadow`) requests that fail. Refused for approval callbacks.
+    #[serde(default)]
+    pub shadow: bool,
     /// Headers the scheme does not sign that `event_id`/`event_type` may still read (refused
     /// otherwise: a resent request could carry another value). Events mark what came from them
     /// (`hbunverified`).

@@ -59,9 +59,13 @@ where
     };
     let result = process(route, &state, method, headers, body, &mut ctx).await;
     match result {
-        Ok(Handled::Event(envelope, delivery)) => {
-            route.metrics.request(delivery.outcome());
-            audit(&name, &ctx, Ok((&envelope, delivery)));
+        Ok(Handled::Event(envelope, delivery, shadow)) => {
+            let outcome = match shadow {
+                Some(_) => metrics::Accepted::ShadowUnverified,
+                None => delivery.outcome(),
+            };
+            route.metrics.request(outcome);
+            audit(&name, &ctx, Ok((&envelope, outcome, shadow)));
             route.metrics.ack_latency(started.elapsed());
             if matches!(route.spec.kind, SourceKind::Callback(Purpose::Notification)) {
                 // A notification's `ok` only says "received": sent once durable, like a 200.
@@ -109,8 +113,9 @@ impl AuditCtx {
 
 /// What an accepted request led to.
 enum Handled {
-    /// An event made durable (webhooks and notification callbacks).
-    Event(Envelope, Delivery),
+    /// An event made durable (webhooks and notification callbacks); in shadow mode, with why
+    /// its request failed verification.
+    Event(Envelope, Delivery, Option<&'static str>),
     /// An approval callback's decision.
     Decided(Answered),
     /// A provider's endpoint handshake, answered by its scheme and never published.
@@ -151,17 +156,25 @@ where
 
     let received = SystemTime::now();
     let approval = route.spec.kind.approval();
-    let verified = match route
-        .spec
-        .verifier
-        .verify(IncomingWebhook { headers, body }, received)
-    {
-        Ok(v) => v,
-        Err(e) if approval.is_some_and(|a| a.deny_bad_signatures) => {
-            return Ok(Handled::Decided(Answered::bad_signature(e.reason())));
+    let incoming = IncomingWebhook { headers, body };
+    let verified = if route.spec.shadow {
+        // Config refuses shadow mode for approvals: this never reaches `approve`.
+        let (verified, failure) = route.spec.verifier.verify_shadow(incoming, received);
+        if let Some(e) = failure {
+            metrics::shadow_unverified(&route.spec.name, e.reason());
+            tracing::warn!(source = %route.spec.name, reason = e.reason(), error = %e, "shadow mode: accepting a request that failed verification");
         }
-        Err(e) => return Err(e.into()),
+        verified
+    } else {
+        match route.spec.verifier.verify(incoming, received) {
+            Ok(v) => v,
+            Err(e) if approval.is_some_and(|a| a.deny_bad_signatures) => {
+                return Ok(Handled::Decided(Answered::bad_signature(e.reason())));
+            }
+            Err(e) => return Err(e.into()),
+        }
     };
+    let shadow = verified.proof().shadow;
     // Authenticated: its bytes no longer count against what unauthenticated senders may hold.
     drop(budget);
     if let Some(limiter) = &route.limiter
@@ -183,12 +196,14 @@ where
     }
     let envelope = Envelope::build(verified, &route.spec, received)?;
 
-    let token = if route.spec.dedup {
+    // An unverified (shadow) request never claims an event ID: anyone could post a body with
+    // the ID of a genuine event to come, which dedup would then answer without publishing.
+    let token = if route.spec.dedup && shadow.is_none() {
         match state.dedup.claim(&route.spec.name, envelope.id()).await {
             Claim::New(token) => Some(token),
             Claim::Done => {
                 metrics::dedup_hit(&route.spec.name);
-                return Ok(Handled::Event(envelope, Delivery::Duplicate));
+                return Ok(Handled::Event(envelope, Delivery::Duplicate, None));
             }
             Claim::InFlight => return Err(Rejection::DuplicateInFlight),
         }
@@ -202,7 +217,7 @@ where
             Err(_) => state.dedup.release(token).await,
         }
     }
-    delivered.map(|d| Handled::Event(envelope, d))
+    delivered.map(|d| Handled::Event(envelope, d, shadow))
 }
 
 /// The checks that need no body: method, TLS, the source's address allowlist, and the
@@ -312,7 +327,11 @@ where
 }
 
 /// Writes the request's audit line (see [`crate::audit`]).
-fn audit(source: &str, ctx: &AuditCtx, outcome: Result<(&Envelope, Delivery), &Rejection>) {
+fn audit(
+    source: &str,
+    ctx: &AuditCtx,
+    outcome: Result<(&Envelope, metrics::Accepted, Option<&'static str>), &Rejection>,
+) {
     let (client, peer, latency_us) = ctx.fields();
     let mut line = audit::Line::new(
         "request accepted",
@@ -324,9 +343,15 @@ fn audit(source: &str, ctx: &AuditCtx, outcome: Result<(&Envelope, Delivery), &R
     );
     let (id_from, detail);
     match outcome {
-        Ok((env, delivery)) => {
+        Ok((env, accepted, shadow)) => {
             id_from = env.id_origin().to_string();
-            line.outcome = delivery.outcome().label();
+            line.outcome = accepted.label();
+            if let Some(reason) = shadow {
+                // Accepted, but not authenticated: a line to look at, like a rejection.
+                line.level = tracing::Level::WARN;
+                line.message = "request accepted unverified (shadow mode)";
+                line.reason = reason;
+            }
             line.event_id = Some(env.id().as_str());
             line.event_type = Some(env.event_type());
             line.id_from = Some(&id_from);

@@ -3,8 +3,10 @@
 //!
 //! Pure and synchronous: no I/O, and `now` is passed in. Keys are parsed when the config loads
 //! (see [`crate::config`]), so nothing here can fail for a reason an operator could have caught at
-//! startup. The only way to obtain a [`VerifiedWebhook`] is [`SourceVerifier::verify`]: the rest
-//! of the pipeline takes that type, so an unverified request cannot be normalized or published.
+//! startup. The only ways to obtain a [`VerifiedWebhook`] are [`SourceVerifier::verify`] and, for
+//! a source in shadow mode, [`SourceVerifier::verify_shadow`], whose failures stay in the proof
+//! ([`Proof::shadow`]): the rest of the pipeline takes that type, so an unverified request cannot
+//! be normalized or published unless its source asked for shadow mode, and then it is marked.
 
 mod cobo;
 mod handshake;
@@ -34,8 +36,9 @@ pub struct IncomingWebhook {
     pub body: Bytes,
 }
 
-/// A request whose signature (and replay window) checked out. Fields are private and the only
-/// constructor is in this module: holding one is the proof.
+/// A request whose signature (and replay window) checked out, or, from a source in shadow
+/// mode, one that did not and says so in [`Proof::shadow`]. Fields are private and the only
+/// constructors are in this module: holding one is the proof.
 #[derive(Debug)]
 pub struct VerifiedWebhook {
     headers: HeaderMap,
@@ -71,6 +74,17 @@ pub struct Proof {
     pub timestamp: Option<String>,
     /// Standard Webhooks: the signed message id (`webhook-id`).
     pub message_id: Option<String>,
+    /// Shadow mode only: why verification failed (a [`VerifyError::reason`] code). `Some` means
+    /// the request is **not** authenticated and was let through because its source is in
+    /// shadow mode; the other fields but `scheme` are then empty.
+    pub shadow: Option<&'static str>,
+}
+
+impl Proof {
+    /// Whether the request was authenticated (always, outside shadow mode).
+    pub fn verified(&self) -> bool {
+        self.shadow.is_none()
+    }
 }
 
 /// Why a request was not accepted as authentic. Every variant is answered 401; the reason goes
@@ -298,6 +312,11 @@ impl Scheme {
         &self,
         webhook: &VerifiedWebhook,
     ) -> Result<Option<Handshake>, HandshakeError> {
+        // A shadow-mode request that failed verification is never answered as a handshake: the
+        // answer would vouch for the endpoint to whoever forged the request.
+        if !webhook.proof().verified() {
+            return Ok(None);
+        }
         match self {
             Self::Slack(_) => handshake::slack(webhook.body()),
             Self::Zoom(v) => handshake::zoom(v, webhook.proof().key.as_deref(), webhook.body()),
@@ -371,22 +390,60 @@ impl SourceVerifier {
         incoming: IncomingWebhook,
         now: SystemTime,
     ) -> Result<VerifiedWebhook, VerifyError> {
+        let checked = self.check(&incoming, now)?;
+        Ok(self.verified(incoming, checked))
+    }
+
+    /// Shadow mode: the same checks as [`Self::verify`], but a request that fails them is let
+    /// through, with the failure in its proof ([`Proof::shadow`]) and the error beside it for
+    /// the caller to log and count. Only for sources that set `shadow = true`, which config
+    /// refuses for approval callbacks.
+    pub fn verify_shadow(
+        &self,
+        incoming: IncomingWebhook,
+        now: SystemTime,
+    ) -> (VerifiedWebhook, Option<VerifyError>) {
+        match self.check(&incoming, now) {
+            Ok(checked) => (self.verified(incoming, checked), None),
+            Err(e) => {
+                let proof = Proof {
+                    scheme: self.scheme.name(),
+                    shadow: Some(e.reason()),
+                    ..Proof::default()
+                };
+                let webhook = VerifiedWebhook {
+                    headers: incoming.headers,
+                    body: incoming.body,
+                    proof,
+                };
+                (webhook, Some(e))
+            }
+        }
+    }
+
+    /// The signature, then the replay window.
+    fn check(&self, incoming: &IncomingWebhook, now: SystemTime) -> Result<Checked, VerifyError> {
         let checked = self.scheme.check(&incoming.headers, &incoming.body)?;
         if let (Some(window), Some((_, ts_ms))) = (self.replay_window, &checked.timestamp) {
             check_window(*ts_ms, now, window)?;
         }
+        Ok(checked)
+    }
+
+    fn verified(&self, incoming: IncomingWebhook, checked: Checked) -> VerifiedWebhook {
         let proof = Proof {
             scheme: self.scheme.name(),
             key: checked.key,
             signature: checked.signature,
             timestamp: checked.timestamp.map(|(raw, _)| raw),
             message_id: checked.message_id,
+            shadow: None,
         };
-        Ok(VerifiedWebhook {
+        VerifiedWebhook {
             headers: incoming.headers,
             body: incoming.body,
             proof,
-        })
+        }
     }
 }
 

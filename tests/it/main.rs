@@ -4,6 +4,7 @@
 //! - `cli`: `check-config` through the real binary.
 //! - `ingress`: every provider vector end to end through HTTP into the file sink.
 //! - `handshake`: Slack's and Zoom's endpoint handshakes answered, never published.
+//! - `shadow`: shadow mode (verify, count, accept and mark what fails).
 //! - `security`: TLS, proxies and allowlists, rate limits, replay, limits, attacks and metrics.
 //! - `abuse`: the public endpoint under abuse: private admin routes, signature-list caps, the
 //!   body budget, forwarding chains, provider-safe rate limits, idle connections.
@@ -38,5 +39,6 @@ mod proxy;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 mod security;
+mod shadow;
 #[cfg(feature = "rabbitmq")]
 mod tap;
