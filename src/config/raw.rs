@@ -667,6 +667,20 @@ pub enum RawVerify {
     Slack { secrets: Vec<String> },
     /// Zoom `x-zm-signature` (v0). `secrets`: the app's secret tokens.
     Zoom { secrets: Vec<String> },
+    /// GitHub `X-Hub-Signature-256`. `secrets`: the webhook secrets.
+    #[serde(rename = "github")]
+    GitHub { secrets: Vec<String> },
+    /// Shopify `X-Shopify-Hmac-Sha256`. `secrets`: the app's client secrets.
+    Shopify { secrets: Vec<String> },
+    /// Twilio `X-Twilio-Signature` (form bodies). `url`: the public URL Twilio posts to;
+    /// `secrets`: auth tokens.
+    Twilio { url: String, secrets: Vec<String> },
+    /// Square `X-Square-HmacSha256-Signature`. `url`: the subscription's notification URL;
+    /// `secrets`: signature keys.
+    Square { url: String, secrets: Vec<String> },
+    /// Paddle Billing `Paddle-Signature` (`ts=…;h1=…`). `secrets`: the notification
+    /// destinations' secret keys.
+    Paddle { secrets: Vec<String> },
     /// No verification. Only with `accept_unsigned_requests = true`, and logged at startup.
     None {
         #[serde(default)]

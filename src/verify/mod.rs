@@ -14,6 +14,7 @@ mod hmac;
 mod rsa;
 mod shared_secret;
 mod standard;
+mod url_signed;
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,10 +24,11 @@ use http::{HeaderMap, HeaderName};
 
 pub use self::cobo::{CoboWaas1, CoboWaas2};
 pub use self::handshake::{Handshake, HandshakeError};
-pub use self::hmac::{Encoding, HmacSha256, Slack, Stripe, Zoom};
+pub use self::hmac::{Encoding, HmacSha256, Paddle, Slack, Stripe, Zoom};
 pub use self::rsa::{RsaSha256, WARN_BELOW_BITS as RSA_WARN_BELOW_BITS};
 pub use self::shared_secret::SharedSecret;
 pub use self::standard::StandardWebhooks;
+pub use self::url_signed::{Square, Twilio};
 use crate::normalize::locator::Locator;
 
 /// A request as it arrived: headers and the exact body bytes, not yet trusted.
@@ -130,6 +132,13 @@ pub enum Scheme {
     Stripe(Stripe),
     Slack(Slack),
     Zoom(Zoom),
+    /// GitHub's preset of the generic HMAC scheme (`X-Hub-Signature-256: sha256=<hex>`).
+    GitHub(HmacSha256),
+    /// Shopify's preset of the generic HMAC scheme (`X-Shopify-Hmac-Sha256: <base64>`).
+    Shopify(HmacSha256),
+    Twilio(Twilio),
+    Square(Square),
+    Paddle(Paddle),
     /// No verification at all: only when configured explicitly, and logged loudly at startup.
     None,
 }
@@ -153,6 +162,11 @@ impl Scheme {
             Self::Stripe(_) => "stripe",
             Self::Slack(_) => "slack",
             Self::Zoom(_) => "zoom",
+            Self::GitHub(_) => "github",
+            Self::Shopify(_) => "shopify",
+            Self::Twilio(_) => "twilio",
+            Self::Square(_) => "square",
+            Self::Paddle(_) => "paddle",
             Self::None => "none",
         }
     }
@@ -165,6 +179,8 @@ impl Scheme {
             Self::StandardWebhooks(_) | Self::Stripe(_) | Self::Slack(_) => {
                 Some(Duration::from_secs(300))
             }
+            // Paddle's SDKs refuse a signature more than 5 s old (`replay_window_secs` widens it).
+            Self::Paddle(_) => Some(Duration::from_secs(5)),
             _ => None,
         }
     }
@@ -182,8 +198,14 @@ impl Scheme {
             Self::CoboWaas2(_) | Self::CoboWaas1(_) => &["biz-timestamp", "biz_timestamp"],
             Self::Slack(_) => &["x-slack-request-timestamp"],
             Self::Zoom(_) => &["x-zm-request-timestamp"],
-            // Stripe signs its timestamp inside `Stripe-Signature`; the rest sign the body only.
+            // Stripe and Paddle sign their timestamp inside the signature header; the rest sign
+            // the body only (Twilio and Square with the configured URL).
             Self::Stripe(_)
+            | Self::Paddle(_)
+            | Self::GitHub(_)
+            | Self::Shopify(_)
+            | Self::Twilio(_)
+            | Self::Square(_)
             | Self::RsaSha256(_)
             | Self::HmacSha256(_)
             | Self::SharedSecret(_)
@@ -206,6 +228,7 @@ impl Scheme {
                 | Self::Stripe(_)
                 | Self::Slack(_)
                 | Self::Zoom(_)
+                | Self::Paddle(_)
         )
     }
 
@@ -228,6 +251,11 @@ impl Scheme {
             // Zoom's bodies carry no event ID (`event_ts` is shared by events of one moment):
             // the body's SHA-256, which a retry of the same delivery repeats.
             Self::Zoom(_) => Vec::new(),
+            Self::Square(_) | Self::Paddle(_) => vec![body_pointer("/event_id")],
+            // GitHub and Shopify sign the body only: their delivery-ID headers are not covered,
+            // and a body replayed with fresh headers must be the same event (its SHA-256).
+            // Twilio posts form parameters, which no JSON pointer reads.
+            Self::GitHub(_) | Self::Shopify(_) | Self::Twilio(_) => Vec::new(),
             Self::RsaSha256(_) | Self::HmacSha256(_) | Self::SharedSecret(_) | Self::None => {
                 Vec::new()
             }
@@ -244,6 +272,11 @@ impl Scheme {
             Self::CoboWaas1(_) => vec![body_pointer("/side")],
             Self::Slack(_) => vec![body_pointer("/event/type"), body_pointer("/type")],
             Self::Zoom(_) => vec![body_pointer("/event")],
+            Self::Square(_) => vec![body_pointer("/type")],
+            Self::Paddle(_) => vec![body_pointer("/event_type")],
+            // Their types are in unsigned headers (`X-GitHub-Event`, `X-Shopify-Topic`): only
+            // with `unsigned_headers`, never by default.
+            Self::GitHub(_) | Self::Shopify(_) | Self::Twilio(_) => Vec::new(),
             Self::RsaSha256(_) | Self::HmacSha256(_) | Self::SharedSecret(_) | Self::None => {
                 Vec::new()
             }
@@ -266,6 +299,11 @@ impl Scheme {
             | Self::Stripe(_)
             | Self::Slack(_)
             | Self::Zoom(_)
+            | Self::GitHub(_)
+            | Self::Shopify(_)
+            | Self::Twilio(_)
+            | Self::Square(_)
+            | Self::Paddle(_)
             | Self::None => Vec::new(),
         }
     }
@@ -282,6 +320,10 @@ impl Scheme {
             Self::Stripe(v) => v.key_count(),
             Self::Slack(v) => v.key_count(),
             Self::Zoom(v) => v.key_count(),
+            Self::GitHub(v) | Self::Shopify(v) => v.key_count(),
+            Self::Twilio(v) => v.key_count(),
+            Self::Square(v) => v.key_count(),
+            Self::Paddle(v) => v.key_count(),
             Self::None => 0,
         }
     }
@@ -297,6 +339,10 @@ impl Scheme {
             Self::Stripe(v) => v.check(headers, body),
             Self::Slack(v) => v.check(headers, body),
             Self::Zoom(v) => v.check(headers, body),
+            Self::GitHub(v) | Self::Shopify(v) => v.check(headers, body),
+            Self::Twilio(v) => v.check(headers, body),
+            Self::Square(v) => v.check(headers, body),
+            Self::Paddle(v) => v.check(headers, body),
             Self::None => Ok(Checked::default()),
         }
     }
@@ -327,6 +373,11 @@ impl Scheme {
             | Self::SharedSecret(_)
             | Self::StandardWebhooks(_)
             | Self::Stripe(_)
+            | Self::GitHub(_)
+            | Self::Shopify(_)
+            | Self::Twilio(_)
+            | Self::Square(_)
+            | Self::Paddle(_)
             | Self::None => Ok(None),
         }
     }

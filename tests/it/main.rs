@@ -5,6 +5,7 @@
 //! - `ingress`: every provider vector end to end through HTTP into the file sink.
 //! - `handshake`: Slack's and Zoom's endpoint handshakes answered, never published.
 //! - `shadow`: shadow mode (verify, count, accept and mark what fails).
+//! - `providers`: the provider presets (GitHub, Shopify, Twilio, Zoom, Square, Paddle).
 //! - `security`: TLS, proxies and allowlists, rate limits, replay, limits, attacks and metrics.
 //! - `abuse`: the public endpoint under abuse: private admin routes, signature-list caps, the
 //!   body budget, forwarding chains, provider-safe rate limits, idle connections.
@@ -35,6 +36,7 @@ mod helpers;
 mod ingress;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod providers;
 mod proxy;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
