@@ -617,7 +617,8 @@ const fn default_ack_deadline() -> u64 {
     1_500
 }
 
-/// `verify = { scheme = "…", … }`. Unknown schemes are a load error.
+/// `verify = { scheme = "…", … }`. Unknown schemes are a load error. Public for
+/// `hookbridge send`, which signs with what it holds ([`super::source_verify`]).
 #[derive(Deserialize)]
 #[serde(tag = "scheme", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum RawVerify {
@@ -692,6 +693,7 @@ fn default_rsa_header() -> String {
     "X-Signature".to_owned()
 }
 
+/// How `hmac-sha256` secrets are written in the config.
 #[derive(Deserialize, Default, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 pub enum SecretEncoding {

@@ -287,7 +287,7 @@ impl Slack {
 /// Zoom: `x-zm-signature: v0=<hex>` over `v0:<x-zm-request-timestamp>:body` (seconds), the
 /// same construction as Slack's under other header names. The secret is the app's "secret
 /// token", which also answers Zoom's `endpoint.url_validation` handshake
-/// ([`super::handshake`]).
+/// ([`super::Scheme::handshake`]).
 pub struct Zoom {
     pub(super) secrets: Secrets,
 }
