@@ -14,7 +14,8 @@
 //! - [`sink`]: file, Kafka and RabbitMQ backends behind one contract (durable before `Ok`).
 //! - [`spool`]: the fsync'd local queue when a broker is slow or away, and its drainers.
 //!
-//! Around them: [`config`] (load + validate, all errors at once), [`app`] (wiring),
+//! Around them: [`config`] (load + validate, all errors at once), [`app`] (wiring), [`send`]
+//! (`hookbridge send`: a signed test event for a configured source),
 //! [`metrics`] (every metric name), [`audit`] (the per-request audit line), [`telemetry`]
 //! (logging), [`shutdown`] (signals), `supervisor` (the one reconnect loop every broker and
 //! Redis connection runs under), `kv` (the Redis connection and millisecond durations that
@@ -30,6 +31,7 @@ mod kv;
 pub mod metrics;
 pub mod normalize;
 pub mod plan;
+pub mod send;
 pub mod server;
 pub mod shutdown;
 pub mod sink;

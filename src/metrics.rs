@@ -64,15 +64,23 @@ pub enum Accepted {
     Duplicate,
     /// A callback answered from a decision.
     Decided,
+    /// A provider's endpoint handshake answered (Slack `url_verification`, Zoom
+    /// `endpoint.url_validation`): verified, nothing published.
+    Handshake,
+    /// Shadow mode: the request failed verification and was accepted and published anyway,
+    /// marked (`hbshadow`). Why it failed: [`SHADOW_UNVERIFIED`].
+    ShadowUnverified,
 }
 
 impl Accepted {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 7] = [
         Self::Published,
         Self::Spooled,
         Self::Unconfirmed,
         Self::Duplicate,
         Self::Decided,
+        Self::Handshake,
+        Self::ShadowUnverified,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -82,6 +90,8 @@ impl Accepted {
             Self::Unconfirmed => "accepted_unconfirmed",
             Self::Duplicate => "duplicate",
             Self::Decided => "decided",
+            Self::Handshake => "handshake",
+            Self::ShadowUnverified => "shadow_accepted_unverified",
         }
     }
 }
@@ -90,7 +100,7 @@ impl Accepted {
 /// macros would otherwise copy the label and look the series up on every request.
 pub struct SourceMetrics {
     /// Indexed by [`Accepted`] discriminant.
-    outcomes: [Counter; 5],
+    outcomes: [Counter; Accepted::ALL.len()],
     ack_latency: Histogram,
     publish_latency: Histogram,
 }
@@ -123,6 +133,15 @@ impl SourceMetrics {
 
 pub fn request(source: &str, outcome: &'static str) {
     metrics::counter!(REQUESTS, "source" => source.to_owned(), "outcome" => outcome).increment(1);
+}
+
+/// Requests a source in shadow mode accepted although they failed verification, by `source`
+/// and `reason` (`bad_signature`, `missing_signature`, `stale_timestamp`, …).
+pub const SHADOW_UNVERIFIED: &str = "hookbridge_shadow_unverified_total";
+
+pub fn shadow_unverified(source: &str, reason: &'static str) {
+    metrics::counter!(SHADOW_UNVERIFIED, "source" => source.to_owned(), "reason" => reason)
+        .increment(1);
 }
 
 pub fn sink_ready(sink: &str, ready: bool) {

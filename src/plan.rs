@@ -75,6 +75,8 @@ pub struct SourceSpec {
     pub rate_limit_per_ip: Option<Rate>,
     pub ack: AckMode,
     pub dedup: bool,
+    /// Shadow mode: verify, log and count, but accept (and publish, marked) what fails.
+    pub shadow: bool,
 }
 
 impl SourceSpec {

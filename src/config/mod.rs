@@ -30,7 +30,7 @@ use std::path::Path;
 pub use self::audit::AuditConfig;
 use self::problems::Problems;
 use self::raw::RawSpool;
-pub use self::raw::{AuditOutput, DedupBackend};
+pub use self::raw::{AuditOutput, DedupBackend, RawVerify, SecretEncoding};
 pub use self::server::{ServerConfig, TlsFiles};
 pub use self::spool::SpoolConfig;
 pub use self::stores::{DecisionsConfig, DedupConfig, StoreConfig};
@@ -87,6 +87,45 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
     load(&text, &|name| std::env::var(name).ok())
+}
+
+/// One source's `verify` table as written, `${VAR}`s substituted: what `hookbridge send` signs
+/// with. It holds the source's secrets, so it is for the CLI on the operator's own machine; run
+/// [`load`] first, which validates them.
+///
+/// # Errors
+/// When the text is not TOML, a variable is unset, or the source or its `verify` is missing or
+/// unreadable (values are never echoed).
+pub fn source_verify(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    source: &str,
+) -> Result<RawVerify, ConfigErrors> {
+    let mut root: toml::Table = toml::from_str(text).map_err(|e| {
+        ConfigErrors(vec![format!(
+            "not valid TOML: {}",
+            env::redact_values(e.message())
+        )])
+    })?;
+    let mut errors = Vec::new();
+    env::substitute(&mut root, env, &mut errors);
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let verify = root
+        .remove("sources")
+        .and_then(|s| s.get(source).and_then(|s| s.get("verify")).cloned())
+        .ok_or_else(|| {
+            ConfigErrors(vec![format!(
+                "sources.{source}: no such source with a verify table"
+            )])
+        })?;
+    verify.try_into().map_err(|e: toml::de::Error| {
+        ConfigErrors(vec![format!(
+            "sources.{source}.verify: {}",
+            env::redact_values(e.message())
+        )])
+    })
 }
 
 /// Validates config text; `env` resolves `${VAR}` (injected so tests need no process env).

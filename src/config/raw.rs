@@ -591,6 +591,10 @@ pub struct RawSource {
     /// Deduplicate provider retries by event ID. Default true.
     #[serde(default = "default_true")]
     pub dedup: bool,
+    /// Shadow mode, for moving a provider onto hookbridge: verify, log and count, but accept
+    /// and publish (marked `hbshadow`) requests that fail. Refused for approval callbacks.
+    #[serde(default)]
+    pub shadow: bool,
     /// Headers the scheme does not sign that `event_id`/`event_type` may still read (refused
     /// otherwise: a resent request could carry another value). Events mark what came from them
     /// (`hbunverified`).
@@ -613,7 +617,8 @@ const fn default_ack_deadline() -> u64 {
     1_500
 }
 
-/// `verify = { scheme = "…", … }`. Unknown schemes are a load error.
+/// `verify = { scheme = "…", … }`. Unknown schemes are a load error. Public for
+/// `hookbridge send`, which signs with what it holds ([`super::source_verify`]).
 #[derive(Deserialize)]
 #[serde(tag = "scheme", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum RawVerify {
@@ -661,6 +666,22 @@ pub enum RawVerify {
     Stripe { secrets: Vec<String> },
     /// Slack `X-Slack-Signature` (v0). `secrets`: signing secrets.
     Slack { secrets: Vec<String> },
+    /// Zoom `x-zm-signature` (v0). `secrets`: the app's secret tokens.
+    Zoom { secrets: Vec<String> },
+    /// GitHub `X-Hub-Signature-256`. `secrets`: the webhook secrets.
+    #[serde(rename = "github")]
+    GitHub { secrets: Vec<String> },
+    /// Shopify `X-Shopify-Hmac-Sha256`. `secrets`: the app's client secrets.
+    Shopify { secrets: Vec<String> },
+    /// Twilio `X-Twilio-Signature` (form bodies). `url`: the public URL Twilio posts to;
+    /// `secrets`: auth tokens.
+    Twilio { url: String, secrets: Vec<String> },
+    /// Square `X-Square-HmacSha256-Signature`. `url`: the subscription's notification URL;
+    /// `secrets`: signature keys.
+    Square { url: String, secrets: Vec<String> },
+    /// Paddle Billing `Paddle-Signature` (`ts=…;h1=…`). `secrets`: the notification
+    /// destinations' secret keys.
+    Paddle { secrets: Vec<String> },
     /// No verification. Only with `accept_unsigned_requests = true`, and logged at startup.
     None {
         #[serde(default)]
@@ -672,6 +693,7 @@ fn default_rsa_header() -> String {
     "X-Signature".to_owned()
 }
 
+/// How `hmac-sha256` secrets are written in the config.
 #[derive(Deserialize, Default, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 pub enum SecretEncoding {

@@ -9,8 +9,8 @@ use base64::Engine as _;
 use super::problems::Scope;
 use super::raw::{RawVerify, SecretEncoding};
 use crate::verify::{
-    CoboWaas1, CoboWaas2, HmacSha256, RSA_WARN_BELOW_BITS, RsaSha256, Scheme, SharedSecret, Slack,
-    StandardWebhooks, Stripe,
+    CoboWaas1, CoboWaas2, HmacSha256, Paddle, RSA_WARN_BELOW_BITS, RsaSha256, Scheme, SharedSecret,
+    Slack, Square, StandardWebhooks, Stripe, Twilio, Zoom,
 };
 
 /// The scheme of source `source`; `None` when it is unusable (recorded).
@@ -53,6 +53,12 @@ pub fn build(at: &mut Scope<'_>, raw: RawVerify, source: &str) -> Option<Scheme>
         RawVerify::Slack { secrets } => {
             Slack::new(secrets.into_iter().map(String::into_bytes).collect()).map(Scheme::Slack)
         }
+        RawVerify::Zoom { secrets } => Zoom::new(bytes(secrets)).map(Scheme::Zoom),
+        RawVerify::GitHub { secrets } => HmacSha256::github(bytes(secrets)).map(Scheme::GitHub),
+        RawVerify::Shopify { secrets } => HmacSha256::shopify(bytes(secrets)).map(Scheme::Shopify),
+        RawVerify::Twilio { url, secrets } => Twilio::new(&url, bytes(secrets)).map(Scheme::Twilio),
+        RawVerify::Square { url, secrets } => Square::new(&url, bytes(secrets)).map(Scheme::Square),
+        RawVerify::Paddle { secrets } => Paddle::new(bytes(secrets)).map(Scheme::Paddle),
         RawVerify::None {
             accept_unsigned_requests,
         } => {
@@ -65,6 +71,11 @@ pub fn build(at: &mut Scope<'_>, raw: RawVerify, source: &str) -> Option<Scheme>
         }
     };
     result.map_err(|e| at.errors_within(e)).ok()
+}
+
+/// Secrets used as written (UTF-8 bytes), as the providers' own SDKs use them.
+fn bytes(secrets: Vec<String>) -> Vec<Vec<u8>> {
+    secrets.into_iter().map(String::into_bytes).collect()
 }
 
 /// RSA keys given inline and as files; a file that cannot be read is an error of its own, after

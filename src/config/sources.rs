@@ -63,6 +63,12 @@ pub fn load(problems: &mut Problems, value: Option<toml::Value>, context: &Conte
         Some(_) => problems.error("sources: must be a table of [sources.<name>]"),
         None => {}
     }
+    for s in sources.specs.iter().filter(|s| s.shadow) {
+        problems.warn(format!(
+            "source {}: shadow = true ACCEPTS AND PUBLISHES requests whose signature fails (marked hbshadow, hbunverified = \"all\"); turn it off once the provider's requests verify",
+            s.name
+        ));
+    }
     for s in sources.specs.iter().filter(|s| s.ack == AckMode::Accept) {
         problems.warn(format!(
             "source {}: ack = \"accept\" answers before the event is durable; an event can be lost",
@@ -91,6 +97,12 @@ fn build(
         decision: raw.decision,
     };
     let (kind, callback_ids) = approval::build_kind(at, fields, scheme.as_ref(), context.sinks);
+    if raw.shadow && kind.as_ref().is_some_and(|k| k.approval().is_some()) {
+        at.error(
+            "shadow",
+            "an approval callback's ok approves (e.g. a withdrawal): it is never answered to a request whose signature failed",
+        );
+    }
     if matches!(kind, Some(SourceKind::Callback(_))) && raw.ack == AckMode::Accept {
         at.error(
             "ack",
@@ -149,6 +161,7 @@ fn build(
         rate_limit,
         rate_limit_per_ip,
         ack: raw.ack,
+        shadow: raw.shadow,
     })
 }
 

@@ -477,3 +477,51 @@ fn the_production_too_large_rule_reads_a_field_a_waas2_callback_carries() {
         callback::rules::Outcome::NoMatch
     );
 }
+
+#[test]
+fn shadow_mode_warns_and_is_refused_for_approvals() {
+    let cfg = load(
+        "[sources.moving]\nshadow = true\nverify = { scheme = \"stripe\", secrets = [\"whsec_x\"] }\n",
+        &no_env,
+    )
+    .expect("valid");
+    assert!(cfg.sources[0].shadow);
+    assert!(
+        cfg.warnings
+            .iter()
+            .any(|w| w.contains("source moving: shadow = true ACCEPTS")),
+        "{:?}",
+        cfg.warnings
+    );
+    let refused = load(
+        r#"
+[sources.withdrawals]
+kind = "callback"
+purpose = "approval"
+shadow = true
+verify = { scheme = "cobo-waas2", public_keys = ["prod"] }
+decision = { default = "deny" }
+"#,
+        &no_env,
+    )
+    .unwrap_err()
+    .0;
+    assert!(
+        refused.iter().any(
+            |e| e.starts_with("sources.withdrawals.shadow: an approval callback's ok approves")
+        ),
+        "{refused:?}"
+    );
+    // A notification's `ok` only acknowledges: shadow mode is allowed there.
+    load(
+        r#"
+[sources.pushes]
+kind = "callback"
+purpose = "notification"
+shadow = true
+verify = { scheme = "cobo-waas1", public_keys = ["prod"] }
+"#,
+        &no_env,
+    )
+    .expect("valid");
+}

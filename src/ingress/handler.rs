@@ -20,7 +20,7 @@ use crate::callback::approve::{self, Answered};
 use crate::dedup::Claim;
 use crate::normalize::Envelope;
 use crate::plan::SourceKind;
-use crate::verify::IncomingWebhook;
+use crate::verify::{Handshake, IncomingWebhook};
 use crate::{audit, metrics};
 
 pub async fn receive<S, B>(
@@ -59,9 +59,13 @@ where
     };
     let result = process(route, &state, method, headers, body, &mut ctx).await;
     match result {
-        Ok(Handled::Event(envelope, delivery)) => {
-            route.metrics.request(delivery.outcome());
-            audit(&name, &ctx, Ok((&envelope, delivery)));
+        Ok(Handled::Event(envelope, delivery, shadow)) => {
+            let outcome = match shadow {
+                Some(_) => metrics::Accepted::ShadowUnverified,
+                None => delivery.outcome(),
+            };
+            route.metrics.request(outcome);
+            audit(&name, &ctx, Ok((&envelope, outcome, shadow)));
             route.metrics.ack_latency(started.elapsed());
             if matches!(route.spec.kind, SourceKind::Callback(Purpose::Notification)) {
                 // A notification's `ok` only says "received": sent once durable, like a 200.
@@ -69,6 +73,11 @@ where
             } else {
                 reject::accepted(envelope.id())
             }
+        }
+        Ok(Handled::Handshake(handshake)) => {
+            route.metrics.request(metrics::Accepted::Handshake);
+            audit_handshake(&name, &ctx, &handshake);
+            reject::handshake(&handshake)
         }
         Ok(Handled::Decided(answered)) => {
             route.metrics.request(metrics::Accepted::Decided);
@@ -104,10 +113,13 @@ impl AuditCtx {
 
 /// What an accepted request led to.
 enum Handled {
-    /// An event made durable (webhooks and notification callbacks).
-    Event(Envelope, Delivery),
+    /// An event made durable (webhooks and notification callbacks); in shadow mode, with why
+    /// its request failed verification.
+    Event(Envelope, Delivery, Option<&'static str>),
     /// An approval callback's decision.
     Decided(Answered),
+    /// A provider's endpoint handshake, answered by its scheme and never published.
+    Handshake(Handshake),
 }
 
 /// Cheap checks first (no body read yet): method, TLS, address, rate; then the body, the
@@ -144,17 +156,25 @@ where
 
     let received = SystemTime::now();
     let approval = route.spec.kind.approval();
-    let verified = match route
-        .spec
-        .verifier
-        .verify(IncomingWebhook { headers, body }, received)
-    {
-        Ok(v) => v,
-        Err(e) if approval.is_some_and(|a| a.deny_bad_signatures) => {
-            return Ok(Handled::Decided(Answered::bad_signature(e.reason())));
+    let incoming = IncomingWebhook { headers, body };
+    let verified = if route.spec.shadow {
+        // Config refuses shadow mode for approvals: this never reaches `approve`.
+        let (verified, failure) = route.spec.verifier.verify_shadow(incoming, received);
+        if let Some(e) = failure {
+            metrics::shadow_unverified(&route.spec.name, e.reason());
+            tracing::warn!(source = %route.spec.name, reason = e.reason(), error = %e, "shadow mode: accepting a request that failed verification");
         }
-        Err(e) => return Err(e.into()),
+        verified
+    } else {
+        match route.spec.verifier.verify(incoming, received) {
+            Ok(v) => v,
+            Err(e) if approval.is_some_and(|a| a.deny_bad_signatures) => {
+                return Ok(Handled::Decided(Answered::bad_signature(e.reason())));
+            }
+            Err(e) => return Err(e.into()),
+        }
     };
+    let shadow = verified.proof().shadow;
     // Authenticated: its bytes no longer count against what unauthenticated senders may hold.
     drop(budget);
     if let Some(limiter) = &route.limiter
@@ -163,6 +183,9 @@ where
         return Err(Rejection::RateLimited {
             retry_after: retry_secs(&not_until, limiter.clock()),
         });
+    }
+    if let Some(handshake) = route.spec.verifier.scheme().handshake(&verified)? {
+        return Ok(Handled::Handshake(handshake));
     }
     if let Some(approval) = approval {
         let approver = route.approver(state, approval);
@@ -173,12 +196,14 @@ where
     }
     let envelope = Envelope::build(verified, &route.spec, received)?;
 
-    let token = if route.spec.dedup {
+    // An unverified (shadow) request never claims an event ID: anyone could post a body with
+    // the ID of a genuine event to come, which dedup would then answer without publishing.
+    let token = if route.spec.dedup && shadow.is_none() {
         match state.dedup.claim(&route.spec.name, envelope.id()).await {
             Claim::New(token) => Some(token),
             Claim::Done => {
                 metrics::dedup_hit(&route.spec.name);
-                return Ok(Handled::Event(envelope, Delivery::Duplicate));
+                return Ok(Handled::Event(envelope, Delivery::Duplicate, None));
             }
             Claim::InFlight => return Err(Rejection::DuplicateInFlight),
         }
@@ -192,7 +217,7 @@ where
             Err(_) => state.dedup.release(token).await,
         }
     }
-    delivered.map(|d| Handled::Event(envelope, d))
+    delivered.map(|d| Handled::Event(envelope, d, shadow))
 }
 
 /// The checks that need no body: method, TLS, the source's address allowlist, and the
@@ -302,7 +327,11 @@ where
 }
 
 /// Writes the request's audit line (see [`crate::audit`]).
-fn audit(source: &str, ctx: &AuditCtx, outcome: Result<(&Envelope, Delivery), &Rejection>) {
+fn audit(
+    source: &str,
+    ctx: &AuditCtx,
+    outcome: Result<(&Envelope, metrics::Accepted, Option<&'static str>), &Rejection>,
+) {
     let (client, peer, latency_us) = ctx.fields();
     let mut line = audit::Line::new(
         "request accepted",
@@ -314,9 +343,15 @@ fn audit(source: &str, ctx: &AuditCtx, outcome: Result<(&Envelope, Delivery), &R
     );
     let (id_from, detail);
     match outcome {
-        Ok((env, delivery)) => {
+        Ok((env, accepted, shadow)) => {
             id_from = env.id_origin().to_string();
-            line.outcome = delivery.outcome().label();
+            line.outcome = accepted.label();
+            if let Some(reason) = shadow {
+                // Accepted, but not authenticated: a line to look at, like a rejection.
+                line.level = tracing::Level::WARN;
+                line.message = "request accepted unverified (shadow mode)";
+                line.reason = reason;
+            }
             line.event_id = Some(env.id().as_str());
             line.event_type = Some(env.event_type());
             line.id_from = Some(&id_from);
@@ -334,6 +369,22 @@ fn audit(source: &str, ctx: &AuditCtx, outcome: Result<(&Envelope, Delivery), &R
             line.write();
         }
     }
+}
+
+/// The audit line of an answered handshake: its kind, and no event (nothing was published).
+fn audit_handshake(source: &str, ctx: &AuditCtx, h: &Handshake) {
+    let (client, peer, latency_us) = ctx.fields();
+    let mut line = audit::Line::new(
+        "handshake answered",
+        source,
+        &client,
+        &peer,
+        ctx.bytes,
+        latency_us,
+    );
+    line.outcome = metrics::Accepted::Handshake.label();
+    line.reason = h.kind();
+    line.write();
 }
 
 /// The audit line of an approval callback: the decision, who made it and why.

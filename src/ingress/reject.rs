@@ -12,7 +12,7 @@ use crate::callback::store::StoreError;
 use crate::normalize::{EventId, NormalizeError};
 use crate::sink::PublishError;
 use crate::spool::SpoolError;
-use crate::verify::VerifyError;
+use crate::verify::{Handshake, HandshakeError, VerifyError};
 
 /// Why a request was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,8 @@ pub enum Rejection {
     Unverified(#[from] VerifyError),
     #[error(transparent)]
     Malformed(#[from] NormalizeError),
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error("sink did not confirm within the ack deadline")]
@@ -81,9 +83,11 @@ impl Rejection {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::BodyRead(_) | Self::Malformed(_) | Self::CallbackNotJson | Self::NoCallbackId => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BodyRead(_)
+            | Self::Malformed(_)
+            | Self::Handshake(_)
+            | Self::CallbackNotJson
+            | Self::NoCallbackId => StatusCode::BAD_REQUEST,
             Self::Unverified(_) => StatusCode::UNAUTHORIZED,
             Self::Publish(_)
             | Self::AckTimeout
@@ -109,6 +113,7 @@ impl Rejection {
             Self::BodyRead(_) => "body_read_error",
             Self::Unverified(e) => e.reason(),
             Self::Malformed(_) => "malformed_event",
+            Self::Handshake(e) => e.reason(),
             Self::Publish(e) => e.reason(),
             Self::AckTimeout => "ack_timeout",
             Self::Spool(e) => e.reason(),
@@ -135,6 +140,7 @@ impl Rejection {
             Self::BodyRead(_) => "request body could not be read",
             Self::Unverified(_) => "request signature could not be verified",
             Self::Malformed(_) => "event id or type in the request is unusable",
+            Self::Handshake(_) => "the handshake's challenge is unusable",
             Self::Publish(_) | Self::AckTimeout | Self::Spool(_) => "event not stored, retry later",
             Self::DuplicateInFlight => "this event is being stored right now, retry later",
             Self::Overloaded | Self::BodyBudget => "too busy, retry later",
@@ -186,6 +192,17 @@ pub fn decided(verdict: Verdict) -> Response {
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// The answer to a provider's endpoint handshake (Slack's challenge, Zoom's tokens), exactly
+/// as the scheme built it: the provider compares it byte for byte.
+pub fn handshake(h: &Handshake) -> Response {
+    let mut resp = Response::new(h.body().clone().into());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(h.content_type()),
     );
     resp
 }

@@ -159,6 +159,9 @@ impl Envelope {
             found_id.as_ref().is_some_and(|(_, l)| l.is_unsigned()),
             found_type.as_ref().is_some_and(|(_, l)| l.is_unsigned()),
         ) {
+            // Shadow mode let through a request that failed verification: nothing in it is
+            // authenticated. `hbshadow` says why.
+            _ if !webhook.proof().verified() => Some("all"),
             (true, true) => Some("id,type"),
             (true, false) => Some("id"),
             (false, true) => Some("type"),
@@ -199,6 +202,7 @@ impl Envelope {
             hbsigtimestamp: proof.timestamp.as_deref(),
             hbsigmsgid: proof.message_id.as_deref(),
             hbunverified: unverified,
+            hbshadow: proof.shadow,
             data_base64: data_base64.as_deref(),
         };
         let mut json = Vec::with_capacity(body.len() + 512);
@@ -384,6 +388,8 @@ struct Attributes<'a> {
     hbsigmsgid: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     hbunverified: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hbshadow: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_base64: Option<&'a str>,
 }

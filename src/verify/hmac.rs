@@ -1,9 +1,11 @@
-//! HMAC-SHA256 schemes: the generic configurable one (GitHub, Shopify, most in-house senders)
-//! and the two presets that sign a timestamp with the body (Stripe, Slack).
+//! HMAC-SHA256 schemes: the generic configurable one (most in-house senders) with its GitHub and
+//! Shopify presets, and the presets that sign a timestamp with the body (Stripe, Slack, Zoom,
+//! Paddle).
 //!
 //! Every comparison is constant-time (`subtle`), and the received signature is decoded before it
 //! is compared, so equal MACs with different encodings (hex case) still match.
 
+use ::hmac::digest::KeyInit;
 use ::hmac::{Hmac, Mac};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -56,11 +58,32 @@ impl Secrets {
         self.0.len()
     }
 
-    /// Finds the secret whose MAC over `parts` equals one of `candidates`.
+    /// The MAC over `parts` with the secret labelled `label` (the one a request verified
+    /// with): Zoom's URL validation answers with a MAC made with that very secret.
+    pub(super) fn mac_with(&self, label: &str, parts: &[&[u8]]) -> Option<Vec<u8>> {
+        let (_, secret) = self.0.iter().find(|(l, _)| l == label)?;
+        let mut mac = <HmacSha as KeyInit>::new_from_slice(secret.expose_secret()).ok()?;
+        for part in parts {
+            mac.update(part);
+        }
+        Some(mac.finalize().into_bytes().to_vec())
+    }
+
+    /// Finds the secret whose HMAC-SHA256 over `parts` equals one of `candidates`.
     pub(super) fn find_match(&self, parts: &[&[u8]], candidates: &[Vec<u8>]) -> Option<&str> {
+        self.find_match_with::<HmacSha>(parts, candidates)
+    }
+
+    /// Finds the secret whose MAC `M` (HMAC over some hash) over `parts` equals one of
+    /// `candidates`, compared in constant time.
+    pub(super) fn find_match_with<M: Mac + KeyInit>(
+        &self,
+        parts: &[&[u8]],
+        candidates: &[Vec<u8>],
+    ) -> Option<&str> {
         for (label, secret) in &self.0 {
             // new_from_slice never fails for HMAC (any key length is valid).
-            let Ok(mut mac) = HmacSha::new_from_slice(secret.expose_secret()) else {
+            let Ok(mut mac) = <M as KeyInit>::new_from_slice(secret.expose_secret()) else {
                 continue;
             };
             for part in parts {
@@ -107,6 +130,29 @@ impl HmacSha256 {
             }),
             _ => Err(errors),
         }
+    }
+
+    /// GitHub: `X-Hub-Signature-256: sha256=<hex>` over the body, keyed with the webhook's
+    /// secret.
+    ///
+    /// # Errors
+    /// When a secret is empty.
+    pub fn github(secrets: Vec<Vec<u8>>) -> Result<Self, Vec<String>> {
+        Self::new(
+            "x-hub-signature-256",
+            Encoding::Hex,
+            Some("sha256=".to_owned()),
+            secrets,
+        )
+    }
+
+    /// Shopify: `X-Shopify-Hmac-Sha256: <base64>` over the body, keyed with the app's client
+    /// secret.
+    ///
+    /// # Errors
+    /// When a secret is empty.
+    pub fn shopify(secrets: Vec<Vec<u8>>) -> Result<Self, Vec<String>> {
+        Self::new("x-shopify-hmac-sha256", Encoding::Base64, None, secrets)
     }
 
     pub fn key_count(&self) -> usize {
@@ -234,19 +280,91 @@ impl Slack {
     }
 
     pub(super) fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<Checked, VerifyError> {
-        let ts = header(headers, SLACK_TS)?;
-        let ts_ms = parse_unix(ts, SLACK_TS, 1000)?;
-        let raw = header(headers, SLACK_SIG)?;
-        let sig = raw
-            .strip_prefix("v0=")
-            .and_then(|h| hex::decode(h).ok())
-            .ok_or(VerifyError::MalformedHeader {
-                header: SLACK_SIG,
-                reason: "expected v0=<hex>",
-            })?;
+        check_v0(&self.secrets, headers, (SLACK_SIG, SLACK_TS), body)
+    }
+}
+
+/// Zoom: `x-zm-signature: v0=<hex>` over `v0:<x-zm-request-timestamp>:body` (seconds), the
+/// same construction as Slack's under other header names. The secret is the app's "secret
+/// token", which also answers Zoom's `endpoint.url_validation` handshake
+/// ([`super::Scheme::handshake`]).
+pub struct Zoom {
+    pub(super) secrets: Secrets,
+}
+
+const ZOOM_SIG: &str = "x-zm-signature";
+const ZOOM_TS: &str = "x-zm-request-timestamp";
+
+impl Zoom {
+    /// # Errors
+    /// When a secret is empty.
+    pub fn new(secrets: Vec<Vec<u8>>) -> Result<Self, Vec<String>> {
+        Ok(Self {
+            secrets: Secrets::new(secrets)?,
+        })
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.secrets.len()
+    }
+
+    pub(super) fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<Checked, VerifyError> {
+        check_v0(&self.secrets, headers, (ZOOM_SIG, ZOOM_TS), body)
+    }
+}
+
+/// Paddle Billing: `Paddle-Signature: ts=<s>;h1=<hex>[;h1=<hex>…]` over `ts:body`; the key is
+/// the notification destination's secret key as written (`pdl_ntfset_…`). Several `h1` appear
+/// while a secret is rotated; any may match.
+pub struct Paddle {
+    secrets: Secrets,
+}
+
+const PADDLE_HEADER: &str = "paddle-signature";
+
+impl Paddle {
+    /// # Errors
+    /// When a secret is empty.
+    pub fn new(secrets: Vec<Vec<u8>>) -> Result<Self, Vec<String>> {
+        Ok(Self {
+            secrets: Secrets::new(secrets)?,
+        })
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.secrets.len()
+    }
+
+    pub(super) fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<Checked, VerifyError> {
+        let malformed = |reason| VerifyError::MalformedHeader {
+            header: PADDLE_HEADER,
+            reason,
+        };
+        let raw = header(headers, PADDLE_HEADER)?;
+        let mut ts = None;
+        let mut sigs = Vec::new();
+        for item in raw.split(';') {
+            let (k, v) = item
+                .trim()
+                .split_once('=')
+                .ok_or(malformed("item is not key=value"))?;
+            match k {
+                "ts" if ts.is_none() => ts = Some(v),
+                "ts" => return Err(malformed("repeated ts")),
+                // Only a 32-byte MAC can match.
+                "h1" => sigs.extend(hex::decode(v).ok().filter(|m| m.len() == 32)),
+                _ => {}
+            }
+        }
+        let ts = ts.ok_or(malformed("no ts= timestamp"))?;
+        let ts_ms = parse_unix(ts, PADDLE_HEADER, 1000)?;
+        super::dedup_capped(&mut sigs, PADDLE_HEADER)?;
+        if sigs.is_empty() {
+            return Err(malformed("no h1 signature"));
+        }
         let key = self
             .secrets
-            .find_match(&[b"v0:", ts.as_bytes(), b":", body], &[sig])
+            .find_match(&[ts.as_bytes(), b":", body], &sigs)
             .ok_or(VerifyError::BadSignature)?;
         Ok(Checked {
             key: Some(key.to_owned()),
@@ -255,6 +373,35 @@ impl Slack {
             message_id: None,
         })
     }
+}
+
+/// Slack's and Zoom's construction: the signature header holds `v0=<hex>`, the MAC of
+/// `v0:<timestamp header>:body`, the timestamp in Unix seconds.
+fn check_v0(
+    secrets: &Secrets,
+    headers: &HeaderMap,
+    (sig_header, ts_header): (&'static str, &'static str),
+    body: &[u8],
+) -> Result<Checked, VerifyError> {
+    let ts = header(headers, ts_header)?;
+    let ts_ms = parse_unix(ts, ts_header, 1000)?;
+    let raw = header(headers, sig_header)?;
+    let sig = raw
+        .strip_prefix("v0=")
+        .and_then(|h| hex::decode(h).ok())
+        .ok_or(VerifyError::MalformedHeader {
+            header: sig_header,
+            reason: "expected v0=<hex>",
+        })?;
+    let key = secrets
+        .find_match(&[b"v0:", ts.as_bytes(), b":", body], &[sig])
+        .ok_or(VerifyError::BadSignature)?;
+    Ok(Checked {
+        key: Some(key.to_owned()),
+        signature: Some(raw.to_owned()),
+        timestamp: Some((ts.to_owned(), ts_ms)),
+        message_id: None,
+    })
 }
 
 pub(super) fn decode(s: &str, encoding: Encoding) -> Option<Vec<u8>> {

@@ -3,14 +3,18 @@
 //!
 //! Pure and synchronous: no I/O, and `now` is passed in. Keys are parsed when the config loads
 //! (see [`crate::config`]), so nothing here can fail for a reason an operator could have caught at
-//! startup. The only way to obtain a [`VerifiedWebhook`] is [`SourceVerifier::verify`]: the rest
-//! of the pipeline takes that type, so an unverified request cannot be normalized or published.
+//! startup. The only ways to obtain a [`VerifiedWebhook`] are [`SourceVerifier::verify`] and, for
+//! a source in shadow mode, [`SourceVerifier::verify_shadow`], whose failures stay in the proof
+//! ([`Proof::shadow`]): the rest of the pipeline takes that type, so an unverified request cannot
+//! be normalized or published unless its source asked for shadow mode, and then it is marked.
 
 mod cobo;
+mod handshake;
 mod hmac;
 mod rsa;
 mod shared_secret;
 mod standard;
+mod url_signed;
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,10 +23,12 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
 
 pub use self::cobo::{CoboWaas1, CoboWaas2};
-pub use self::hmac::{Encoding, HmacSha256, Slack, Stripe};
+pub use self::handshake::{Handshake, HandshakeError};
+pub use self::hmac::{Encoding, HmacSha256, Paddle, Slack, Stripe, Zoom};
 pub use self::rsa::{RsaSha256, WARN_BELOW_BITS as RSA_WARN_BELOW_BITS};
 pub use self::shared_secret::SharedSecret;
 pub use self::standard::StandardWebhooks;
+pub use self::url_signed::{Square, Twilio};
 use crate::normalize::locator::Locator;
 
 /// A request as it arrived: headers and the exact body bytes, not yet trusted.
@@ -32,8 +38,9 @@ pub struct IncomingWebhook {
     pub body: Bytes,
 }
 
-/// A request whose signature (and replay window) checked out. Fields are private and the only
-/// constructor is in this module: holding one is the proof.
+/// A request whose signature (and replay window) checked out, or, from a source in shadow
+/// mode, one that did not and says so in [`Proof::shadow`]. Fields are private and the only
+/// constructors are in this module: holding one is the proof.
 #[derive(Debug)]
 pub struct VerifiedWebhook {
     headers: HeaderMap,
@@ -69,6 +76,17 @@ pub struct Proof {
     pub timestamp: Option<String>,
     /// Standard Webhooks: the signed message id (`webhook-id`).
     pub message_id: Option<String>,
+    /// Shadow mode only: why verification failed (a [`VerifyError::reason`] code). `Some` means
+    /// the request is **not** authenticated and was let through because its source is in
+    /// shadow mode; the other fields but `scheme` are then empty.
+    pub shadow: Option<&'static str>,
+}
+
+impl Proof {
+    /// Whether the request was authenticated (always, outside shadow mode).
+    pub fn verified(&self) -> bool {
+        self.shadow.is_none()
+    }
 }
 
 /// Why a request was not accepted as authentic. Every variant is answered 401; the reason goes
@@ -113,6 +131,14 @@ pub enum Scheme {
     StandardWebhooks(StandardWebhooks),
     Stripe(Stripe),
     Slack(Slack),
+    Zoom(Zoom),
+    /// GitHub's preset of the generic HMAC scheme (`X-Hub-Signature-256: sha256=<hex>`).
+    GitHub(HmacSha256),
+    /// Shopify's preset of the generic HMAC scheme (`X-Shopify-Hmac-Sha256: <base64>`).
+    Shopify(HmacSha256),
+    Twilio(Twilio),
+    Square(Square),
+    Paddle(Paddle),
     /// No verification at all: only when configured explicitly, and logged loudly at startup.
     None,
 }
@@ -135,18 +161,26 @@ impl Scheme {
             Self::StandardWebhooks(_) => "standard-webhooks",
             Self::Stripe(_) => "stripe",
             Self::Slack(_) => "slack",
+            Self::Zoom(_) => "zoom",
+            Self::GitHub(_) => "github",
+            Self::Shopify(_) => "shopify",
+            Self::Twilio(_) => "twilio",
+            Self::Square(_) => "square",
+            Self::Paddle(_) => "paddle",
             Self::None => "none",
         }
     }
 
-    /// The provider's own documented timestamp tolerance, where it documents one. Cobo
-    /// documents none; config then defaults the window to what dedup (or the decision store)
+    /// The provider's own documented timestamp tolerance, where it documents one. Cobo and
+    /// Zoom document none; config then defaults the window to what dedup (or the decision store)
     /// remembers, so nothing older than that memory is accepted (`config::sources`).
     pub fn documented_tolerance(&self) -> Option<Duration> {
         match self {
             Self::StandardWebhooks(_) | Self::Stripe(_) | Self::Slack(_) => {
                 Some(Duration::from_secs(300))
             }
+            // Paddle's SDKs refuse a signature more than 5 s old (`replay_window_secs` widens it).
+            Self::Paddle(_) => Some(Duration::from_secs(5)),
             _ => None,
         }
     }
@@ -163,8 +197,15 @@ impl Scheme {
             ],
             Self::CoboWaas2(_) | Self::CoboWaas1(_) => &["biz-timestamp", "biz_timestamp"],
             Self::Slack(_) => &["x-slack-request-timestamp"],
-            // Stripe signs its timestamp inside `Stripe-Signature`; the rest sign the body only.
+            Self::Zoom(_) => &["x-zm-request-timestamp"],
+            // Stripe and Paddle sign their timestamp inside the signature header; the rest sign
+            // the body only (Twilio and Square with the configured URL).
             Self::Stripe(_)
+            | Self::Paddle(_)
+            | Self::GitHub(_)
+            | Self::Shopify(_)
+            | Self::Twilio(_)
+            | Self::Square(_)
             | Self::RsaSha256(_)
             | Self::HmacSha256(_)
             | Self::SharedSecret(_)
@@ -186,6 +227,8 @@ impl Scheme {
                 | Self::StandardWebhooks(_)
                 | Self::Stripe(_)
                 | Self::Slack(_)
+                | Self::Zoom(_)
+                | Self::Paddle(_)
         )
     }
 
@@ -205,6 +248,14 @@ impl Scheme {
             }
             Self::Stripe(_) => vec![body_pointer("/id")],
             Self::Slack(_) => vec![body_pointer("/event_id")],
+            // Zoom's bodies carry no event ID (`event_ts` is shared by events of one moment):
+            // the body's SHA-256, which a retry of the same delivery repeats.
+            Self::Zoom(_) => Vec::new(),
+            Self::Square(_) | Self::Paddle(_) => vec![body_pointer("/event_id")],
+            // GitHub and Shopify sign the body only: their delivery-ID headers are not covered,
+            // and a body replayed with fresh headers must be the same event (its SHA-256).
+            // Twilio posts form parameters, which no JSON pointer reads.
+            Self::GitHub(_) | Self::Shopify(_) | Self::Twilio(_) => Vec::new(),
             Self::RsaSha256(_) | Self::HmacSha256(_) | Self::SharedSecret(_) | Self::None => {
                 Vec::new()
             }
@@ -220,6 +271,12 @@ impl Scheme {
             }
             Self::CoboWaas1(_) => vec![body_pointer("/side")],
             Self::Slack(_) => vec![body_pointer("/event/type"), body_pointer("/type")],
+            Self::Zoom(_) => vec![body_pointer("/event")],
+            Self::Square(_) => vec![body_pointer("/type")],
+            Self::Paddle(_) => vec![body_pointer("/event_type")],
+            // Their types are in unsigned headers (`X-GitHub-Event`, `X-Shopify-Topic`): only
+            // with `unsigned_headers`, never by default.
+            Self::GitHub(_) | Self::Shopify(_) | Self::Twilio(_) => Vec::new(),
             Self::RsaSha256(_) | Self::HmacSha256(_) | Self::SharedSecret(_) | Self::None => {
                 Vec::new()
             }
@@ -241,6 +298,12 @@ impl Scheme {
             | Self::StandardWebhooks(_)
             | Self::Stripe(_)
             | Self::Slack(_)
+            | Self::Zoom(_)
+            | Self::GitHub(_)
+            | Self::Shopify(_)
+            | Self::Twilio(_)
+            | Self::Square(_)
+            | Self::Paddle(_)
             | Self::None => Vec::new(),
         }
     }
@@ -256,6 +319,11 @@ impl Scheme {
             Self::StandardWebhooks(v) => v.key_count(),
             Self::Stripe(v) => v.key_count(),
             Self::Slack(v) => v.key_count(),
+            Self::Zoom(v) => v.key_count(),
+            Self::GitHub(v) | Self::Shopify(v) => v.key_count(),
+            Self::Twilio(v) => v.key_count(),
+            Self::Square(v) => v.key_count(),
+            Self::Paddle(v) => v.key_count(),
             Self::None => 0,
         }
     }
@@ -270,7 +338,47 @@ impl Scheme {
             Self::StandardWebhooks(v) => v.check(headers, body),
             Self::Stripe(v) => v.check(headers, body),
             Self::Slack(v) => v.check(headers, body),
+            Self::Zoom(v) => v.check(headers, body),
+            Self::GitHub(v) | Self::Shopify(v) => v.check(headers, body),
+            Self::Twilio(v) => v.check(headers, body),
+            Self::Square(v) => v.check(headers, body),
+            Self::Paddle(v) => v.check(headers, body),
             Self::None => Ok(Checked::default()),
+        }
+    }
+
+    /// The provider's endpoint handshake, when `webhook` is one: the answer ingress sends
+    /// instead of publishing anything. Asked only of a verified request, so a forged handshake
+    /// is refused like any forged request and its challenge never echoed.
+    ///
+    /// # Errors
+    /// [`HandshakeError`] when the body says it is a handshake but cannot be answered (no
+    /// challenge, or not a short visible-ASCII string).
+    pub fn handshake(
+        &self,
+        webhook: &VerifiedWebhook,
+    ) -> Result<Option<Handshake>, HandshakeError> {
+        // A shadow-mode request that failed verification is never answered as a handshake: the
+        // answer would vouch for the endpoint to whoever forged the request.
+        if !webhook.proof().verified() {
+            return Ok(None);
+        }
+        match self {
+            Self::Slack(_) => handshake::slack(webhook.body()),
+            Self::Zoom(v) => handshake::zoom(v, webhook.proof().key.as_deref(), webhook.body()),
+            Self::CoboWaas2(_)
+            | Self::CoboWaas1(_)
+            | Self::RsaSha256(_)
+            | Self::HmacSha256(_)
+            | Self::SharedSecret(_)
+            | Self::StandardWebhooks(_)
+            | Self::Stripe(_)
+            | Self::GitHub(_)
+            | Self::Shopify(_)
+            | Self::Twilio(_)
+            | Self::Square(_)
+            | Self::Paddle(_)
+            | Self::None => Ok(None),
         }
     }
 }
@@ -333,22 +441,60 @@ impl SourceVerifier {
         incoming: IncomingWebhook,
         now: SystemTime,
     ) -> Result<VerifiedWebhook, VerifyError> {
+        let checked = self.check(&incoming, now)?;
+        Ok(self.verified(incoming, checked))
+    }
+
+    /// Shadow mode: the same checks as [`Self::verify`], but a request that fails them is let
+    /// through, with the failure in its proof ([`Proof::shadow`]) and the error beside it for
+    /// the caller to log and count. Only for sources that set `shadow = true`, which config
+    /// refuses for approval callbacks.
+    pub fn verify_shadow(
+        &self,
+        incoming: IncomingWebhook,
+        now: SystemTime,
+    ) -> (VerifiedWebhook, Option<VerifyError>) {
+        match self.check(&incoming, now) {
+            Ok(checked) => (self.verified(incoming, checked), None),
+            Err(e) => {
+                let proof = Proof {
+                    scheme: self.scheme.name(),
+                    shadow: Some(e.reason()),
+                    ..Proof::default()
+                };
+                let webhook = VerifiedWebhook {
+                    headers: incoming.headers,
+                    body: incoming.body,
+                    proof,
+                };
+                (webhook, Some(e))
+            }
+        }
+    }
+
+    /// The signature, then the replay window.
+    fn check(&self, incoming: &IncomingWebhook, now: SystemTime) -> Result<Checked, VerifyError> {
         let checked = self.scheme.check(&incoming.headers, &incoming.body)?;
         if let (Some(window), Some((_, ts_ms))) = (self.replay_window, &checked.timestamp) {
             check_window(*ts_ms, now, window)?;
         }
+        Ok(checked)
+    }
+
+    fn verified(&self, incoming: IncomingWebhook, checked: Checked) -> VerifiedWebhook {
         let proof = Proof {
             scheme: self.scheme.name(),
             key: checked.key,
             signature: checked.signature,
             timestamp: checked.timestamp.map(|(raw, _)| raw),
             message_id: checked.message_id,
+            shadow: None,
         };
-        Ok(VerifiedWebhook {
+        VerifiedWebhook {
             headers: incoming.headers,
             body: incoming.body,
             proof,
-        })
+        }
     }
 }
 

@@ -777,3 +777,328 @@ fn signature_lists_are_deduplicated_and_capped_before_anything_is_hashed() {
         })
     ));
 }
+
+/// Zoom publishes no vector: signed the way its docs describe (`v0:ts:body`, hex), by the test
+/// kit; the Slack vector's construction under Zoom's header names.
+#[test]
+fn zoom_signature_and_window() {
+    let body = r#"{"event":"meeting.started","event_ts":1626230691572,"payload":{}}"#;
+    let verifier = SourceVerifier::new(
+        Scheme::Zoom(Zoom::new(vec![b"old".to_vec(), b"zoom-secret".to_vec()]).unwrap()),
+        Some(Duration::from_secs(300)),
+    );
+    let ts = 1_700_000_000;
+    let signed = hookbridge_testkit::header_map(
+        &hookbridge_testkit::Zoom::new("zoom-secret").sign(ts, body.as_bytes()),
+    );
+    let proof = verify(&verifier, &signed, body, at(ts)).unwrap();
+    assert_eq!(
+        (proof.scheme, proof.key.as_deref()),
+        ("zoom", Some("key#2"))
+    );
+    assert_eq!(
+        verify(
+            &verifier,
+            &signed,
+            &body.replace("started", "ended"),
+            at(ts)
+        ),
+        Err(VerifyError::BadSignature)
+    );
+    let mut later = signed.clone();
+    later.insert("x-zm-request-timestamp", HeaderValue::from(ts + 1));
+    assert_eq!(
+        verify(&verifier, &later, body, at(ts)),
+        Err(VerifyError::BadSignature)
+    );
+    assert_eq!(
+        verify(&verifier, &signed, body, at(ts + 301)),
+        Err(VerifyError::StaleTimestamp(301))
+    );
+}
+
+/// The handshake hook: asked of verified requests only, it answers Slack's and Zoom's own
+/// handshakes and nothing else (an event that merely mentions one is an event).
+#[test]
+fn handshakes_are_recognised_by_their_top_level_type_only() {
+    let slack = SourceVerifier::new(
+        Scheme::Slack(Slack::new(vec![b"s".to_vec()]).unwrap()),
+        None,
+    );
+    let ask = |v: &SourceVerifier, h: HeaderMap, body: &str| {
+        let w = v
+            .verify(
+                IncomingWebhook {
+                    headers: h,
+                    body: Bytes::from(body.to_owned()),
+                },
+                SystemTime::now(),
+            )
+            .unwrap();
+        v.scheme().handshake(&w)
+    };
+    let signed = |body: &str| {
+        hookbridge_testkit::header_map(
+            &hookbridge_testkit::Slack::new("s").sign(1, body.as_bytes()),
+        )
+    };
+    let body = r#"{"token":"t","challenge":"abc-123_XYZ","type":"url_verification"}"#;
+    let answer = ask(&slack, signed(body), body).unwrap().unwrap();
+    assert_eq!(
+        (answer.kind(), answer.content_type(), &answer.body()[..]),
+        ("url_verification", "text/plain", &b"abc-123_XYZ"[..])
+    );
+    for not_one in [
+        r#"{"type":"event_callback","event":{"type":"url_verification","challenge":"x"}}"#,
+        "token=x&text=url_verification",
+        r#"{"type":"event_callback","challenge":"url_verification"}"#,
+    ] {
+        assert_eq!(ask(&slack, signed(not_one), not_one), Ok(None), "{not_one}");
+    }
+    for bad in [
+        r#"{"type":"url_verification"}"#,
+        r#"{"type":"url_verification","challenge":7}"#,
+        r#"{"type":"url_verification","challenge":""}"#,
+        r#"{"type":"url_verification","challenge":"a b"}"#,
+        &format!(
+            r#"{{"type":"url_verification","challenge":"{}"}}"#,
+            "a".repeat(257)
+        ),
+    ] {
+        assert!(
+            matches!(
+                ask(&slack, signed(bad), bad),
+                Err(HandshakeError::Malformed { .. })
+            ),
+            "{bad}"
+        );
+    }
+
+    // Zoom answers with the secret that verified the request.
+    let zoom = SourceVerifier::new(
+        Scheme::Zoom(Zoom::new(vec![b"one".to_vec(), b"two".to_vec()]).unwrap()),
+        None,
+    );
+    let body = r#"{"payload":{"plainToken":"qgg8vlvZRS6UYooatFL8Aw"},"event_ts":1,"event":"endpoint.url_validation"}"#;
+    let kit = hookbridge_testkit::Zoom::new("two");
+    let answer = ask(
+        &zoom,
+        hookbridge_testkit::header_map(&kit.sign(1, body.as_bytes())),
+        body,
+    )
+    .unwrap()
+    .unwrap();
+    let json: Value = serde_json::from_slice(answer.body()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"plainToken": "qgg8vlvZRS6UYooatFL8Aw", "encryptedToken": kit.encrypted_token("qgg8vlvZRS6UYooatFL8Aw")})
+    );
+    // Other schemes have no handshake, even for a body that looks like one.
+    let hmac = no_window(Scheme::HmacSha256(
+        HmacSha256::new("x-sig", Encoding::Hex, None, vec![b"k".to_vec()]).unwrap(),
+    ));
+    let body = r#"{"token":"t","challenge":"abc","type":"url_verification"}"#;
+    let h = hookbridge_testkit::header_map(
+        &hookbridge_testkit::HmacSha256::new("x-sig", "", hookbridge_testkit::Encoding::Hex, b"k")
+            .sign(body.as_bytes()),
+    );
+    assert_eq!(ask(&hmac, h, body), Ok(None));
+}
+
+/// Twilio's SDK vectors (form parameters, repeated names, an explicit `:443`), against a source
+/// configured with the URL as Twilio was given it.
+#[test]
+fn twilio_vectors() {
+    for v in vectors()["twilio"].as_array().unwrap() {
+        let pairs: Vec<(String, String)> = match (v.get("params"), v.get("param_pairs")) {
+            (Some(p), _) => p
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect(),
+            (None, Some(p)) => p
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|kv| {
+                    (
+                        kv[0].as_str().unwrap().to_owned(),
+                        kv[1].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect(),
+            // bodySHA256 (JSON bodies) is not supported: below.
+            (None, None) => continue,
+        };
+        let body = pairs
+            .iter()
+            .fold(
+                form_urlencoded::Serializer::new(String::new()),
+                |mut f, (k, v)| {
+                    f.append_pair(k, v);
+                    f
+                },
+            )
+            .finish();
+        // Configured without the port: the `:443` vector verifies through the port variant.
+        let verifier = no_window(Scheme::Twilio(
+            Twilio::new(
+                "https://mycompany.com/myapp.php?foo=1&bar=2",
+                vec![b"wrong".to_vec(), s(v, "auth_token").into_bytes()],
+            )
+            .unwrap(),
+        ));
+        let sig = s(v, "x_twilio_signature");
+        let h = headers(&[("X-Twilio-Signature", &sig)]);
+        let proof = verify(&verifier, &h, &body, SystemTime::now()).unwrap();
+        assert_eq!(proof.key.as_deref(), Some("key#2"), "{}", s(v, "name"));
+        // Parameters in another order are the same request.
+        let reversed = body.split('&').rev().collect::<Vec<_>>().join("&");
+        verify(&verifier, &h, &reversed, SystemTime::now()).unwrap();
+        // One changed value, one extra parameter, another URL: refused.
+        for tampered in [body.replacen("1234", "1235", 1), format!("{body}&Extra=1")] {
+            assert_eq!(
+                verify(&verifier, &h, &tampered, SystemTime::now()),
+                Err(VerifyError::BadSignature)
+            );
+        }
+        let elsewhere = no_window(Scheme::Twilio(
+            Twilio::new(
+                "https://mycompany.com/other.php?foo=1&bar=2",
+                vec![s(v, "auth_token").into_bytes()],
+            )
+            .unwrap(),
+        ));
+        assert_eq!(
+            verify(&elsewhere, &h, &body, SystemTime::now()),
+            Err(VerifyError::BadSignature)
+        );
+    }
+    // The JSON-body form signs a per-request bodySHA256 URL: not verifiable here, so refused.
+    let j = &vectors()["twilio"][1];
+    let verifier = no_window(Scheme::Twilio(
+        Twilio::new(&s(j, "url"), vec![s(j, "auth_token").into_bytes()]).unwrap(),
+    ));
+    assert_eq!(
+        verify(
+            &verifier,
+            &headers(&[("X-Twilio-Signature", &s(j, "x_twilio_signature"))]),
+            &s(j, "body"),
+            SystemTime::now()
+        ),
+        Err(VerifyError::BadSignature)
+    );
+    assert!(Twilio::new("/relative", vec![b"k".to_vec()]).is_err());
+    assert!(Twilio::new("ftp://example.com/x", vec![b"k".to_vec()]).is_err());
+}
+
+/// The GitHub and Shopify presets against the providers' vectors, with their own header names.
+#[test]
+fn github_and_shopify_presets() {
+    let all = vectors();
+    let gh = &all["github"][0];
+    let verifier = no_window(Scheme::GitHub(
+        HmacSha256::github(vec![s(gh, "secret").into_bytes()]).unwrap(),
+    ));
+    let h = headers(&[("X-Hub-Signature-256", &s(gh, "x_hub_signature_256"))]);
+    assert_eq!(
+        verify(&verifier, &h, &s(gh, "payload"), SystemTime::now())
+            .unwrap()
+            .scheme,
+        "github"
+    );
+    assert_eq!(
+        verify(&verifier, &h, "Hello, World?", SystemTime::now()),
+        Err(VerifyError::BadSignature)
+    );
+    let sh = &all["shopify"][0];
+    let verifier = no_window(Scheme::Shopify(
+        HmacSha256::shopify(vec![s(sh, "secret").into_bytes()]).unwrap(),
+    ));
+    let h = headers(&[("X-Shopify-Hmac-Sha256", &s(sh, "x_shopify_hmac_sha256"))]);
+    verify(&verifier, &h, &s(sh, "body"), SystemTime::now()).unwrap();
+    assert_eq!(
+        verify(&verifier, &h, r#"{"id":2}"#, SystemTime::now()),
+        Err(VerifyError::BadSignature)
+    );
+}
+
+/// Square and Paddle publish no vectors: signed as their docs describe, by the test kit.
+#[test]
+fn square_and_paddle() {
+    let url = "https://hooks.example.com/hooks/square";
+    let body = r#"{"merchant_id":"M1","type":"payment.updated","event_id":"e-1"}"#;
+    let verifier = no_window(Scheme::Square(
+        Square::new(url, vec![b"sq-key".to_vec()]).unwrap(),
+    ));
+    let h = hookbridge_testkit::header_map(
+        &hookbridge_testkit::Square::new(url, "sq-key").sign(body.as_bytes()),
+    );
+    verify(&verifier, &h, body, SystemTime::now()).unwrap();
+    assert_eq!(
+        verify(&verifier, &h, &body.replace("M1", "M2"), SystemTime::now()),
+        Err(VerifyError::BadSignature)
+    );
+    // Signed for another URL: refused.
+    let other = hookbridge_testkit::header_map(
+        &hookbridge_testkit::Square::new("https://evil.example/x", "sq-key").sign(body.as_bytes()),
+    );
+    assert_eq!(
+        verify(&verifier, &other, body, SystemTime::now()),
+        Err(VerifyError::BadSignature)
+    );
+
+    let verifier = SourceVerifier::new(
+        Scheme::Paddle(Paddle::new(vec![b"pdl_ntfset_x".to_vec()]).unwrap()),
+        Some(Duration::from_secs(5)),
+    );
+    let paddle = hookbridge_testkit::Paddle::new("pdl_ntfset_x");
+    let ts = 1_700_000_000;
+    let h = hookbridge_testkit::header_map(&paddle.sign(ts, body.as_bytes()));
+    let proof = verify(&verifier, &h, body, at(ts)).unwrap();
+    assert_eq!(proof.timestamp.as_deref(), Some("1700000000"));
+    assert_eq!(
+        verify(&verifier, &h, &body.replace("M1", "M2"), at(ts)),
+        Err(VerifyError::BadSignature)
+    );
+    assert_eq!(
+        verify(&verifier, &h, body, at(ts + 6)),
+        Err(VerifyError::StaleTimestamp(6))
+    );
+    // Rotation: two h1 entries, the second genuine.
+    let genuine = h["paddle-signature"].to_str().unwrap().to_owned();
+    let rotated = genuine.replacen(";h1=", &format!(";h1={};h1=", "ab".repeat(32)), 1);
+    verify(
+        &verifier,
+        &headers(&[("Paddle-Signature", &rotated)]),
+        body,
+        at(ts),
+    )
+    .unwrap();
+    // The timestamp is signed.
+    let moved = genuine.replacen("ts=1700000000", "ts=1700000001", 1);
+    assert_eq!(
+        verify(
+            &verifier,
+            &headers(&[("Paddle-Signature", &moved)]),
+            body,
+            at(ts)
+        ),
+        Err(VerifyError::BadSignature)
+    );
+    for bad in ["h1=00", "ts=1;ts=2;h1=00", "ts=x;h1=00", "ts=1"] {
+        assert!(
+            matches!(
+                verify(
+                    &verifier,
+                    &headers(&[("Paddle-Signature", bad)]),
+                    body,
+                    at(ts)
+                ),
+                Err(VerifyError::MalformedHeader { .. })
+            ),
+            "{bad}"
+        );
+    }
+}

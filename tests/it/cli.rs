@@ -87,3 +87,134 @@ verify = { scheme = "standard-webhooks", secrets = ["whsec_%%%"] }
     );
     assert!(stderr.contains("sources.c.verify.secrets[0]"), "{stderr}");
 }
+
+/// Runs `hookbridge send` (asynchronously: the app under test serves on this runtime).
+async fn send(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookbridge"))
+        .arg("send")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `hookbridge send` against a running instance of the example config (plus a generic HMAC
+/// source, an unsigned one, and the bench RSA key the RSA source is told to trust): every scheme
+/// is accepted, and every `--tamper` refused with 401 and nothing stored.
+#[tokio::test]
+async fn send_is_accepted_for_every_scheme_and_tamper_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let example = std::fs::read_to_string(repo_path("config/example.toml")).unwrap();
+    // Cobo's own `cobo webhook test` signs with this key: a first local test must verify.
+    assert!(example.contains(hookbridge_testkit::keys::COBO_WEBHOOK_TEST_PUBKEY_HEX));
+    let text = format!(
+        "{}\n\n[sources.inhouse]\nverify = {{ scheme = \"hmac-sha256\", header = \"X-Signature-256\", encoding = \"base64\", prefix = \"v1=\", secrets = [\"00ff10\"], secret_encoding = \"hex\" }}\n\n\
+         [sources.open]\nverify = {{ scheme = \"none\", accept_unsigned_requests = true }}\n\n\
+         [sinks.default]\ntype = \"file\"\npath = \"{}\"\n",
+        example.replace(
+            "header = \"X-Signature\"\n",
+            &format!(
+                "header = \"X-Signature\"\npublic_key_files = [\"{}\"]\n",
+                repo_path("bench/keys/rsa-public.pem").display()
+            ),
+        ),
+        events.display()
+    );
+    let path = dir.path().join("hookbridge.toml");
+    std::fs::write(&path, &text).unwrap();
+    let app = crate::helpers::TestApp::spawn(&text).await;
+    let rsa_key = repo_path("bench/keys/rsa-private.pem");
+    let sources: Vec<(&str, Vec<&str>)> = vec![
+        ("cobo-waas2", vec![]),
+        ("cobo-waas1", vec![]),
+        (
+            "rsa-gateway",
+            vec!["--private-key", rsa_key.to_str().unwrap()],
+        ),
+        ("github", vec![]),
+        ("shopify", vec![]),
+        ("token", vec![]),
+        ("standard", vec![]),
+        ("stripe", vec![]),
+        ("slack", vec![]),
+        ("zoom", vec![]),
+        ("twilio", vec![]),
+        ("square", vec![]),
+        ("paddle", vec![]),
+        ("inhouse", vec![]),
+        ("open", vec![]),
+    ];
+    for (source, extra) in &sources {
+        let url = app.url(&format!("/hooks/{source}"));
+        let mut args = vec!["--source", source, "--url", &url];
+        args.extend(extra);
+        if *source != "open" {
+            let mut tampered = args.clone();
+            tampered.push("--tamper");
+            let (code, out, err) = send(&path, &tampered).await;
+            assert_eq!(code, Some(1), "{source} --tamper: {out} {err}");
+            assert!(
+                out.starts_with("401 Unauthorized"),
+                "{source} --tamper: {out}"
+            );
+        }
+        let (code, out, err) = send(&path, &args).await;
+        assert_eq!(code, Some(0), "{source}: {out} {err}");
+        assert!(
+            out.starts_with("200 OK {") && out.contains(r#""status":"accepted""#),
+            "{source}: {out}"
+        );
+        assert!(err.is_empty(), "{source}: {err}");
+    }
+    let written = crate::helpers::file_events(&events);
+    assert_eq!(
+        written.len(),
+        sources.len(),
+        "one event per send, none for --tamper"
+    );
+
+    // `none` verifies nothing: a tamper could not be refused, so it is not sent at all.
+    let url = app.url("/hooks/open");
+    let (code, _, err) = send(&path, &["--source", "open", "--url", &url, "--tamper"]).await;
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("verifies nothing"), "{err}");
+    // A body of one's own is signed as it is.
+    let body = dir.path().join("body.json");
+    std::fs::write(
+        &body,
+        r#"{"id":"evt_from_a_file","type":"charge.refunded"}"#,
+    )
+    .unwrap();
+    let url = app.url("/hooks/stripe");
+    let (code, out, _) = send(
+        &path,
+        &[
+            "--source",
+            "stripe",
+            "--url",
+            &url,
+            "--body",
+            body.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("evt_from_a_file"), "{out}");
+    // An unknown source, and an RSA source without a key: told, nothing sent.
+    let (code, _, err) = send(&path, &["--source", "nope"]).await;
+    assert_eq!(code, Some(78));
+    assert!(err.contains("no source \"nope\""), "{err}");
+    let (code, _, err) = send(&path, &["--source", "rsa-gateway", "--url", &url]).await;
+    assert_eq!(code, Some(78));
+    assert!(err.contains("--private-key"), "{err}");
+    app.stop().await;
+}

@@ -3,6 +3,9 @@
 //! - `helpers`: spawn the app on 127.0.0.1:0, an HTTP client, and signers for every scheme.
 //! - `cli`: `check-config` through the real binary.
 //! - `ingress`: every provider vector end to end through HTTP into the file sink.
+//! - `handshake`: Slack's and Zoom's endpoint handshakes answered, never published.
+//! - `shadow`: shadow mode (verify, count, accept and mark what fails).
+//! - `providers`: the provider presets (GitHub, Shopify, Twilio, Zoom, Square, Paddle).
 //! - `security`: TLS, proxies and allowlists, rate limits, replay, limits, attacks and metrics.
 //! - `abuse`: the public endpoint under abuse: private admin routes, signature-list caps, the
 //!   body budget, forwarding chains, provider-safe rate limits, idle connections.
@@ -28,13 +31,16 @@ mod cli;
 mod decision_service;
 #[cfg(all(feature = "kafka", feature = "rabbitmq"))]
 mod durability;
+mod handshake;
 mod helpers;
 mod ingress;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod providers;
 mod proxy;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 mod security;
+mod shadow;
 #[cfg(feature = "rabbitmq")]
 mod tap;

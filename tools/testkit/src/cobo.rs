@@ -66,6 +66,13 @@ impl CoboWaas2 {
 pub struct CoboWaas1(k256::ecdsa::SigningKey);
 
 impl CoboWaas1 {
+    /// From a 32-byte secp256k1 scalar in hex.
+    #[must_use]
+    pub fn new(scalar_hex: &str) -> Self {
+        let scalar = hex::decode(scalar_hex).expect("a secp256k1 scalar in hex");
+        Self(k256::ecdsa::SigningKey::from_slice(&scalar).expect("a valid secp256k1 scalar"))
+    }
+
     /// The tests' key: the scalar is SHA-256 of [`keys::COBO_WAAS1_TEST_LABEL`].
     #[must_use]
     pub fn test_key() -> Self {

@@ -1,11 +1,11 @@
-//! The HMAC-SHA256 schemes: Stripe, Slack, and the generic one (a header holding the MAC of the
+//! The HMAC-SHA256 schemes: Stripe, Slack, Zoom, and the generic one (a header holding the MAC of the
 //! body, hex or base64, maybe behind a prefix) that GitHub and Shopify use.
 
 use hmac::Mac as _;
 
 use crate::{Headers, b64, pair};
 
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key");
     for part in parts {
         mac.update(part);
@@ -63,6 +63,66 @@ impl Slack {
             pair("X-Slack-Request-Timestamp", ts),
             pair("X-Slack-Signature", format!("v0={}", hex::encode(mac))),
         ]
+    }
+}
+
+/// A Zoom signer: `x-zm-request-timestamp` and `x-zm-signature: v0=<hex HMAC of
+/// "v0:ts:body">`, keyed with the app's secret token.
+pub struct Zoom {
+    secret: Vec<u8>,
+}
+
+impl Zoom {
+    /// From the app's secret token.
+    #[must_use]
+    pub fn new(secret_token: &str) -> Self {
+        Self {
+            secret: secret_token.as_bytes().to_vec(),
+        }
+    }
+
+    /// The headers for `body` sent at `timestamp` (Unix seconds).
+    #[must_use]
+    pub fn sign(&self, timestamp: u64, body: &[u8]) -> Headers {
+        let ts = timestamp.to_string();
+        let mac = hmac_sha256(&self.secret, &[b"v0:", ts.as_bytes(), b":", body]);
+        vec![
+            pair("x-zm-request-timestamp", ts),
+            pair("x-zm-signature", format!("v0={}", hex::encode(mac))),
+        ]
+    }
+
+    /// What Zoom expects back for an `endpoint.url_validation` with `plain_token`: the hex
+    /// HMAC-SHA256 of the token under the secret token (`encryptedToken`).
+    #[must_use]
+    pub fn encrypted_token(&self, plain_token: &str) -> String {
+        hex::encode(hmac_sha256(&self.secret, &[plain_token.as_bytes()]))
+    }
+}
+
+/// A Paddle Billing signer: `Paddle-Signature: ts=<ts>;h1=<hex HMAC of "ts:body">`, keyed with
+/// the notification destination's secret key as written.
+pub struct Paddle {
+    secret: Vec<u8>,
+}
+
+impl Paddle {
+    #[must_use]
+    pub fn new(secret_key: &str) -> Self {
+        Self {
+            secret: secret_key.as_bytes().to_vec(),
+        }
+    }
+
+    /// The header for `body` sent at `timestamp` (Unix seconds).
+    #[must_use]
+    pub fn sign(&self, timestamp: u64, body: &[u8]) -> Headers {
+        let ts = timestamp.to_string();
+        let mac = hmac_sha256(&self.secret, &[ts.as_bytes(), b":", body]);
+        vec![pair(
+            "Paddle-Signature",
+            format!("ts={ts};h1={}", hex::encode(mac)),
+        )]
     }
 }
 

@@ -16,12 +16,14 @@ mod rsa_sha256;
 mod standard;
 #[cfg(test)]
 mod tests;
+mod url_signed;
 
 pub use bogus::{bogus_ed25519_signature, bogus_v1a};
 pub use cobo::{CoboWaas1, CoboWaas2, cobo_digest};
-pub use hmac_schemes::{Encoding, HmacSha256, Slack, Stripe};
+pub use hmac_schemes::{Encoding, HmacSha256, Paddle, Slack, Stripe, Zoom};
 pub use rsa_sha256::RsaSha256;
 pub use standard::{StandardV1, StandardV1a};
+pub use url_signed::{Square, Twilio};
 
 /// Header name and value pairs, in the order and spelling the provider sends them.
 pub type Headers = Vec<(String, String)>;

@@ -21,6 +21,15 @@ impl RsaSha256 {
         }
     }
 
+    /// From a parsed private key, sending the signature in `header`.
+    #[must_use]
+    pub fn new(header: &str, key: rsa::RsaPrivateKey) -> Self {
+        Self {
+            header: header.to_owned(),
+            key: rsa::pkcs1v15::SigningKey::new(key),
+        }
+    }
+
     /// The header for `body`.
     #[must_use]
     pub fn sign(&self, body: &[u8]) -> Headers {
