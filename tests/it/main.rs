@@ -1,7 +1,7 @@
 //! hookbridge's integration tests: one binary, one module per area.
 //!
 //! - `helpers`: spawn the app on 127.0.0.1:0, an HTTP client, and signers for every scheme.
-//! - `cli`: `check-config` through the real binary.
+//! - `cli`: `check-config` and `health` through the real binary.
 //! - `ingress`: every provider vector end to end through HTTP into the file sink.
 //! - `security`: TLS, proxies and allowlists, rate limits, replay, limits, attacks and metrics.
 //! - `abuse`: the public endpoint under abuse: private admin routes, signature-list caps, the
