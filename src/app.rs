@@ -129,7 +129,7 @@ impl App {
     }
 
     /// Serves until `shutdown` resolves, drains requests, then stops every background part in
-    /// its [`Stage`]'s order.
+    /// its `Stage`'s order.
     pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let stop = CancellationToken::new();
         {
