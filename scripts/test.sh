@@ -34,6 +34,9 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 step "cargo clippy --no-default-features (the service without broker crates)"
 cargo clippy -p hookbridge --no-default-features --lib --locked -- -D warnings
 
+step "docker-compose.yml offline: Compose schema, mounts and volumes, check-config on what it mounts"
+scripts/check-compose.sh
+
 step "cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked --quiet
 

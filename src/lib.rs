@@ -17,7 +17,8 @@
 //! Around them: [`config`] (load + validate, all errors at once), [`app`] (wiring), [`send`]
 //! (`hookbridge send`: a signed test event for a configured source),
 //! [`metrics`] (every metric name), [`audit`] (the per-request audit line), [`telemetry`]
-//! (logging), [`shutdown`] (signals), `supervisor` (the one reconnect loop every broker and
+//! (logging), [`shutdown`] (signals), [`probe`] (`hookbridge health`, the healthcheck client),
+//! `supervisor` (the one reconnect loop every broker and
 //! Redis connection runs under), `kv` (the Redis connection and millisecond durations that
 //! dedup and the decision store share).
 
@@ -31,6 +32,7 @@ mod kv;
 pub mod metrics;
 pub mod normalize;
 pub mod plan;
+pub mod probe;
 pub mod send;
 pub mod server;
 pub mod shutdown;

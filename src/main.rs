@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hookbridge::{app::App, config, shutdown, telemetry};
+use hookbridge::{app::App, config, probe, shutdown, telemetry};
 
 /// Verified webhook ingress: signature-checked, normalized to CloudEvents, durable before 2xx.
 #[derive(Parser)]
@@ -55,6 +55,23 @@ enum Command {
         #[arg(long)]
         private_key: Option<String>,
     },
+    /// Probe a running instance for a container healthcheck: exit 0 when `/readyz` (or
+    /// `--path`) answers 200, 1 when it answers anything else, 69 when nothing answers.
+    #[command(alias = "probe")]
+    Health {
+        /// The instance's address: `host:port` of its admin (or loopback main) listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// The whole URL instead of `--addr` and `--path`: `http://host:port/path`.
+        #[arg(long, conflicts_with_all = ["addr", "path"])]
+        url: Option<String>,
+        /// `/readyz` (every sink connected or the spool standing in) or `/healthz` (alive).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+        /// Longest the whole probe may take, e.g. `2s` or `500ms`.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 // glibc malloc/free took about 12 % of the server's CPU under load (perf, bench/): mimalloc's
@@ -64,6 +81,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// EX_CONFIG from sysexits.h: the configuration is wrong.
 const EXIT_CONFIG: u8 = 78;
+/// `health`: the instance answered, but not 200 (Docker reads any non-zero as unhealthy).
+const EXIT_NOT_READY: u8 = 1;
+/// EX_USAGE from sysexits.h: `health` was given an address or URL it cannot use.
+const EXIT_USAGE: u8 = 64;
+/// EX_UNAVAILABLE from sysexits.h: `health` or `send` got no HTTP answer at all.
+const EXIT_UNREACHABLE: u8 = 69;
 
 fn main() -> ExitCode {
     // mimalloc asks for transparent huge pages on its arenas (MADV_HUGEPAGE), so one touched byte
@@ -76,6 +99,12 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match cli.command {
+        Command::Health {
+            addr,
+            url,
+            path,
+            timeout,
+        } => health(&addr, url.as_deref(), &path, timeout),
         Command::CheckConfig { config } => match config::load_file(&config) {
             Ok(cfg) => {
                 print!("{}", config::summary(&cfg));
@@ -163,13 +192,41 @@ fn send(args: &hookbridge::send::SendArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{e:#}");
-            ExitCode::from(EXIT_UNAVAILABLE)
+            ExitCode::from(EXIT_UNREACHABLE)
         }
     }
 }
 
-/// EX_UNAVAILABLE from sysexits.h: nothing answered.
-const EXIT_UNAVAILABLE: u8 = 69;
+/// Probes an instance and prints one line: on stdout when ready, on stderr otherwise.
+fn health(addr: &str, url: Option<&str>, path: &str, timeout: std::time::Duration) -> ExitCode {
+    let target = match url {
+        Some(url) => probe::Target::from_url(url, path),
+        None => probe::Target::new(addr, path),
+    };
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("health: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let outcome = probe::probe(&target, timeout);
+    let line = outcome.line(&target);
+    match outcome {
+        probe::Outcome::Ready => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        probe::Outcome::NotReady(_) => {
+            eprintln!("{line}");
+            ExitCode::from(EXIT_NOT_READY)
+        }
+        probe::Outcome::Unreachable(_) => {
+            eprintln!("{line}");
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
+    }
+}
 
 async fn serve(cfg: config::Config) -> anyhow::Result<()> {
     // The recorder's upkeep (histogram buckets) runs on the app's housekeeping tick.

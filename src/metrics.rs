@@ -158,6 +158,9 @@ pub const SPOOL_DEPTH: &str = "hookbridge_spool_depth";
 pub const SPOOLED: &str = "hookbridge_spooled_total";
 /// Spooled events published and removed, by `sink`.
 pub const SPOOL_DRAINED: &str = "hookbridge_spool_drained_total";
+/// Unreadable spool records (damage, another version's format) moved to the sink's quarantine
+/// table instead of blocking its drainer, by `sink`.
+pub const SPOOL_QUARANTINED: &str = "hookbridge_spool_quarantined_total";
 /// Requests answered from the dedup store without publishing, by `source`.
 pub const DEDUP_HITS: &str = "hookbridge_dedup_hits_total";
 /// Dedup store errors (the request then proceeds without dedup), by `backend`.
@@ -174,6 +177,10 @@ pub fn spooled(sink: &str) {
 
 pub fn spool_drained(sink: &str, n: u64) {
     metrics::counter!(SPOOL_DRAINED, "sink" => sink.to_owned()).increment(n);
+}
+
+pub fn spool_quarantined(sink: &str, n: u64) {
+    metrics::counter!(SPOOL_QUARANTINED, "sink" => sink.to_owned()).increment(n);
 }
 
 pub fn dedup_hit(source: &str) {

@@ -7,9 +7,17 @@
 //! mid-commit (SIGKILL, power loss) rolls back to the last committed state on open: a torn tail
 //! is detected and discarded, and it was never acknowledged. One writer thread owns every write
 //! and group-commits: all appends waiting while the previous commit was syncing share the next
-//! transaction and its one fsync. Removals commit without their own fsync; the next append's
-//! commit makes them durable (a removal lost in a crash only means a re-publish, which the event
-//! ID deduplicates downstream).
+//! transaction and its one fsync. Removals commit without their own fsync, and are made durable
+//! by the next append's commit or, when none comes, by a commit of their own at most
+//! [`REMOVALS_DURABLE_WITHIN`] after the first of them: a crash republishes only what the drainer
+//! removed within that last stretch (a re-publish, which the event ID deduplicates downstream),
+//! never the whole drained backlog.
+//!
+//! A record the drainer cannot read (damage, or a format from another version after an upgrade
+//! or rollback) is moved to the sink's quarantine table (`spool-quarantine:<sink>`, same key,
+//! same bytes) and counted, instead of being read again before every batch: the events behind it
+//! keep draining. Tables of sinks no longer configured are reported at startup; they are kept,
+//! not drained.
 
 mod record;
 
@@ -17,11 +25,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    StorageError, TableDefinition, TableHandle as _,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -38,6 +47,14 @@ const DRAIN_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const DRAIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Longest a drainer waits for one broker confirmation.
 const DRAIN_PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest a committed removal (a drained or forgotten event) stays non-durable: past it the
+/// writer commits with fsync even when no append comes to carry it. A SIGKILL or power loss
+/// republishes at most what was drained in this window. One extra fsync per window while the
+/// drainer works; none when idle.
+pub const REMOVALS_DURABLE_WITHIN: Duration = Duration::from_millis(200);
+/// Table-name prefixes: a sink's queue, and where its unreadable records are moved.
+const QUEUE_PREFIX: &str = "spool:";
+const QUARANTINE_PREFIX: &str = "spool-quarantine:";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SpoolError {
@@ -80,11 +97,19 @@ enum Op {
         freed: u64,
         done: Done,
     },
+    /// Moves records, as they are, from a sink's queue to its quarantine table.
+    Quarantine {
+        table: TableName,
+        quarantine: TableName,
+        keys: Vec<u64>,
+        done: Done,
+    },
 }
 
 /// Per sink: the table and a wake-up for its drainer.
 struct SinkQueue {
     table: TableName,
+    quarantine: TableName,
     next_seq: AtomicU64,
     appended: Notify,
 }
@@ -95,6 +120,30 @@ pub struct Spool {
     queues: HashMap<String, Arc<SinkQueue>>,
     bytes: Arc<AtomicU64>,
     max_bytes: u64,
+    unconfigured: Vec<(String, u64)>,
+}
+
+/// What an opened spool file means for the operator: why it cannot be used, and what to do.
+fn open_error(path: &Path, e: DatabaseError) -> anyhow::Error {
+    let p = path.display();
+    match e {
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+            anyhow::anyhow!(
+                "spool {p} is in use by another process: each instance needs its own [spool] path"
+            )
+        }
+        // redb reports a file that is not its format (a bad magic number) as InvalidData.
+        DatabaseError::Storage(StorageError::Io(e))
+            if e.kind() != std::io::ErrorKind::InvalidData =>
+        {
+            anyhow::anyhow!("cannot open spool {p}: {e}")
+        }
+        e => anyhow::anyhow!(
+            "spool {p} is damaged or not a spool file ({e}). To start, move it aside \
+             (mv {p} {p}.damaged): hookbridge then starts with an empty spool, and the events \
+             in the moved file are not published; keep it to recover them"
+        ),
+    }
 }
 
 /// The spool's page cache.
@@ -116,13 +165,15 @@ impl Spool {
         let db = Database::builder()
             .set_cache_size(SPOOL_CACHE_BYTES)
             .create(path)
-            .with_context(|| format!("opening spool {}", path.display()))?;
+            .map_err(|e| open_error(path, e))?;
         let mut queues = HashMap::new();
         let mut bytes = 0u64;
         {
             let txn = db.begin_write()?;
             for sink in sinks {
-                let table: TableName = Box::leak(format!("spool:{sink}").into_boxed_str());
+                let table: TableName = Box::leak(format!("{QUEUE_PREFIX}{sink}").into_boxed_str());
+                let quarantine: TableName =
+                    Box::leak(format!("{QUARANTINE_PREFIX}{sink}").into_boxed_str());
                 let t = txn.open_table(TableDefinition::<u64, &[u8]>::new(table))?;
                 let mut next = 0;
                 for entry in t.iter()? {
@@ -139,6 +190,7 @@ impl Spool {
                     sink.clone(),
                     Arc::new(SinkQueue {
                         table,
+                        quarantine,
                         next_seq: AtomicU64::new(next),
                         appended: Notify::new(),
                     }),
@@ -146,15 +198,21 @@ impl Spool {
             }
             txn.commit()?;
         }
+        let unconfigured = report_leftovers(&db, sinks)?;
         let db = Arc::new(db);
         let bytes = Arc::new(AtomicU64::new(bytes));
         let (tx, rx) = mpsc::channel(8192);
         {
             let db = Arc::clone(&db);
             let bytes = Arc::clone(&bytes);
+            // The writer's own clock, to commit pending removals on time while no op arrives.
+            let clock = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .context("starting the spool writer's timer")?;
             std::thread::Builder::new()
                 .name("spool-writer".into())
-                .spawn(move || writer(&db, rx, &bytes))
+                .spawn(move || writer(&db, rx, &bytes, &clock))
                 .context("spawning the spool writer")?;
         }
         Ok(Self {
@@ -163,7 +221,14 @@ impl Spool {
             queues,
             bytes,
             max_bytes,
+            unconfigured,
         })
+    }
+
+    /// Sink tables in the file whose sink is no longer configured, with their event counts: kept,
+    /// never drained (reported at startup).
+    pub fn unconfigured(&self) -> &[(String, u64)] {
+        &self.unconfigured
     }
 
     /// Appends an event for `sink`; resolves once it is fsync'd, with a handle that can take it
@@ -205,27 +270,59 @@ impl Spool {
         self.remove(sink, vec![spooled.seq], spooled.size).await;
     }
 
-    /// Events waiting for `sink`, oldest first (at most `max`).
-    fn read_batch(&self, sink: &str, max: usize) -> anyhow::Result<Vec<(u64, Envelope, u64)>> {
+    /// The next `max` records waiting for `sink`, oldest first: the readable ones, and the keys
+    /// of those that are not (to be quarantined).
+    fn read_batch(&self, sink: &str, max: usize) -> anyhow::Result<Batch> {
+        let mut batch = Batch::default();
         let Some(queue) = self.queues.get(sink) else {
-            return Ok(Vec::new());
+            return Ok(batch);
         };
         let txn = self.db.begin_read()?;
         let table = txn.open_table(TableDefinition::<u64, &[u8]>::new(queue.table))?;
-        let mut out = Vec::new();
         for entry in table.iter()?.take(max) {
             let (k, v) = entry?;
             let bytes = v.value();
             match record::decode(bytes) {
-                Some(env) => out.push((k.value(), env, bytes.len() as u64)),
-                None => {
-                    // Written by this program after verification; unreadable means a format
-                    // change or damage. Keep it (never lose data) but do not block the rest.
-                    tracing::error!(sink, key = k.value(), "unreadable spool record skipped");
-                }
+                Some(env) => batch.events.push((k.value(), env, bytes.len() as u64)),
+                None => batch.unreadable.push(k.value()),
             }
         }
-        Ok(out)
+        Ok(batch)
+    }
+
+    /// Moves unreadable records out of the way of the drainer. They were written by a program
+    /// after verification, so unreadable means damage or another version's format: kept as they
+    /// are (never lost), counted, and no longer read before every batch.
+    async fn quarantine(&self, sink: &str, keys: Vec<u64>) {
+        let Some(queue) = self.queues.get(sink) else {
+            return;
+        };
+        let n = keys.len() as u64;
+        let (done, wait) = oneshot::channel();
+        let op = Op::Quarantine {
+            table: queue.table,
+            quarantine: queue.quarantine,
+            keys,
+            done,
+        };
+        if self.tx.send(op).await.is_err() {
+            return;
+        }
+        match wait.await {
+            Ok(Ok(())) => {
+                metrics::spool_quarantined(sink, n);
+                tracing::error!(
+                    sink,
+                    records = n,
+                    table = queue.quarantine,
+                    "unreadable spool records moved to quarantine; the events behind them drain"
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::error!(sink, error = %e, "quarantining unreadable spool records failed")
+            }
+            Err(_) => {}
+        }
     }
 
     /// Events waiting for `sink`.
@@ -294,15 +391,23 @@ impl Spool {
             }
             let this = Arc::clone(&self);
             let n = name.clone();
-            let batch =
-                match tokio::task::spawn_blocking(move || this.read_batch(&n, DRAIN_BATCH)).await {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(e)) => {
-                        tracing::error!(sink = %name, error = %e, "reading the spool failed");
-                        Vec::new()
-                    }
-                    Err(_) => Vec::new(),
-                };
+            let Batch {
+                events: batch,
+                unreadable,
+            } = match tokio::task::spawn_blocking(move || this.read_batch(&n, DRAIN_BATCH)).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    tracing::error!(sink = %name, error = %e, "reading the spool failed");
+                    Batch::default()
+                }
+                Err(_) => Batch::default(),
+            };
+            if !unreadable.is_empty() {
+                self.quarantine(&name, unreadable).await;
+                if batch.is_empty() {
+                    continue;
+                }
+            }
             if batch.is_empty() {
                 metrics::spool_depth(&name, 0);
                 tokio::select! {
@@ -380,10 +485,50 @@ impl Spool {
     }
 }
 
-fn writer(db: &Database, mut rx: mpsc::Receiver<Op>, bytes: &AtomicU64) {
+/// What the drainer read: events in key order, and the keys of records it could not decode.
+#[derive(Default)]
+struct Batch {
+    events: Vec<(u64, Envelope, u64)>,
+    unreadable: Vec<u64>,
+}
+
+/// Queue keys to move, with the quarantine table they go to.
+type Move = (TableName, TableName, Vec<u64>, Done);
+
+fn writer(
+    db: &Database,
+    mut rx: mpsc::Receiver<Op>,
+    bytes: &AtomicU64,
+    clock: &tokio::runtime::Runtime,
+) {
     let mut appends: Vec<(TableName, Vec<u8>, Done)> = Vec::new();
     let mut removes: Vec<(TableName, Vec<u64>, u64, Done)> = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
+    let mut moves: Vec<Move> = Vec::new();
+    // When the oldest removal not yet durable was committed.
+    let mut unsynced: Option<Instant> = None;
+    loop {
+        let first = match unsynced {
+            None => clock.block_on(rx.recv()),
+            Some(since) => {
+                let left =
+                    (since + REMOVALS_DURABLE_WITHIN).saturating_duration_since(Instant::now());
+                // The timer must be made inside the runtime that drives it.
+                match clock.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                    Ok(op) => op,
+                    Err(_idle) => {
+                        unsynced = sync(db, since);
+                        continue;
+                    }
+                }
+            }
+        };
+        let Some(first) = first else {
+            // Every sender is gone: what was removed is made durable before the thread ends.
+            if let Some(since) = unsynced {
+                sync(db, since);
+            }
+            return;
+        };
         let mut next = Some(first);
         while let Some(op) = next.take() {
             match op {
@@ -398,14 +543,29 @@ fn writer(db: &Database, mut rx: mpsc::Receiver<Op>, bytes: &AtomicU64) {
                     freed,
                     done,
                 } => removes.push((table, keys, freed, done)),
+                Op::Quarantine {
+                    table,
+                    quarantine,
+                    keys,
+                    done,
+                } => moves.push((table, quarantine, keys, done)),
             }
             if appends.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
             }
         }
-        let result = commit(db, &appends, &removes, bytes);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "spool commit failed");
+        // Only appends (and the close sentinel) need their own fsync: they are about to be
+        // acknowledged. Removals ride on the next one, unless they have waited long enough.
+        let durable = !appends.is_empty()
+            || unsynced.is_some_and(|since| since.elapsed() >= REMOVALS_DURABLE_WITHIN);
+        let result = commit(db, &appends, &removes, &moves, durable, bytes);
+        match &result {
+            Err(e) => tracing::error!(error = %e, "spool commit failed"),
+            Ok(()) if durable => unsynced = None,
+            Ok(()) if !removes.is_empty() || !moves.is_empty() => {
+                unsynced = unsynced.or_else(|| Some(Instant::now()));
+            }
+            Ok(()) => {}
         }
         let outcome = result.map_err(|e| SpoolError::Io(e.to_string()));
         for (_, _, done) in appends.drain(..) {
@@ -414,6 +574,27 @@ fn writer(db: &Database, mut rx: mpsc::Receiver<Op>, bytes: &AtomicU64) {
         for (_, _, _, done) in removes.drain(..) {
             let _receiver_gone = done.send(outcome.clone());
         }
+        for (_, _, _, done) in moves.drain(..) {
+            let _receiver_gone = done.send(outcome.clone());
+        }
+    }
+}
+
+/// Makes every commit so far durable (an empty commit with fsync). Returns when to try again:
+/// never after success, one window later after a failure.
+fn sync(db: &Database, since: Instant) -> Option<Instant> {
+    let result = (|| -> Result<(), redb::Error> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.commit()?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "making spool removals durable failed; retrying");
+            Some(since.max(Instant::now()))
+        }
     }
 }
 
@@ -421,17 +602,16 @@ fn commit(
     db: &Database,
     appends: &[(TableName, Vec<u8>, Done)],
     removes: &[(TableName, Vec<u64>, u64, Done)],
+    moves: &[Move],
+    durable: bool,
     bytes: &AtomicU64,
 ) -> anyhow::Result<()> {
     let mut txn = db.begin_write()?;
-    // Only appends (and the close sentinel) need their own fsync: they are about to be
-    // acknowledged. Removal-only commits ride on the next one.
-    let durability = if appends.is_empty() {
-        Durability::None
-    } else {
+    txn.set_durability(if durable {
         Durability::Immediate
-    };
-    txn.set_durability(durability)?;
+    } else {
+        Durability::None
+    })?;
     let mut added = 0u64;
     for (table, record, _) in appends.iter().filter(|(t, _, _)| !t.is_empty()) {
         let mut t = txn.open_table(TableDefinition::<u64, &[u8]>::new(table))?;
@@ -448,8 +628,99 @@ fn commit(
         }
         freed += f;
     }
+    for (table, quarantine, keys, _) in moves {
+        let mut from = txn.open_table(TableDefinition::<u64, &[u8]>::new(table))?;
+        let mut to = txn.open_table(TableDefinition::<u64, &[u8]>::new(quarantine))?;
+        for k in keys {
+            if let Some(record) = from.remove(k)? {
+                let record = record.value().to_vec();
+                freed += record.len() as u64;
+                to.insert(k, record.as_slice())?;
+            }
+        }
+    }
     txn.commit()?;
     bytes.fetch_add(added, Ordering::Relaxed);
     bytes.fetch_sub(freed.min(bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
     Ok(())
+}
+
+/// Warns about what the drainers will not touch: queues of sinks no longer configured, and
+/// quarantined records. Returns the former with their event counts.
+fn report_leftovers(db: &Database, sinks: &[String]) -> anyhow::Result<Vec<(String, u64)>> {
+    let txn = db.begin_read()?;
+    let mut unconfigured = Vec::new();
+    for handle in txn.list_tables()? {
+        let name = handle.name().to_owned();
+        let len = txn.open_untyped_table(handle)?.len()?;
+        if let Some(sink) = name.strip_prefix(QUEUE_PREFIX) {
+            if !sinks.iter().any(|s| s == sink) && len > 0 {
+                tracing::warn!(
+                    sink,
+                    events = len,
+                    "spool holds events for a sink that is no longer configured; they are kept, not published (configure the sink again to drain them)"
+                );
+                unconfigured.push((sink.to_owned(), len));
+            }
+        } else if let Some(sink) = name.strip_prefix(QUARANTINE_PREFIX)
+            && len > 0
+        {
+            tracing::warn!(sink, records = len, table = %name, "spool holds quarantined records that could not be read");
+        }
+    }
+    unconfigured.sort();
+    Ok(unconfigured)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_of_sinks_no_longer_configured_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            for (table, n) in [("spool:gone", 3), ("spool:kept", 1), ("spool:empty", 0)] {
+                let mut t = txn
+                    .open_table(TableDefinition::<u64, &[u8]>::new(table))
+                    .unwrap();
+                for k in 0..n {
+                    t.insert(k, b"x".as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let spool = Spool::open(&path, &["kept".to_owned()], 1 << 20).unwrap();
+        assert_eq!(spool.unconfigured(), [("gone".to_owned(), 3)]);
+        assert_eq!(spool.depth("kept"), 1);
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_error_naming_the_recovery_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.redb");
+        std::fs::write(&path, vec![0x5a; 64 * 1024]).unwrap();
+        let e = Spool::open(&path, &["a".to_owned()], 1 << 20)
+            .err()
+            .unwrap()
+            .to_string();
+        let p = path.display();
+        assert!(e.starts_with(&format!("spool {p} is damaged")), "{e}");
+        assert!(e.contains(&format!("mv {p} {p}.damaged")), "{e}");
+    }
+
+    #[test]
+    fn a_file_in_use_is_an_error_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.redb");
+        let _first = Spool::open(&path, &["a".to_owned()], 1 << 20).unwrap();
+        let e = Spool::open(&path, &["a".to_owned()], 1 << 20)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("in use by another process"), "{e}");
+    }
 }

@@ -149,17 +149,6 @@ fn report(scenario: &str, load: &Load, on_broker: &[String]) {
     );
 }
 
-/// A hookbridge process that is killed if the test ends early (a failed assertion must not
-/// leave it running: it would hold ports, files and the runner's pipes).
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spool_section(dir: &std::path::Path) -> String {
     format!("[spool]\npath = \"{}\"\n", dir.join("spool.redb").display())
 }

@@ -4,8 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use redb::{
+    ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _, TableDefinition,
+};
+
 use crate::helpers::*;
-use crate::kafka::{signed_cobo, wait_ready};
+use crate::kafka::{free_port, signed_cobo, wait_ready};
 use crate::proxy::Proxy;
 use crate::rabbitmq::{amqp_addr, amqp_url};
 use crate::tap::RabbitTap;
@@ -249,5 +253,224 @@ async fn in_flight_limit_answers_503_at_once() {
     proxy.release();
     assert_eq!(first.await.unwrap().status, 200);
     app.stop().await;
+    tap.cleanup().await;
+}
+
+const QUEUE: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("spool:rabbit");
+const QUARANTINE: TableDefinition<'static, u64, &[u8]> =
+    TableDefinition::new("spool-quarantine:rabbit");
+
+/// Opens a spool file the app has let go of (its writer thread may still be closing it).
+fn open_spool_file(path: &std::path::Path) -> redb::Database {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match redb::Database::open(path) {
+            Ok(db) => return db,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "spool still held: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Events waiting in a spool file's `rabbit` queue.
+fn spooled_in(path: &std::path::Path) -> u64 {
+    let db = open_spool_file(path);
+    let txn = db.begin_read().unwrap();
+    txn.open_table(QUEUE).map(|t| t.len().unwrap()).unwrap_or(0)
+}
+
+/// Posts `ids` with a few requests in flight at a time, each answered 200.
+async fn post_all(url: &str, ids: &[String]) {
+    for chunk in ids.chunks(8) {
+        let posts = chunk.iter().map(|id| async move {
+            let (body, headers) = signed_cobo(id);
+            let r = post(url, &headers, body).await;
+            assert_eq!(r.status, 200, "{id}: {:?}", r.json());
+        });
+        futures_util::future::join_all(posts).await;
+    }
+}
+
+async fn wait_for(url: &str, ready: impl Fn(&Reply) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(r) = try_get(url).await
+            && ready(&r)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn try_get(url: &str) -> Option<Reply> {
+    let req = http::Request::get(url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client().request(req))
+        .await
+        .ok()?
+        .ok()?;
+    Reply::read(resp).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_a_drain_republishes_nothing() {
+    const EVENTS: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let tap = RabbitTap::new().await;
+    let proxy = Proxy::start(amqp_addr()).await;
+    proxy.cut();
+    let amqp = amqp_url().replace(&amqp_addr().to_string(), &proxy.addr.to_string());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config_path = dir.path().join("hookbridge.toml");
+    std::fs::write(
+        &config_path,
+        config(&amqp, &tap.exchange, &spool_in(dir.path(), 1 << 30), "", "").replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{listen}\""),
+        ),
+    )
+    .unwrap();
+    let start = || {
+        Child(
+            std::process::Command::new(env!("CARGO_BIN_EXE_hookbridge"))
+                .args(["serve", "--config"])
+                .arg(&config_path)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let readyz = format!("http://{listen}/readyz");
+    let rabbit_ready = |r: &Reply| r.status == 200 && r.json()["sinks"]["rabbit"]["ready"] == true;
+
+    // The broker is away: every event is spooled (and answered 200).
+    let mut child = start();
+    wait_for(&readyz, |r| r.status == 200).await;
+    let ids: Vec<String> = (0..EVENTS)
+        .map(|i| format!("kill-after-drain-{i}"))
+        .collect();
+    post_all(&format!("http://{listen}/hooks/cobo"), &ids).await;
+
+    // The broker is back: the drainer publishes all of them, then nothing happens for longer
+    // than the removals take to become durable (`take_ids` also waits for 2 s of quiet).
+    proxy.restore();
+    let drained = tap.take_ids(EVENTS, Duration::from_secs(60)).await;
+    assert_eq!(drained.len(), EVENTS, "drained once each");
+    tokio::time::sleep(hookbridge::spool::REMOVALS_DURABLE_WITHIN * 2).await;
+
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
+    let mut child = start();
+    wait_for(&readyz, rabbit_ready).await;
+    // Whatever the restarted drainer finds, it publishes now; give it time, then stop it
+    // cleanly and count what it published and what it would still publish.
+    let republished = tap.take_ids(0, Duration::from_secs(10)).await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.0.wait().unwrap().success());
+    let left = spooled_in(&dir.path().join("spool.redb"));
+    println!(
+        "SIGKILL {:?} after a drain of {EVENTS}: republished {}, still spooled {left}",
+        hookbridge::spool::REMOVALS_DURABLE_WITHIN * 2,
+        republished.len()
+    );
+    assert_eq!(
+        (republished.len(), left),
+        (0, 0),
+        "drained events came back after SIGKILL, e.g. {:?}",
+        &republished[..republished.len().min(5)]
+    );
+    tap.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_spool_records_are_quarantined_and_the_rest_drains() {
+    const EVENTS: u64 = 20;
+    // More unreadable records in front than a drain batch holds (128), and one between every two
+    // good events: skipped in place, they would hide everything behind them.
+    const IN_FRONT: u64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let spool_path = dir.path().join("spool.redb");
+    let tap = RabbitTap::new().await;
+    let proxy = Proxy::start(amqp_addr()).await;
+    proxy.cut();
+    let amqp = amqp_url().replace(&amqp_addr().to_string(), &proxy.addr.to_string());
+    let cfg = config(&amqp, &tap.exchange, &spool_in(dir.path(), 1 << 30), "", "");
+    let app = TestApp::spawn(&cfg).await;
+    let ids: Vec<String> = (0..EVENTS).map(|i| format!("quarantine-{i}")).collect();
+    post_all(&app.url("/hooks/cobo"), &ids).await;
+    app.stop().await;
+
+    // Damage the spool as an upgrade, a rollback or a bad disk would: records of another format
+    // in front of and between the good ones.
+    let damaged =
+        |k: u64| format!("\x63record {k} in a format this version cannot read").into_bytes();
+    {
+        let db = open_spool_file(&spool_path);
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(QUEUE).unwrap();
+            let good: Vec<(u64, Vec<u8>)> = t
+                .iter()
+                .unwrap()
+                .map(|e| {
+                    let (k, v) = e.unwrap();
+                    (k.value(), v.value().to_vec())
+                })
+                .collect();
+            assert_eq!(good.len() as u64, EVENTS);
+            for (k, _) in &good {
+                t.remove(k).unwrap();
+            }
+            for k in 0..IN_FRONT {
+                t.insert(k, damaged(k).as_slice()).unwrap();
+            }
+            for (i, (_, v)) in good.iter().enumerate() {
+                let k = IN_FRONT + 2 * i as u64;
+                t.insert(k, v.as_slice()).unwrap();
+                t.insert(k + 1, damaged(k + 1).as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    proxy.restore();
+    let app = TestApp::spawn_with_metrics(&cfg).await;
+    let mut got = tap.take_ids(EVENTS as usize, Duration::from_secs(60)).await;
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want, "every readable event published once");
+    let text = scrape(&app).await;
+    assert_eq!(
+        counter(
+            &text,
+            "hookbridge_spool_quarantined_total",
+            &[("sink", "rabbit")]
+        ),
+        (IN_FRONT + EVENTS) as f64
+    );
+    app.stop().await;
+
+    // Kept as they were, out of the queue.
+    let db = open_spool_file(&spool_path);
+    let txn = db.begin_read().unwrap();
+    assert_eq!(txn.open_table(QUEUE).unwrap().len().unwrap(), 0);
+    let q = txn.open_table(QUARANTINE).unwrap();
+    assert_eq!(q.len().unwrap(), IN_FRONT + EVENTS);
+    assert_eq!(
+        q.get(IN_FRONT + 1).unwrap().unwrap().value(),
+        damaged(IN_FRONT + 1)
+    );
+    drop(txn);
     tap.cleanup().await;
 }

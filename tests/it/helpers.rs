@@ -280,3 +280,14 @@ pub fn counter(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 pub async fn scrape(app: &TestApp) -> String {
     String::from_utf8(get(&app.url("/metrics")).await.body.to_vec()).unwrap()
 }
+
+/// A hookbridge process that is killed if the test ends early (a failed assertion must not
+/// leave it running: it would hold ports, files and the runner's pipes).
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

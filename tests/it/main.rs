@@ -1,7 +1,7 @@
 //! hookbridge's integration tests: one binary, one module per area.
 //!
 //! - `helpers`: spawn the app on 127.0.0.1:0, an HTTP client, and signers for every scheme.
-//! - `cli`: `check-config` through the real binary.
+//! - `cli`: `check-config` and `health` through the real binary.
 //! - `ingress`: every provider vector end to end through HTTP into the file sink.
 //! - `handshake`: Slack's and Zoom's endpoint handshakes answered, never published.
 //! - `shadow`: shadow mode (verify, count, accept and mark what fails).
