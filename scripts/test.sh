@@ -37,6 +37,9 @@ cargo clippy -p hookbridge --no-default-features --lib --locked -- -D warnings
 step "docker-compose.yml offline: Compose schema, mounts and volumes, check-config on what it mounts"
 scripts/check-compose.sh
 
+step "deploy/kubernetes offline: kustomization complete, every resource against the Kubernetes schemas (strict), probes and shutdown timing, check-config on its configuration"
+scripts/check-kubernetes.sh
+
 step "cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked --quiet
 
