@@ -11,7 +11,8 @@
 #   3. what a schema cannot see: probes on the admin port (/readyz, /healthz), a grace period
 #      longer than preStop + 2 × shutdown_timeout_ms, non-root and a read-only root, the spool
 #      on the volume claim, the config and secret mounts where hookbridge.toml expects them;
-#   4. where kubectl is installed (optional), the real `kubectl kustomize` output, validated too;
+#   4. where kubectl is installed (optional; KUBECTL= skips it), the real `kubectl kustomize`
+#      output, validated too;
 #   5. `hookbridge check-config` on hookbridge.toml, with the example Secret's values as files.
 # kubernetes-validate is installed from PyPI into a virtualenv under the state directory if absent.
 # HOOKBRIDGE_BIN=path uses a built binary for step 5 instead of `cargo run`.
@@ -181,10 +182,11 @@ done
 validate "${files[@]}" "$work/configmap.yaml"
 echo "ok -- ${#files[@]} files and the generated ConfigMap, kubernetes-validate $KUBERNETES_VALIDATE_VERSION --strict, Kubernetes $KUBERNETES_VERSIONS"
 
-if command -v kubectl >/dev/null 2>&1; then
-  kubectl kustomize "$dir" >"$work/rendered.yaml"
+kubectl=${KUBECTL-kubectl}   # KUBECTL= (empty) skips the render
+if [ -n "$kubectl" ] && command -v "$kubectl" >/dev/null 2>&1; then
+  "$kubectl" kustomize "$dir" >"$work/rendered.yaml"
   validate "$work/rendered.yaml"
-  echo "ok -- kubectl kustomize output ($(kubectl version --client 2>/dev/null | grep -i kustomize || echo kustomize))"
+  echo "ok -- kubectl kustomize output ($("$kubectl" version --client 2>/dev/null | grep -i kustomize || echo kustomize))"
 else
   echo "note -- no kubectl: the kustomization was checked by listing, not rendered"
 fi
