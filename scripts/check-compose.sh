@@ -12,22 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 compose=${1:-docker-compose.yml}
 CHECK_JSONSCHEMA_VERSION=0.33.0
-STATE_DIR="${HOOKBRIDGE_STATE_DIR:-${TMPDIR:-/tmp}/hookbridge-test}"
-venv="$STATE_DIR/check-jsonschema-$CHECK_JSONSCHEMA_VERSION"
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-
-if [ ! -x "$venv/bin/check-jsonschema" ]; then
-  # Debian ships python3 without venv (and a fresh machine may have no python3 at all).
-  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    echo "check-compose: installing Debian's python3-venv"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-  fi
-  mkdir -p "$STATE_DIR"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
-fi
+source scripts/pytool.sh
+venv=$(pytool_venv check-jsonschema "$CHECK_JSONSCHEMA_VERSION" check-jsonschema)
 validate() { "$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$@"; }
 
 # A validator that accepts everything would pass every file: it must refuse a misspelt key.

@@ -25,22 +25,8 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 KUBERNETES_VERSIONS="1.30.0 1.37.0"
 # Files in $dir that kustomization.yaml does not list under resources/, and why.
 INGREDIENTS="kustomization.yaml hookbridge.toml secret.example.yaml"
-STATE_DIR="${HOOKBRIDGE_STATE_DIR:-${TMPDIR:-/tmp}/hookbridge-test}"
-venv="$STATE_DIR/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-
-if [ ! -x "$venv/bin/kubernetes-validate" ]; then
-  # Debian ships python3 without venv (and a fresh machine may have no python3 at all).
-  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    echo "check-kubernetes: installing Debian's python3-venv"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-  fi
-  mkdir -p "$STATE_DIR"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
-fi
+source scripts/pytool.sh
+venv=$(pytool_venv kubernetes-validate "$KUBERNETES_VALIDATE_VERSION" kubernetes-validate)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
