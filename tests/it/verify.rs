@@ -33,7 +33,7 @@ fn fixture() -> Fixture {
             r#"
 [sources.cobo]
 replay_window_secs = 300
-verify = {{ scheme = "cobo-waas2", public_keys = ["{}"] }}
+verify = {{ scheme = "cobo-waas2", public_keys = ["{}", "prod"] }}
 
 [sources.cobo-dev]
 verify = {{ scheme = "cobo-waas2", public_keys = ["{other}"] }}
@@ -88,11 +88,16 @@ fn verify(f: &Fixture, source: &str, capture: &[u8], extra: &[&str]) -> Run {
 
 fn verify_file(config: &Path, source: &str, capture: &Path, extra: &[&str]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_hookbridge"))
-        .args(["verify", "--source", source, "--now", NOW, "--config"])
+        .args(["verify", "--source", source, "--config"])
         .arg(config)
         .arg("--request")
         .arg(capture)
         .args(extra)
+        .args(if extra.contains(&"--now") {
+            &[][..]
+        } else {
+            &["--now", NOW][..]
+        })
         .output()
         .unwrap();
     let run = Run {
@@ -152,6 +157,10 @@ fn a_verified_capture_shows_the_key_the_skew_and_the_event() {
         out.contains("key#1                        matched"),
         "{out}"
     );
+    assert!(
+        out.contains("prod                         not tried"),
+        "{out}"
+    );
     assert!(out.contains("skew +100.000 s"), "{out}");
     assert!(out.contains("window 300 s"), "{out}");
     assert!(
@@ -163,6 +172,33 @@ fn a_verified_capture_shows_the_key_the_skew_and_the_event() {
         "{out}"
     );
     assert!(out.contains("result: verified"), "{out}");
+    // The same clock as RFC 3339.
+    let capture = request(&headers, body.as_bytes());
+    let run = verify(&f, "cobo", &capture, &["--now", "2023-11-14T22:15:00Z"]);
+    assert_eq!(run.code, Some(0), "{}", run.all());
+    assert!(run.stdout.contains("skew +100.000 s"), "{}", run.stdout);
+    let run = verify(&f, "cobo", &capture, &["--now", "yesterday"]);
+    assert_eq!(run.code, Some(64), "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("--now: expected Unix seconds or an RFC 3339 time"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_verified_request_with_an_unusable_event_id_exits_6() {
+    let f = fixture();
+    let body = cobo_body(&"x".repeat(300));
+    let headers = kit::CoboWaas2::test_key().sign(body.as_bytes(), TS_MS);
+    let run = verify(&f, "cobo", &request(&headers, body.as_bytes()), &[]);
+    assert_eq!(run.code, Some(6), "{}", run.all());
+    assert!(
+        run.stdout.contains("event_id is longer than 255 bytes"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -180,6 +216,16 @@ fn dropped_underscore_headers_are_named_with_the_proxy_setting() {
         run.stdout
             .contains("hint [proxy_dropped_underscore_headers]")
             && run.stdout.contains("underscores_in_headers on"),
+        "{}",
+        run.stdout
+    );
+    // One of the two arrived: the other was dropped on the way.
+    let headers = vec![("BIZ_TIMESTAMP".to_owned(), TS_MS.to_owned())];
+    let run = verify(&f, "cobo", &request(&headers, body.as_bytes()), &[]);
+    assert_eq!(run.code, Some(3), "{}", run.all());
+    assert!(
+        run.stdout
+            .contains("hint [proxy_dropped_underscore_headers]: only biz_timestamp arrived"),
         "{}",
         run.stdout
     );
@@ -256,6 +302,18 @@ fn a_standard_webhooks_secret_keyed_as_text_is_named() {
             && run
                 .stdout
                 .contains("secrets[0] taken as its text, whsec_ included,"),
+        "{}",
+        run.stdout
+    );
+    // Keyed with the text after the prefix.
+    let bare = base64::engine::general_purpose::STANDARD
+        .encode(STANDARD_SECRET.trim_start_matches("whsec_"));
+    let headers = kit::StandardV1::new(&bare).sign("msg_1", 1_700_000_000, body);
+    let run = verify(&f, "standard", &request(&headers, body), &[]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert!(
+        run.stdout
+            .contains("secrets[0] taken as the text after whsec_ not base64-decoded"),
         "{}",
         run.stdout
     );
@@ -375,6 +433,21 @@ fn a_stale_timestamp_gets_its_skew_and_the_likely_cause() {
     let run = verify(&f, "cobo", &request(&headers, body.as_bytes()), &[]);
     assert_eq!(run.code, Some(5), "{}", run.all());
     assert!(run.stdout.contains("a clock drifts"), "{}", run.stdout);
+    // A day ahead: a clock, not the window.
+    let headers = kit::CoboWaas2::test_key().sign(body.as_bytes(), "1700086500000");
+    let run = verify(&f, "cobo", &request(&headers, body.as_bytes()), &[]);
+    assert_eq!(run.code, Some(5), "{}", run.all());
+    assert!(
+        run.stdout.contains("86400 s in the future"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("far in the future: the sender's clock is ahead"),
+        "{}",
+        run.stdout
+    );
     // Milliseconds where Standard Webhooks expects seconds.
     let body = br#"{"type":"invoice.paid"}"#;
     let headers = kit::StandardV1::new(STANDARD_SECRET).sign("msg_2", 1_700_000_000_000, body);
