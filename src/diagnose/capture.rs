@@ -223,6 +223,23 @@ mod tests {
         assert!(e.0.contains("not a decimal"), "{e}");
     }
 
+    /// Every prefix of a capture, and every single-byte change to it, parses or is refused:
+    /// never a panic.
+    #[test]
+    fn truncated_or_corrupted_captures_never_panic() {
+        let raw: &[u8] = b"POST /h HTTP/1.1\r\nBIZ_TIMESTAMP: 1\r\nContent-Length: 4\r\n\r\n{}\r\n";
+        for end in 0..=raw.len() {
+            drop(parse(&raw[..end]));
+        }
+        for i in 0..raw.len() {
+            for b in [0u8, b'\n', b'\r', b' ', b':', 0xff, b'9'] {
+                let mut bytes = raw.to_vec();
+                bytes[i] = b;
+                drop(parse(&bytes));
+            }
+        }
+    }
+
     #[test]
     fn bad_lines_are_refused_with_their_number() {
         for (raw, want) in [
