@@ -76,6 +76,9 @@ enum Command {
         /// The time to check the replay window against: Unix seconds or RFC 3339 (default now).
         #[arg(long)]
         now: Option<String>,
+        /// Print the report as one JSON object instead (errors without a report stay on stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// Probe a running instance for a container healthcheck: exit 0 when `/readyz` (or
     /// `--path`) answers 200, 1 when it answers anything else, 69 when nothing answers.
@@ -142,12 +145,16 @@ fn main() -> ExitCode {
             source,
             request,
             now,
-        } => verify(&hookbridge::diagnose::VerifyArgs {
-            config,
-            source,
-            request,
-            now,
-        }),
+            json,
+        } => verify(
+            &hookbridge::diagnose::VerifyArgs {
+                config,
+                source,
+                request,
+                now,
+            },
+            json,
+        ),
         Command::Send {
             config,
             source,
@@ -232,10 +239,14 @@ fn send(args: &hookbridge::send::SendArgs) -> ExitCode {
 
 /// `hookbridge verify`: the report on stdout, or why there is none on stderr; the exit status
 /// says which outcome (see `hookbridge::diagnose`'s `EXIT_*`).
-fn verify(args: &hookbridge::diagnose::VerifyArgs) -> ExitCode {
+fn verify(args: &hookbridge::diagnose::VerifyArgs, json: bool) -> ExitCode {
     match hookbridge::diagnose::run(args, &|name| std::env::var(name).ok()) {
         Ok(report) => {
-            print!("{}", report.text);
+            if json {
+                println!("{}", report.json);
+            } else {
+                print!("{}", report.text);
+            }
             ExitCode::from(report.exit)
         }
         Err(failure) => {

@@ -23,6 +23,7 @@ use std::time::SystemTime;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::json;
 
 use crate::config::{self, RawVerify};
 use crate::normalize::Envelope;
@@ -74,10 +75,11 @@ fn fail(exit: u8, message: impl Into<String>) -> Failure {
     }
 }
 
-/// The report and the exit status it maps to.
+/// The report, readable and as JSON (`--json`), and the exit status it maps to.
 #[derive(Debug)]
 pub struct Report {
     pub text: String,
+    pub json: serde_json::Value,
     pub exit: u8,
 }
 
@@ -187,6 +189,8 @@ pub fn run(args: &VerifyArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Re
     };
     let (diagnosis, verified) = spec.verifier.diagnose(incoming, now, &alternatives);
     render(&mut out, &spec.name, &diagnosis);
+    let mut event = serde_json::Value::Null;
+    let mut outcome = ("verified", None);
 
     let exit = match (&diagnosis.outcome, verified) {
         (Ok(()), Some(webhook)) => match Envelope::build(webhook, spec, now) {
@@ -213,6 +217,14 @@ pub fn run(args: &VerifyArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Re
                 );
                 say!(out, "  to sink:    {}", spec.sink);
                 say!(out, "result: verified");
+                event = json!({
+                    "id": envelope.id().as_str(),
+                    "id_from": envelope.id_origin().to_string(),
+                    "type": envelope.event_type(),
+                    "type_from": locators,
+                    "default_type": spec.default_type,
+                    "sink": spec.sink,
+                });
                 EXIT_VERIFIED
             }
             Err(e) => {
@@ -220,17 +232,44 @@ pub fn run(args: &VerifyArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Re
                     out,
                     "result: verified, but the event cannot be built: {e} (answered 400)"
                 );
+                outcome = ("unusable_event", Some(e.to_string()));
                 EXIT_UNUSABLE_EVENT
             }
         },
         (Err(e), _) => {
             say!(out, "result: {} ({e})", e.reason());
+            outcome = (e.reason(), Some(e.to_string()));
             exit_for(e)
         }
         // `diagnose` returns the request whenever the outcome is Ok.
         (Ok(()), None) => EXIT_BAD_SIGNATURE,
     };
-    Ok(Report { text: out, exit })
+    let json = json!({
+        "request": {
+            "method": capture.method,
+            "target": capture.target,
+            "notes": capture.notes,
+        },
+        "source": spec.name,
+        "scheme": diagnosis.scheme,
+        "headers": diagnosis.headers.iter().map(|h| json!({"name": h.name, "present": h.present})).collect::<Vec<_>>(),
+        "keys": diagnosis.keys.iter().map(|k| json!({"label": k.label, "result": key_result(k.result)})).collect::<Vec<_>>(),
+        "timestamp": diagnosis.timestamp.as_ref().map(|t| json!({
+            "raw": t.raw,
+            "skew_ms": t.skew_ms,
+            "window_secs": t.window.map(|w| w.as_secs()),
+        })),
+        "hints": diagnosis.hints.iter().map(|h| json!({"code": h.code, "message": h.message})).collect::<Vec<_>>(),
+        "outcome": outcome.0,
+        "error": outcome.1,
+        "event": event,
+        "exit": exit,
+    });
+    Ok(Report {
+        text: out,
+        json,
+        exit,
+    })
 }
 
 fn exit_for(e: &VerifyError) -> u8 {
@@ -239,6 +278,14 @@ fn exit_for(e: &VerifyError) -> u8 {
         VerifyError::MalformedHeader { .. } => EXIT_MALFORMED_HEADER,
         VerifyError::BadSignature => EXIT_BAD_SIGNATURE,
         VerifyError::StaleTimestamp(_) | VerifyError::FutureTimestamp(_) => EXIT_TIMESTAMP,
+    }
+}
+
+fn key_result(r: KeyResult) -> &'static str {
+    match r {
+        KeyResult::Matched => "matched",
+        KeyResult::NoMatch => "no match",
+        KeyResult::NotTried => "not tried",
     }
 }
 
@@ -254,12 +301,7 @@ fn render(out: &mut String, source: &str, d: &Diagnosis) {
     if !d.keys.is_empty() {
         say!(out, "keys tried:");
         for k in &d.keys {
-            let state = match k.result {
-                KeyResult::Matched => "matched",
-                KeyResult::NoMatch => "no match",
-                KeyResult::NotTried => "not tried",
-            };
-            say!(out, "  {:<28} {state}", k.label);
+            say!(out, "  {:<28} {}", k.label, key_result(k.result));
         }
     }
     if let Some(ts) = &d.timestamp {

@@ -172,6 +172,25 @@ fn a_verified_capture_shows_the_key_the_skew_and_the_event() {
         "{out}"
     );
     assert!(out.contains("result: verified"), "{out}");
+    // The same report as JSON.
+    let capture = request(&headers, body.as_bytes());
+    let run = verify(&f, "cobo", &capture, &["--json"]);
+    assert_eq!(run.code, Some(0), "{}", run.all());
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["outcome"], "verified");
+    assert_eq!(v["exit"], 0);
+    assert_eq!(v["event"]["id"], "evt-verified-1");
+    assert_eq!(v["event"]["id_from"], "body:/event_id");
+    assert_eq!(v["timestamp"]["skew_ms"], 100_000);
+    assert_eq!(v["timestamp"]["window_secs"], 300);
+    assert_eq!(
+        v["keys"][0],
+        serde_json::json!({"label": "key#1", "result": "matched"})
+    );
+    assert_eq!(
+        v["headers"][1],
+        serde_json::json!({"name": "biz_timestamp", "present": true})
+    );
     // The same clock as RFC 3339.
     let capture = request(&headers, body.as_bytes());
     let run = verify(&f, "cobo", &capture, &["--now", "2023-11-14T22:15:00Z"]);
@@ -248,6 +267,12 @@ fn a_key_of_another_source_is_named_by_source_and_label() {
         "{}",
         run.stdout
     );
+    let json = verify(&f, "cobo", &request(&headers, body.as_bytes()), &["--json"]);
+    assert_eq!(json.code, Some(1), "{}", json.all());
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["outcome"], "bad_signature");
+    assert_eq!(v["event"], serde_json::Value::Null);
+    assert_eq!(v["hints"][0]["code"], "other_key");
     assert!(
         run.stdout
             .contains("hint [other_key]: the signature matches source \"cobo-dev\" (key `key#1`)"),
