@@ -64,6 +64,7 @@ enum Command {
     /// type is unusable; 64 malformed capture or --now; 66 unreadable capture file; 78 config
     /// error or unknown source.
     Verify {
+        /// The config file the service runs with.
         #[arg(long, short)]
         config: PathBuf,
         /// The source to check against (`[sources.<name>]`).
