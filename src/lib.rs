@@ -15,7 +15,8 @@
 //! - [`spool`]: the fsync'd local queue when a broker is slow or away, and its drainers.
 //!
 //! Around them: [`config`] (load + validate, all errors at once), [`app`] (wiring), [`send`]
-//! (`hookbridge send`: a signed test event for a configured source),
+//! (`hookbridge send`: a signed test event for a configured source), [`diagnose`] (`hookbridge
+//! verify`: why a captured request verifies or not),
 //! [`metrics`] (every metric name), [`audit`] (the per-request audit line), [`telemetry`]
 //! (logging), [`shutdown`] (signals), [`probe`] (`hookbridge health`, the healthcheck client),
 //! `supervisor` (the one reconnect loop every broker and
@@ -27,6 +28,7 @@ pub mod audit;
 pub mod callback;
 pub mod config;
 pub mod dedup;
+pub mod diagnose;
 pub mod ingress;
 mod kv;
 pub mod metrics;

@@ -55,6 +55,32 @@ enum Command {
         #[arg(long)]
         private_key: Option<String>,
     },
+    /// Check a captured request offline against a source: which headers were read, which keys
+    /// were tried (labels only), the timestamp against the window, the event that would be
+    /// published, and hints for the usual mistakes.
+    ///
+    /// Exit status: 0 verified; 1 bad signature; 3 missing header; 4 malformed signature or
+    /// timestamp header; 5 timestamp outside the replay window; 6 verified but the event ID or
+    /// type is unusable; 64 malformed capture or --now; 66 unreadable capture file; 78 config
+    /// error or unknown source.
+    Verify {
+        /// The config file the service runs with.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The source to check against (`[sources.<name>]`).
+        #[arg(long, short)]
+        source: String,
+        /// A raw HTTP/1.1 request: request line, headers, a blank line, the body (CRLF or LF
+        /// line endings; the body by Content-Length, else to the end of the file; not chunked).
+        #[arg(long, short)]
+        request: PathBuf,
+        /// The time to check the replay window against: Unix seconds or RFC 3339 (default now).
+        #[arg(long)]
+        now: Option<String>,
+        /// Print the report as one JSON object instead (errors without a report stay on stderr).
+        #[arg(long)]
+        json: bool,
+    },
     /// Probe a running instance for a container healthcheck: exit 0 when `/readyz` (or
     /// `--path`) answers 200, 1 when it answers anything else, 69 when nothing answers.
     #[command(alias = "probe")]
@@ -115,6 +141,21 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Verify {
+            config,
+            source,
+            request,
+            now,
+            json,
+        } => verify(
+            &hookbridge::diagnose::VerifyArgs {
+                config,
+                source,
+                request,
+                now,
+            },
+            json,
+        ),
         Command::Send {
             config,
             source,
@@ -193,6 +234,25 @@ fn send(args: &hookbridge::send::SendArgs) -> ExitCode {
         Err(e) => {
             eprintln!("{e:#}");
             ExitCode::from(EXIT_UNREACHABLE)
+        }
+    }
+}
+
+/// `hookbridge verify`: the report on stdout, or why there is none on stderr; the exit status
+/// says which outcome (see `hookbridge::diagnose`'s `EXIT_*`).
+fn verify(args: &hookbridge::diagnose::VerifyArgs, json: bool) -> ExitCode {
+    match hookbridge::diagnose::run(args, &|name| std::env::var(name).ok()) {
+        Ok(report) => {
+            if json {
+                println!("{}", report.json);
+            } else {
+                print!("{}", report.text);
+            }
+            ExitCode::from(report.exit)
+        }
+        Err(failure) => {
+            eprintln!("verify: {}", failure.message);
+            ExitCode::from(failure.exit)
         }
     }
 }

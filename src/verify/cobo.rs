@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 
 use super::{Checked, VerifyError, header_any, key_label, parse_unix};
 
-const TIMESTAMP: [&str; 2] = ["biz-timestamp", "biz_timestamp"];
-const SIGNATURE: [&str; 2] = ["biz-resp-signature", "biz_resp_signature"];
+pub(super) const TIMESTAMP: [&str; 2] = ["biz-timestamp", "biz_timestamp"];
+pub(super) const SIGNATURE: [&str; 2] = ["biz-resp-signature", "biz_resp_signature"];
 
 /// Cobo's published WaaS 2.0 public keys, selectable by name in config.
 pub const WAAS2_NAMED_KEYS: &[(&str, &str)] = &[
@@ -110,6 +110,20 @@ impl CoboWaas2 {
         self.keys.len()
     }
 
+    pub(super) fn labels(&self) -> Vec<String> {
+        self.keys.iter().map(|(l, _)| l.clone()).collect()
+    }
+
+    /// Every key Cobo publishes for WaaS 2.0, for `hookbridge verify` to say which one signed a
+    /// request its source does not trust (the dev/prod mix-up).
+    pub(super) fn published() -> Option<Self> {
+        let names: Vec<String> = WAAS2_NAMED_KEYS
+            .iter()
+            .map(|(n, _)| (*n).to_owned())
+            .collect();
+        Self::new(&names).ok()
+    }
+
     pub(super) fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<Checked, VerifyError> {
         let (ts, ts_ms, sig, sig_hex) = read_headers(headers)?;
         let sig =
@@ -171,6 +185,19 @@ impl CoboWaas1 {
 
     pub fn key_count(&self) -> usize {
         self.keys.len()
+    }
+
+    pub(super) fn labels(&self) -> Vec<String> {
+        self.keys.iter().map(|(l, _)| l.clone()).collect()
+    }
+
+    /// Every key Cobo publishes for WaaS 1.0 (see [`CoboWaas2::published`]).
+    pub(super) fn published() -> Option<Self> {
+        let names: Vec<String> = WAAS1_NAMED_KEYS
+            .iter()
+            .map(|(n, _)| (*n).to_owned())
+            .collect();
+        Self::new(&names).ok()
     }
 
     pub(super) fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<Checked, VerifyError> {

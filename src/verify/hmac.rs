@@ -58,6 +58,20 @@ impl Secrets {
         self.0.len()
     }
 
+    pub(super) fn labels(&self) -> Vec<String> {
+        self.0.iter().map(|(l, _)| l.clone()).collect()
+    }
+
+    /// The same secrets under the same labels, for a diagnostic variant of a scheme.
+    fn duplicate(&self) -> Self {
+        Self(
+            self.0
+                .iter()
+                .map(|(l, s)| (l.clone(), SecretSlice::from(s.expose_secret().to_vec())))
+                .collect(),
+        )
+    }
+
     /// The MAC over `parts` with the secret labelled `label` (the one a request verified
     /// with): Zoom's URL validation answers with a MAC made with that very secret.
     pub(super) fn mac_with(&self, label: &str, parts: &[&[u8]]) -> Option<Vec<u8>> {
@@ -159,6 +173,29 @@ impl HmacSha256 {
         self.secrets.len()
     }
 
+    pub(super) fn header_name(&self) -> &'static str {
+        self.header
+    }
+
+    pub(super) fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    pub(super) fn labels(&self) -> Vec<String> {
+        self.secrets.labels()
+    }
+
+    /// The same scheme reading the signature in `encoding`: `hookbridge verify` tries the other
+    /// encoding to tell a hex/base64 mix-up from a wrong secret. Never used to accept a request.
+    pub(super) fn with_encoding(&self, encoding: Encoding) -> Self {
+        Self {
+            header: self.header,
+            encoding,
+            prefix: self.prefix.clone(),
+            secrets: self.secrets.duplicate(),
+        }
+    }
+
     pub(super) fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<Checked, VerifyError> {
         let raw = header(headers, self.header)?;
         let encoded = match &self.prefix {
@@ -193,7 +230,7 @@ pub struct Stripe {
     secrets: Secrets,
 }
 
-const STRIPE_HEADER: &str = "stripe-signature";
+pub(super) const STRIPE_HEADER: &str = "stripe-signature";
 
 impl Stripe {
     /// # Errors
@@ -263,8 +300,8 @@ pub struct Slack {
     secrets: Secrets,
 }
 
-const SLACK_SIG: &str = "x-slack-signature";
-const SLACK_TS: &str = "x-slack-request-timestamp";
+pub(super) const SLACK_SIG: &str = "x-slack-signature";
+pub(super) const SLACK_TS: &str = "x-slack-request-timestamp";
 
 impl Slack {
     /// # Errors
@@ -292,8 +329,8 @@ pub struct Zoom {
     pub(super) secrets: Secrets,
 }
 
-const ZOOM_SIG: &str = "x-zm-signature";
-const ZOOM_TS: &str = "x-zm-request-timestamp";
+pub(super) const ZOOM_SIG: &str = "x-zm-signature";
+pub(super) const ZOOM_TS: &str = "x-zm-request-timestamp";
 
 impl Zoom {
     /// # Errors
@@ -320,7 +357,7 @@ pub struct Paddle {
     secrets: Secrets,
 }
 
-const PADDLE_HEADER: &str = "paddle-signature";
+pub(super) const PADDLE_HEADER: &str = "paddle-signature";
 
 impl Paddle {
     /// # Errors

@@ -9,6 +9,7 @@
 //! be normalized or published unless its source asked for shadow mode, and then it is marked.
 
 mod cobo;
+mod diagnose;
 mod handshake;
 mod hmac;
 mod rsa;
@@ -23,6 +24,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
 
 pub use self::cobo::{CoboWaas1, CoboWaas2};
+pub use self::diagnose::{Alternative, Diagnosis, HeaderRead, Hint, KeyResult, KeyTried, Skew};
 pub use self::handshake::{Handshake, HandshakeError};
 pub use self::hmac::{Encoding, HmacSha256, Paddle, Slack, Stripe, Zoom};
 pub use self::rsa::{RsaSha256, WARN_BELOW_BITS as RSA_WARN_BELOW_BITS};

@@ -81,6 +81,14 @@ impl RsaSha256 {
         self.smallest_bits
     }
 
+    pub(super) fn header_name(&self) -> &'static str {
+        self.header
+    }
+
+    pub(super) fn labels(&self) -> Vec<String> {
+        self.keys.iter().map(|(l, _)| l.clone()).collect()
+    }
+
     pub(super) fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<Checked, VerifyError> {
         let raw = header(headers, self.header)?;
         let bytes = B64.decode(raw).map_err(|_| VerifyError::MalformedHeader {

@@ -50,6 +50,14 @@ impl SharedSecret {
         self.digests.len()
     }
 
+    pub(super) fn header_name(&self) -> &'static str {
+        self.header
+    }
+
+    pub(super) fn labels(&self) -> Vec<String> {
+        self.digests.iter().map(|(l, _)| l.clone()).collect()
+    }
+
     pub(super) fn check(&self, headers: &HeaderMap) -> Result<Checked, VerifyError> {
         let got = Sha256::digest(header(headers, self.header)?.as_bytes());
         let key = self

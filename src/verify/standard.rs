@@ -13,9 +13,9 @@ use super::{
     Checked, MAX_LISTED_SIGNATURES, VerifyError, dedup_capped, header_any, key_label, parse_unix,
 };
 
-const ID: [&str; 2] = ["webhook-id", "svix-id"];
-const TIMESTAMP: [&str; 2] = ["webhook-timestamp", "svix-timestamp"];
-const SIGNATURE: [&str; 2] = ["webhook-signature", "svix-signature"];
+pub(super) const ID: [&str; 2] = ["webhook-id", "svix-id"];
+pub(super) const TIMESTAMP: [&str; 2] = ["webhook-timestamp", "svix-timestamp"];
+pub(super) const SIGNATURE: [&str; 2] = ["webhook-signature", "svix-signature"];
 
 pub struct StandardWebhooks {
     secrets: Option<Secrets>,
@@ -72,6 +72,31 @@ impl StandardWebhooks {
 
     pub fn key_count(&self) -> usize {
         self.secrets.as_ref().map_or(0, Secrets::len) + self.public_keys.len()
+    }
+
+    /// `v1` secrets taken as these exact bytes, not decoded from `whsec_<base64>`: how
+    /// `hookbridge verify` tries the other reading of a secret (the text with or without its
+    /// prefix, as some senders key their HMAC). Never used to accept a request.
+    ///
+    /// # Errors
+    /// When a secret is empty or none is given.
+    pub fn from_secret_bytes(secrets: Vec<Vec<u8>>) -> Result<Self, Vec<String>> {
+        Ok(Self {
+            secrets: Some(Secrets::new(secrets)?),
+            public_keys: Vec::new(),
+        })
+    }
+
+    pub(super) fn labels(&self) -> Vec<String> {
+        let secrets = self
+            .secrets
+            .as_ref()
+            .map(Secrets::labels)
+            .unwrap_or_default();
+        secrets
+            .into_iter()
+            .chain(self.public_keys.iter().map(|(l, _)| l.clone()))
+            .collect()
     }
 
     pub(super) fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<Checked, VerifyError> {

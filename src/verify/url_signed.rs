@@ -33,7 +33,7 @@ pub struct Square {
     secrets: Secrets,
 }
 
-const SQUARE_HEADER: &str = "x-square-hmacsha256-signature";
+pub(super) const SQUARE_HEADER: &str = "x-square-hmacsha256-signature";
 
 impl Square {
     /// # Errors
@@ -90,7 +90,7 @@ pub struct Twilio {
     secrets: Secrets,
 }
 
-const TWILIO_HEADER: &str = "x-twilio-signature";
+pub(super) const TWILIO_HEADER: &str = "x-twilio-signature";
 
 impl Twilio {
     /// # Errors

@@ -2,6 +2,7 @@
 //!
 //! - `helpers`: spawn the app on 127.0.0.1:0, an HTTP client, and signers for every scheme.
 //! - `cli`: `check-config` and `health` through the real binary.
+//! - `verify`: `hookbridge verify` on captured requests, each failure class with its hint.
 //! - `ingress`: every provider vector end to end through HTTP into the file sink.
 //! - `handshake`: Slack's and Zoom's endpoint handshakes answered, never published.
 //! - `shadow`: shadow mode (verify, count, accept and mark what fails).
@@ -44,3 +45,4 @@ mod security;
 mod shadow;
 #[cfg(feature = "rabbitmq")]
 mod tap;
+mod verify;
