@@ -171,35 +171,39 @@ fn main() -> ExitCode {
             tamper,
             private_key,
         }),
-        Command::Serve { config } => {
-            let cfg = match config::load_file(&config) {
-                Ok(cfg) => cfg,
-                Err(errors) => {
-                    eprint!("{}: {errors}", config.display());
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            // Held until the end of this arm: dropping it flushes the log writers.
-            let _log_writers = match telemetry::init(cli.log_format, &cfg.audit) {
-                Ok(guards) => guards,
-                Err(e) => {
-                    eprintln!("cannot open the audit log: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            match tokio::runtime::Runtime::new() {
-                Ok(rt) => match rt.block_on(serve(cfg)) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        tracing::error!(error = format!("{e:#}"), "hookbridge stopped");
-                        ExitCode::FAILURE
-                    }
-                },
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    ExitCode::FAILURE
-                }
+        Command::Serve { config } => run_service(&config, cli.log_format),
+    }
+}
+
+/// `hookbridge serve`: load the config (every error, exit 78), open the logs, run until a
+/// signal.
+fn run_service(config: &std::path::Path, log_format: telemetry::LogFormat) -> ExitCode {
+    let cfg = match config::load_file(config) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            eprint!("{}: {errors}", config.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // Held until the end of this function: dropping it flushes the log writers.
+    let _log_writers = match telemetry::init(log_format, &cfg.audit) {
+        Ok(guards) => guards,
+        Err(e) => {
+            eprintln!("cannot open the audit log: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => match rt.block_on(serve(cfg)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "hookbridge stopped");
+                ExitCode::FAILURE
             }
+        },
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            ExitCode::FAILURE
         }
     }
 }

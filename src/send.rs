@@ -129,6 +129,10 @@ fn pair(name: &str, value: impl Into<String>) -> (String, String) {
 }
 
 /// The headers and body the source's provider would send. `body` replaces the sample.
+///
+/// Long on purpose: one arm per scheme, each the provider's realistic sample body next to its
+/// signer, so that adding a provider is adding one arm; split, the one table would be spread
+/// over as many functions.
 fn sign(
     verify: &RawVerify,
     body: Option<Vec<u8>>,

@@ -27,6 +27,7 @@ use serde_json::json;
 
 use crate::config::{self, RawVerify};
 use crate::normalize::Envelope;
+use crate::plan::SourceSpec;
 use crate::verify::{
     Alternative, Diagnosis, IncomingWebhook, KeyResult, Scheme, StandardWebhooks, Stripe,
     VerifyError,
@@ -106,70 +107,19 @@ pub fn parse_now(raw: &str) -> Result<SystemTime, String> {
 /// A [`Failure`] for an unloadable config or unknown source (78), an unreadable capture file (66),
 /// or a malformed capture or `--now` (64).
 pub fn run(args: &VerifyArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Report, Failure> {
-    let text = std::fs::read_to_string(&args.config).map_err(|e| {
-        fail(
-            EXIT_CONFIG,
-            format!("cannot read {}: {e}", args.config.display()),
-        )
-    })?;
-    let cfg = config::load(&text, env)
-        .map_err(|e| fail(EXIT_CONFIG, format!("{}: {e}", args.config.display())))?;
-    let Some(spec) = cfg.sources.iter().find(|s| s.name == args.source) else {
-        let names: Vec<&str> = cfg.sources.iter().map(|s| s.name.as_str()).collect();
-        return Err(fail(
-            EXIT_CONFIG,
-            format!(
-                "no source {:?} in {} (configured: {})",
-                args.source,
-                args.config.display(),
-                names.join(", ")
-            ),
-        ));
-    };
+    let (text, cfg) = load_config(args, env)?;
+    let spec = find_source(args, &cfg)?;
     let now = match &args.now {
         Some(raw) => parse_now(raw).map_err(|e| fail(EXIT_MALFORMED_CAPTURE, e))?,
         None => SystemTime::now(),
     };
-    let raw = std::fs::read(&args.request).map_err(|e| {
-        fail(
-            EXIT_NO_INPUT,
-            format!("cannot read {}: {e}", args.request.display()),
-        )
-    })?;
-    let capture = capture::parse(&raw).map_err(|e| {
-        fail(
-            EXIT_MALFORMED_CAPTURE,
-            format!("{}: not an HTTP/1 request: {e}", args.request.display()),
-        )
-    })?;
+    let capture = read_capture(args)?;
 
-    // Other readings of this source's own secrets, then every other source of the same scheme.
     let readings = match config::source_verify(&text, env, &args.source) {
         Ok(raw) => secret_readings(&raw),
         Err(_) => Vec::new(),
     };
-    let scheme_name = spec.verifier.scheme().name();
-    let mut alternatives: Vec<Alternative<'_>> = readings
-        .iter()
-        .map(|(what, scheme)| Alternative {
-            code: "secret_reading",
-            what: what.clone(),
-            why: String::new(),
-            scheme,
-        })
-        .collect();
-    alternatives.extend(
-        cfg.sources
-            .iter()
-            .filter(|s| s.name != spec.name && s.verifier.scheme().name() == scheme_name)
-            .map(|s| Alternative {
-                code: "other_key",
-                what: format!("source \"{}\"", s.name),
-                why: ": this source does not trust that key (a dev/prod or test/live mix-up?)"
-                    .to_owned(),
-                scheme: s.verifier.scheme(),
-            }),
-    );
+    let alternatives = alternatives(&readings, &cfg.sources, spec);
 
     let mut out = String::new();
     say!(
@@ -195,36 +145,7 @@ pub fn run(args: &VerifyArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Re
     let exit = match (&diagnosis.outcome, verified) {
         (Ok(()), Some(webhook)) => match Envelope::build(webhook, spec, now) {
             Ok(envelope) => {
-                say!(out, "would publish:");
-                say!(
-                    out,
-                    "  event id:   {} (from {})",
-                    envelope.id(),
-                    envelope.id_origin()
-                );
-                let locators: Vec<String> =
-                    spec.event_type.iter().map(ToString::to_string).collect();
-                say!(
-                    out,
-                    "  event type: {} (first of: {}; default \"{}\")",
-                    envelope.event_type(),
-                    if locators.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        locators.join(", ")
-                    },
-                    spec.default_type
-                );
-                say!(out, "  to sink:    {}", spec.sink);
-                say!(out, "result: verified");
-                event = json!({
-                    "id": envelope.id().as_str(),
-                    "id_from": envelope.id_origin().to_string(),
-                    "type": envelope.event_type(),
-                    "type_from": locators,
-                    "default_type": spec.default_type,
-                    "sink": spec.sink,
-                });
+                event = would_publish(&mut out, spec, &envelope);
                 EXIT_VERIFIED
             }
             Err(e) => {
@@ -269,6 +190,121 @@ pub fn run(args: &VerifyArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Re
         text: out,
         json,
         exit,
+    })
+}
+
+/// The config file's text (the diagnosis re-reads the source's secrets from it) and the
+/// validated config.
+fn load_config(
+    args: &VerifyArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, config::Config), Failure> {
+    let text = std::fs::read_to_string(&args.config).map_err(|e| {
+        fail(
+            EXIT_CONFIG,
+            format!("cannot read {}: {e}", args.config.display()),
+        )
+    })?;
+    let cfg = config::load(&text, env)
+        .map_err(|e| fail(EXIT_CONFIG, format!("{}: {e}", args.config.display())))?;
+    Ok((text, cfg))
+}
+
+fn find_source<'a>(args: &VerifyArgs, cfg: &'a config::Config) -> Result<&'a SourceSpec, Failure> {
+    cfg.sources
+        .iter()
+        .find(|s| s.name == args.source)
+        .ok_or_else(|| {
+            let names: Vec<&str> = cfg.sources.iter().map(|s| s.name.as_str()).collect();
+            fail(
+                EXIT_CONFIG,
+                format!(
+                    "no source {:?} in {} (configured: {})",
+                    args.source,
+                    args.config.display(),
+                    names.join(", ")
+                ),
+            )
+        })
+}
+
+fn read_capture(args: &VerifyArgs) -> Result<capture::Capture, Failure> {
+    let raw = std::fs::read(&args.request).map_err(|e| {
+        fail(
+            EXIT_NO_INPUT,
+            format!("cannot read {}: {e}", args.request.display()),
+        )
+    })?;
+    capture::parse(&raw).map_err(|e| {
+        fail(
+            EXIT_MALFORMED_CAPTURE,
+            format!("{}: not an HTTP/1 request: {e}", args.request.display()),
+        )
+    })
+}
+
+/// What the diagnosis also tries, only to explain a failure: other readings of this source's
+/// own secrets, then every other source of the same scheme.
+fn alternatives<'a>(
+    readings: &'a [(String, Scheme)],
+    sources: &'a [SourceSpec],
+    spec: &SourceSpec,
+) -> Vec<Alternative<'a>> {
+    let scheme_name = spec.verifier.scheme().name();
+    let mut alternatives: Vec<Alternative<'a>> = readings
+        .iter()
+        .map(|(what, scheme)| Alternative {
+            code: "secret_reading",
+            what: what.clone(),
+            why: String::new(),
+            scheme,
+        })
+        .collect();
+    alternatives.extend(
+        sources
+            .iter()
+            .filter(|s| s.name != spec.name && s.verifier.scheme().name() == scheme_name)
+            .map(|s| Alternative {
+                code: "other_key",
+                what: format!("source \"{}\"", s.name),
+                why: ": this source does not trust that key (a dev/prod or test/live mix-up?)"
+                    .to_owned(),
+                scheme: s.verifier.scheme(),
+            }),
+    );
+    alternatives
+}
+
+/// Says what a verified capture would publish; returns the same as JSON.
+fn would_publish(out: &mut String, spec: &SourceSpec, envelope: &Envelope) -> serde_json::Value {
+    say!(out, "would publish:");
+    say!(
+        out,
+        "  event id:   {} (from {})",
+        envelope.id(),
+        envelope.id_origin()
+    );
+    let locators: Vec<String> = spec.event_type.iter().map(ToString::to_string).collect();
+    say!(
+        out,
+        "  event type: {} (first of: {}; default \"{}\")",
+        envelope.event_type(),
+        if locators.is_empty() {
+            "none".to_owned()
+        } else {
+            locators.join(", ")
+        },
+        spec.default_type
+    );
+    say!(out, "  to sink:    {}", spec.sink);
+    say!(out, "result: verified");
+    json!({
+        "id": envelope.id().as_str(),
+        "id_from": envelope.id_origin().to_string(),
+        "type": envelope.event_type(),
+        "type_from": locators,
+        "default_type": spec.default_type,
+        "sink": spec.sink,
     })
 }
 

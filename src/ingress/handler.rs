@@ -20,7 +20,7 @@ use crate::callback::approve::{self, Answered};
 use crate::dedup::Claim;
 use crate::normalize::Envelope;
 use crate::plan::SourceKind;
-use crate::verify::{Handshake, IncomingWebhook};
+use crate::verify::{Handshake, IncomingWebhook, VerifiedWebhook};
 use crate::{audit, metrics};
 
 pub async fn receive<S, B>(
@@ -174,7 +174,6 @@ where
             Err(e) => return Err(e.into()),
         }
     };
-    let shadow = verified.proof().shadow;
     // Authenticated: its bytes no longer count against what unauthenticated senders may hold.
     drop(budget);
     if let Some(limiter) = &route.limiter
@@ -194,6 +193,17 @@ where
             .map(Handled::Decided)
             .map_err(Rejection::from);
     }
+    publish(route, state, verified, received).await
+}
+
+/// A verified webhook's event: claimed against duplicates, then made durable per the ack mode.
+async fn publish(
+    route: &Route,
+    state: &State,
+    verified: VerifiedWebhook,
+    received: SystemTime,
+) -> Result<Handled, Rejection> {
+    let shadow = verified.proof().shadow;
     let envelope = Envelope::build(verified, &route.spec, received)?;
 
     // An unverified (shadow) request never claims an event ID: anyone could post a body with
