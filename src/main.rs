@@ -92,6 +92,33 @@ struct SpoolAt {
 
 #[derive(Subcommand)]
 enum SpoolCommand {
+    /// Per sink: events queued, their bytes, the oldest, dead letters, quarantined records.
+    Stats {
+        #[command(flatten)]
+        at: SpoolAt,
+    },
+    /// One line per queued event: sink, key, event ID, type, source, time received.
+    List {
+        #[command(flatten)]
+        at: SpoolAt,
+    },
+    /// Every queued event as its CloudEvent (original ID), one JSON object per line, on stdout.
+    Export {
+        #[command(flatten)]
+        at: SpoolAt,
+    },
+    /// Publish queued events to a configured sink, removing each once it confirmed (exit 69
+    /// when any is left).
+    Drain {
+        #[command(flatten)]
+        at: SpoolAt,
+        /// The sink to publish to (`[sinks.<name>]` in the config).
+        #[arg(long)]
+        to_sink: String,
+        /// Only the events queued for this sink.
+        #[arg(long)]
+        from: Option<String>,
+    },
     /// Dead letters: events a sink refused for good, kept with the reason.
     Dead {
         #[command(subcommand)]
@@ -211,6 +238,31 @@ fn main() -> ExitCode {
 fn spool(command: SpoolCommand) -> ExitCode {
     use hookbridge::spool::cli::{self, CliError};
     let result = match command {
+        SpoolCommand::Stats { at } => {
+            spool_path(&at).and_then(|(path, _)| cli::stats(&path, &mut std::io::stdout().lock()))
+        }
+        SpoolCommand::List { at } => {
+            spool_path(&at).and_then(|(path, _)| cli::list(&path, &mut std::io::stdout().lock()))
+        }
+        SpoolCommand::Export { at } => spool_path(&at).and_then(|(path, _)| {
+            let (n, skipped) = cli::export(&path, &mut std::io::stdout().lock())?;
+            eprintln!("{n} event(s) exported, {skipped} unreadable record(s) skipped");
+            Ok(())
+        }),
+        SpoolCommand::Drain { at, to_sink, from } => spool_path(&at).and_then(|(path, cfg)| {
+            let cfg =
+                cfg.ok_or_else(|| CliError::Usage("drain publishes: it needs --config".into()))?;
+            with_sinks(&cfg, |sinks| async move {
+                cli::drain(
+                    &path,
+                    &sinks,
+                    &to_sink,
+                    from.as_deref(),
+                    &mut std::io::stdout(),
+                )
+                .await
+            })
+        }),
         SpoolCommand::Dead {
             command: DeadCommand::List { at },
         } => spool_path(&at)
@@ -220,26 +272,8 @@ fn spool(command: SpoolCommand) -> ExitCode {
         } => spool_path(&at).and_then(|(path, cfg)| {
             let cfg =
                 cfg.ok_or_else(|| CliError::Usage("replay publishes: it needs --config".into()))?;
-            let rt = tokio::runtime::Runtime::new()
-                .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
-            rt.block_on(async {
-                let sinks = hookbridge::sink::Sinks::start(&cfg.sinks, &cfg.sources)
-                    .await
-                    .map_err(|e| CliError::Failed(format!("{e:#}")))?;
-                let moved =
-                    cli::dead_replay(&path, &sinks, sink.as_deref(), &mut std::io::stdout()).await;
-                for (_, s) in sinks.iter() {
-                    s.close().await;
-                }
-                let moved = moved?;
-                eprintln!("{} replayed, {} left", moved.published, moved.left);
-                if moved.left > 0 {
-                    return Err(CliError::Failed(format!(
-                        "{} dead letter(s) left in the spool",
-                        moved.left
-                    )));
-                }
-                Ok(())
+            with_sinks(&cfg, |sinks| async move {
+                cli::dead_replay(&path, &sinks, sink.as_deref(), &mut std::io::stdout()).await
             })
         }),
     };
@@ -250,6 +284,37 @@ fn spool(command: SpoolCommand) -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Starts the config's sinks, runs `work` with them, closes them, and reports what moved.
+fn with_sinks<F, Fut>(cfg: &config::Config, work: F) -> Result<(), hookbridge::spool::cli::CliError>
+where
+    F: FnOnce(hookbridge::sink::Sinks) -> Fut,
+    Fut: std::future::Future<
+            Output = Result<hookbridge::spool::cli::Moved, hookbridge::spool::cli::CliError>,
+        >,
+{
+    use hookbridge::spool::cli::CliError;
+    let rt = tokio::runtime::Runtime::new()
+        .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(async {
+        let sinks = hookbridge::sink::Sinks::start(&cfg.sinks, &cfg.sources)
+            .await
+            .map_err(|e| CliError::Failed(format!("{e:#}")))?;
+        let moved = work(sinks.clone()).await;
+        for (_, s) in sinks.iter() {
+            s.close().await;
+        }
+        let moved = moved?;
+        eprintln!("{} published, {} left", moved.published, moved.left);
+        if moved.left > 0 {
+            return Err(CliError::Failed(format!(
+                "{} event(s) left in the spool",
+                moved.left
+            )));
+        }
+        Ok(())
+    })
 }
 
 /// The spool file a command works on, and the config when one was given.

@@ -533,7 +533,10 @@ fn on_refused_defaults_to_dead_letter_and_approvals_refuse_it() {
         &no_env,
     )
     .expect("valid");
-    assert_eq!(cfg.sources[0].on_refused, crate::plan::OnRefused::DeadLetter);
+    assert_eq!(
+        cfg.sources[0].on_refused,
+        crate::plan::OnRefused::DeadLetter
+    );
     let approval = |extra: &str| {
         load(
             &format!(

@@ -1,6 +1,7 @@
 //! `hookbridge spool …`: what an operator does with a stopped instance's spool file. Owns the
-//! offline reads (dead letters listed with time and reason) and the replay of dead letters to
-//! their sink, each removed only once the broker confirmed it.
+//! offline reads (`stats`, `list`, `export` of queued events with their original IDs; dead
+//! letters listed with time and reason) and the moves: `drain --to-sink` of queued events and
+//! `dead replay` of dead letters, each event removed only once the broker confirmed it.
 //!
 //! Every command first opens the file read-only, which redb refuses while another process holds
 //! it (a running instance) and which never repairs or writes: a held, missing or damaged file is
@@ -15,7 +16,7 @@ use redb::{
     StorageError, TableDefinition, TableHandle as _,
 };
 
-use super::{DEAD_PREFIX, record};
+use super::{DEAD_PREFIX, QUARANTINE_PREFIX, QUEUE_PREFIX, record};
 use crate::sink::{PublishError, Sinks};
 
 /// Why a spool command could not run. Each has its own exit code.
@@ -280,4 +281,176 @@ pub fn dead_counts(path: &Path) -> Result<Vec<(String, u64)>, CliError> {
         out.push((sink, t.len().map_err(|e| storage(path, e))?));
     }
     Ok(out)
+}
+
+/// Every record of one table, in key order (empty when the table does not exist).
+fn read_table(db: &Database, path: &Path, table: &str) -> Result<Vec<(u64, Vec<u8>)>, CliError> {
+    let txn = db.begin_read().map_err(|e| storage(path, e))?;
+    let t = match txn.open_table(TableDefinition::<u64, &[u8]>::new(table)) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(storage(path, e)),
+    };
+    let mut out = Vec::new();
+    for entry in t.iter().map_err(|e| storage(path, e))? {
+        let (k, v) = entry.map_err(|e| storage(path, e))?;
+        out.push((k.value(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+/// The CloudEvent's `time` (when hookbridge received it, which is when it was spooled, give or
+/// take the ack deadline).
+fn event_time(env: &crate::normalize::Envelope) -> String {
+    serde_json::from_slice::<serde_json::Value>(env.json())
+        .ok()
+        .and_then(|v| v.get("time").and_then(|t| t.as_str()).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn write_line(out: &mut dyn Write, line: &str) -> Result<(), CliError> {
+    writeln!(out, "{line}").map_err(|e| CliError::Failed(e.to_string()))
+}
+
+/// `spool stats`: per sink, events queued, their bytes, the oldest one's time, dead letters and
+/// quarantined records.
+///
+/// # Errors
+/// See [`CliError`].
+pub fn stats(path: &Path, out: &mut dyn Write) -> Result<(), CliError> {
+    let db = open_for_write(path)?;
+    let mut names = sinks_with(&db, path, QUEUE_PREFIX)?;
+    names.extend(sinks_with(&db, path, DEAD_PREFIX)?);
+    names.extend(sinks_with(&db, path, QUARANTINE_PREFIX)?);
+    names.sort();
+    names.dedup();
+    write_line(out, "sink\tqueued\tbytes\toldest\tdead\tquarantined")?;
+    for sink in names {
+        let queued = read_table(&db, path, &format!("{QUEUE_PREFIX}{sink}"))?;
+        let bytes: usize = queued.iter().map(|(_, v)| v.len()).sum();
+        let oldest = queued
+            .iter()
+            .find_map(|(_, v)| record::decode(v))
+            .map_or_else(|| "-".into(), |e| event_time(&e));
+        let dead = read_table(&db, path, &format!("{DEAD_PREFIX}{sink}"))?.len();
+        let quarantined = read_table(&db, path, &format!("{QUARANTINE_PREFIX}{sink}"))?.len();
+        write_line(
+            out,
+            &format!(
+                "{sink}\t{}\t{bytes}\t{oldest}\t{dead}\t{quarantined}",
+                queued.len()
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// `spool list`: one line per queued event: sink, key, event ID, type, source, time.
+///
+/// # Errors
+/// See [`CliError`].
+pub fn list(path: &Path, out: &mut dyn Write) -> Result<(), CliError> {
+    let db = open_for_write(path)?;
+    for sink in sinks_with(&db, path, QUEUE_PREFIX)? {
+        for (key, v) in read_table(&db, path, &format!("{QUEUE_PREFIX}{sink}"))? {
+            let line = match record::decode(&v) {
+                Some(e) => format!(
+                    "{sink}\t{key}\t{}\t{}\t{}\t{}",
+                    e.id().as_str(),
+                    e.event_type(),
+                    e.source_name(),
+                    event_time(&e)
+                ),
+                None => format!("{sink}\t{key}\tunreadable record"),
+            };
+            write_line(out, &line)?;
+        }
+    }
+    Ok(())
+}
+
+/// `spool export`: every queued event as its CloudEvent (structured JSON, original ID), one per
+/// line, byte for byte as it would be published. Returns how many; unreadable records are
+/// skipped and counted in the second number.
+///
+/// # Errors
+/// See [`CliError`].
+pub fn export(path: &Path, out: &mut dyn Write) -> Result<(u64, u64), CliError> {
+    let db = open_for_write(path)?;
+    let (mut n, mut skipped) = (0, 0);
+    for sink in sinks_with(&db, path, QUEUE_PREFIX)? {
+        for (_, v) in read_table(&db, path, &format!("{QUEUE_PREFIX}{sink}"))? {
+            match record::decode(&v) {
+                Some(e) => {
+                    out.write_all(e.json())
+                        .and_then(|()| out.write_all(b"\n"))
+                        .map_err(|e| CliError::Failed(e.to_string()))?;
+                    n += 1;
+                }
+                None => skipped += 1,
+            }
+        }
+    }
+    Ok((n, skipped))
+}
+
+/// `spool drain --to-sink NAME`: publishes every queued event (of `from`, or of every sink) to
+/// the sink `to`, in order, removing each once it confirmed, durably. One it refuses or does
+/// not confirm stays queued.
+///
+/// # Errors
+/// See [`CliError`]; `to` not configured is [`CliError::Usage`].
+pub async fn drain(
+    path: &Path,
+    sinks: &Sinks,
+    to: &str,
+    from: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<Moved, CliError> {
+    let sink = sinks
+        .get(to)
+        .ok_or_else(|| CliError::Usage(format!("no sink named {to} in the config")))?;
+    let db = open_for_write(path)?;
+    let names: Vec<String> = sinks_with(&db, path, QUEUE_PREFIX)?
+        .into_iter()
+        .filter(|s| from.is_none_or(|f| f == s))
+        .collect();
+    let mut moved = Moved::default();
+    let mut connected = false;
+    for name in names {
+        let table = format!("{QUEUE_PREFIX}{name}");
+        let def = TableDefinition::<u64, &[u8]>::new(&table);
+        for (key, v) in read_table(&db, path, &table)? {
+            let Some(env) = record::decode(&v) else {
+                write_line(out, &format!("{name}\t{key}\tunreadable record, left"))?;
+                moved.left += 1;
+                continue;
+            };
+            if !connected {
+                wait_ready(sink, to).await?;
+                connected = true;
+            }
+            let result = tokio::time::timeout(PUBLISH_WAIT, sink.publish(&env))
+                .await
+                .unwrap_or_else(|_| Err(PublishError::Unavailable("no confirmation".into())));
+            match result {
+                Ok(()) => {
+                    commit(&db, path, |txn| {
+                        txn.open_table(def)?.remove(key)?;
+                        Ok(())
+                    })?;
+                    moved.published += 1;
+                    write_line(
+                        out,
+                        &format!("{name}\t{}\tpublished to {to}", env.id().as_str()),
+                    )?;
+                }
+                Err(e) => {
+                    moved.left += 1;
+                    write_line(out, &format!("{name}\t{}\tleft: {e}", env.id().as_str()))?;
+                }
+            }
+        }
+    }
+    Ok(moved)
 }

@@ -405,6 +405,11 @@ fn free_port() -> u16 {
 /// A real instance (its own process, so its spool file is held and released as in production),
 /// once its RabbitMQ sink is connected (`/readyz` is ready earlier, with the spool standing in).
 async fn serve(dir: &std::path::Path, config: &str) -> (Child, String) {
+    serve_when(dir, config, true).await
+}
+
+/// Like [`serve`]; with `sink_ready` false, once `/readyz` answers 200 (the spool standing in).
+async fn serve_when(dir: &std::path::Path, config: &str, sink_ready: bool) -> (Child, String) {
     let cfg = dir.join("hookbridge.toml");
     std::fs::write(&cfg, config).unwrap();
     let child = Child(
@@ -429,7 +434,7 @@ async fn serve(dir: &std::path::Path, config: &str) -> (Child, String) {
         if std::net::TcpStream::connect(base.trim_start_matches("http://")).is_ok()
             && let Ok(v) =
                 serde_json::from_slice::<Value>(&get(&format!("{base}/readyz")).await.body)
-            && v["sinks"]["rabbit"]["ready"] == true
+            && (v["sinks"]["rabbit"]["ready"] == true || (!sink_ready && v["ready"] == true))
         {
             break;
         }
@@ -568,4 +573,108 @@ fn a_damaged_spool_file_gets_its_own_exit_code_and_is_not_changed() {
     assert_eq!(std::fs::read(&spool).unwrap(), garbage);
     let missing = spool_cmd(&["dead", "list", "--spool", "/nonexistent/spool.redb"]);
     assert_eq!(missing.status.code(), Some(66), "{missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_stats_list_export_and_drain_on_a_stopped_instance_keep_original_ids() {
+    let broker = Broker::connect().await;
+    let mut consumer = broker.bind_queue().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool.redb");
+    let p = spool.to_str().unwrap();
+    // The instance's broker is away: every event is spooled and answered 200.
+    let away = dead_letter_config(&broker.exchange, &spool, "")
+        .replace(&amqp_url(), "amqp://guest:guest@127.0.0.1:1/%2f");
+    let (app, base) = serve_when(dir.path(), &away, false).await;
+    let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    for id in &ids {
+        let r = post_to(&base, id).await;
+        assert_eq!(r.status, 200, "{:?}", r.json());
+    }
+    for cmd in ["stats", "list", "export"] {
+        let held = spool_cmd(&[cmd, "--spool", p]);
+        assert_eq!(held.status.code(), Some(75), "{cmd}: {held:?}");
+    }
+    stop(app);
+
+    let stats = spool_cmd(&["stats", "--spool", p]);
+    assert!(stats.status.success(), "{stats:?}");
+    let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
+    let row: Vec<&str> = stats.lines().nth(1).unwrap().split('\t').collect();
+    assert_eq!(&row[..2], ["rabbit", "3"], "{stats}");
+    assert!(row[3].starts_with("20"), "oldest: {stats}");
+
+    let list = spool_cmd(&["list", "--spool", p]);
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert_eq!(list.lines().count(), 3, "{list}");
+    for id in &ids {
+        assert!(list.contains(id.as_str()), "{list}");
+    }
+
+    let export = spool_cmd(&["export", "--spool", p]);
+    assert!(export.status.success(), "{export:?}");
+    let exported: Vec<String> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(exported, ids, "original IDs, in order");
+
+    // The broker is back (this config reaches it): drain publishes each once and removes it.
+    let cfg = dir.path().join("back.toml");
+    std::fs::write(&cfg, dead_letter_config(&broker.exchange, &spool, "")).unwrap();
+    let drain = spool_cmd(&[
+        "drain",
+        "--to-sink",
+        "rabbit",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(drain.status.success(), "{drain:?}");
+    let got = receive(&mut consumer, 3, Duration::from_secs(10)).await;
+    let got: Vec<&str> = got.iter().map(|g| g.message_id.as_str()).collect();
+    assert_eq!(got, ids, "on the broker exactly once each, in order");
+    let list = spool_cmd(&["list", "--spool", p]);
+    assert!(list.status.success() && list.stdout.is_empty(), "{list:?}");
+    let unknown = spool_cmd(&[
+        "drain",
+        "--to-sink",
+        "nope",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(unknown.status.code(), Some(64), "{unknown:?}");
+    broker.cleanup().await;
+}
+
+#[test]
+fn every_spool_command_refuses_a_damaged_file_without_changing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool.redb");
+    let garbage = vec![0x5a; 64 * 1024];
+    std::fs::write(&spool, &garbage).unwrap();
+    let p = spool.to_str().unwrap();
+    for cmd in [&["stats"][..], &["list"], &["export"], &["dead", "list"]] {
+        let mut args = cmd.to_vec();
+        args.extend(["--spool", p]);
+        let out = spool_cmd(&args);
+        assert_eq!(out.status.code(), Some(65), "{cmd:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("damaged"),
+            "{out:?}"
+        );
+    }
+    let cfg = dir.path().join("hookbridge.toml");
+    std::fs::write(&cfg, dead_letter_config("unused", &spool, "")).unwrap();
+    for cmd in [&["drain", "--to-sink", "rabbit"][..], &["dead", "replay"]] {
+        let mut args = cmd.to_vec();
+        args.extend(["--config", cfg.to_str().unwrap()]);
+        let out = spool_cmd(&args);
+        assert_eq!(out.status.code(), Some(65), "{cmd:?}: {out:?}");
+    }
+    assert_eq!(std::fs::read(&spool).unwrap(), garbage);
 }
