@@ -479,6 +479,19 @@ async fn unroutable_event_is_dead_lettered_answered_200_and_replayed_once_a_queu
     let r = post_to(&base, &id).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
     assert_eq!(r.json()["id"], id.as_str());
+    // Counted and alertable.
+    let metrics = String::from_utf8_lossy(&get(&format!("{base}/metrics")).await.body).into_owned();
+    let labels = [("sink", "rabbit")];
+    assert_eq!(
+        counter(&metrics, "hookbridge_dead_lettered_total", &labels),
+        1.0,
+        "{metrics}"
+    );
+    let outcome = [("source", "cobo"), ("outcome", "dead_lettered")];
+    assert_eq!(
+        counter(&metrics, "hookbridge_requests_total", &outcome),
+        1.0
+    );
 
     // While the instance runs, its spool is held: a clear message, its own exit code.
     let held = spool_cmd(&["dead", "list", "--spool", spool.to_str().unwrap()]);
