@@ -813,6 +813,15 @@ fn report_leftovers(db: &Database, sinks: &[String]) -> anyhow::Result<Vec<(Stri
                 );
                 unconfigured.push((sink.to_owned(), len));
             }
+        } else if let Some(sink) = name.strip_prefix(DEAD_PREFIX)
+            && !sinks.iter().any(|s| s == sink)
+            && len > 0
+        {
+            tracing::warn!(
+                sink,
+                events = len,
+                "spool holds dead letters for a sink that is no longer configured; see hookbridge spool dead list"
+            );
         } else if let Some(sink) = name.strip_prefix(QUARANTINE_PREFIX)
             && len > 0
         {
