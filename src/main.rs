@@ -81,6 +81,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect or move what a stopped instance's spool holds (refused while an instance runs).
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
     /// Probe a running instance for a container healthcheck: exit 0 when `/readyz` (or
     /// `--path`) answers 200, 1 when it answers anything else, 69 when nothing answers.
     #[command(alias = "probe")]
@@ -97,6 +102,71 @@ enum Command {
         /// Longest the whole probe may take, e.g. `2s` or `500ms`.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+    },
+}
+
+/// Which spool file: the one the config names, or `--spool`.
+#[derive(clap::Args)]
+struct SpoolAt {
+    /// The instance's config (its `[spool] path`; needed to publish).
+    #[arg(long, short, env = "HOOKBRIDGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// The spool file itself (for commands that publish, overrides the config's path).
+    #[arg(long)]
+    spool: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// Per sink: events queued, their bytes, the oldest, dead letters, quarantined records.
+    Stats {
+        #[command(flatten)]
+        at: SpoolAt,
+    },
+    /// One line per queued event: sink, key, event ID, type, source, time received.
+    List {
+        #[command(flatten)]
+        at: SpoolAt,
+    },
+    /// Every queued event as its CloudEvent (original ID), one JSON object per line, on stdout.
+    Export {
+        #[command(flatten)]
+        at: SpoolAt,
+    },
+    /// Publish queued events to a configured sink, removing each once it confirmed (exit 69
+    /// when any is left).
+    Drain {
+        #[command(flatten)]
+        at: SpoolAt,
+        /// The sink to publish to (`[sinks.<name>]` in the config).
+        #[arg(long)]
+        to_sink: String,
+        /// Only the events queued for this sink.
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Dead letters: events a sink refused for good, kept with the reason.
+    Dead {
+        #[command(subcommand)]
+        command: DeadCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadCommand {
+    /// One line per dead letter: sink, key, time, event ID, type, source, reason.
+    List {
+        #[command(flatten)]
+        at: SpoolAt,
+    },
+    /// Publish dead letters to their sink again, removing each once the broker confirmed it
+    /// (exit 69 when any is left).
+    Replay {
+        #[command(flatten)]
+        at: SpoolAt,
+        /// Only this sink's dead letters.
+        #[arg(long)]
+        sink: Option<String>,
     },
 }
 
@@ -125,6 +195,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match cli.command {
+        Command::Spool { command } => spool(command),
         Command::Health {
             addr,
             url,
@@ -206,6 +277,116 @@ fn run_service(config: &std::path::Path, log_format: telemetry::LogFormat) -> Ex
             ExitCode::FAILURE
         }
     }
+}
+
+/// `hookbridge spool …`: see `hookbridge::spool::cli` for the exit codes.
+fn spool(command: SpoolCommand) -> ExitCode {
+    use hookbridge::spool::cli::{self, CliError};
+    let result = match command {
+        SpoolCommand::Stats { at } => {
+            spool_path(&at).and_then(|(path, _)| cli::stats(&path, &mut std::io::stdout().lock()))
+        }
+        SpoolCommand::List { at } => {
+            spool_path(&at).and_then(|(path, _)| cli::list(&path, &mut std::io::stdout().lock()))
+        }
+        SpoolCommand::Export { at } => spool_path(&at).and_then(|(path, _)| {
+            let (n, skipped) = cli::export(&path, &mut std::io::stdout().lock())?;
+            eprintln!("{n} event(s) exported, {skipped} unreadable record(s) skipped");
+            Ok(())
+        }),
+        SpoolCommand::Drain { at, to_sink, from } => spool_path(&at).and_then(|(path, cfg)| {
+            let cfg =
+                cfg.ok_or_else(|| CliError::Usage("drain publishes: it needs --config".into()))?;
+            with_sinks(&cfg, |sinks| async move {
+                cli::drain(
+                    &path,
+                    &sinks,
+                    &to_sink,
+                    from.as_deref(),
+                    &mut std::io::stdout(),
+                )
+                .await
+            })
+        }),
+        SpoolCommand::Dead {
+            command: DeadCommand::List { at },
+        } => spool_path(&at)
+            .and_then(|(path, _)| cli::dead_list(&path, &mut std::io::stdout().lock()).map(drop)),
+        SpoolCommand::Dead {
+            command: DeadCommand::Replay { at, sink },
+        } => spool_path(&at).and_then(|(path, cfg)| {
+            let cfg =
+                cfg.ok_or_else(|| CliError::Usage("replay publishes: it needs --config".into()))?;
+            with_sinks(&cfg, |sinks| async move {
+                cli::dead_replay(&path, &sinks, sink.as_deref(), &mut std::io::stdout()).await
+            })
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spool: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Starts the config's sinks, runs `work` with them, closes them, and reports what moved.
+fn with_sinks<F, Fut>(cfg: &config::Config, work: F) -> Result<(), hookbridge::spool::cli::CliError>
+where
+    F: FnOnce(hookbridge::sink::Sinks) -> Fut,
+    Fut: std::future::Future<
+            Output = Result<hookbridge::spool::cli::Moved, hookbridge::spool::cli::CliError>,
+        >,
+{
+    use hookbridge::spool::cli::CliError;
+    let rt = tokio::runtime::Runtime::new()
+        .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(async {
+        let sinks = hookbridge::sink::Sinks::start(&cfg.sinks, &cfg.sources)
+            .await
+            .map_err(|e| CliError::Failed(format!("{e:#}")))?;
+        let moved = work(sinks.clone()).await;
+        for (_, s) in sinks.iter() {
+            s.close().await;
+        }
+        let moved = moved?;
+        eprintln!("{} published, {} left", moved.published, moved.left);
+        if moved.left > 0 {
+            return Err(CliError::Failed(format!(
+                "{} event(s) left in the spool",
+                moved.left
+            )));
+        }
+        Ok(())
+    })
+}
+
+/// The spool file a command works on, and the config when one was given.
+fn spool_path(
+    at: &SpoolAt,
+) -> Result<(PathBuf, Option<config::Config>), hookbridge::spool::cli::CliError> {
+    use hookbridge::spool::cli::CliError;
+    let cfg = match &at.config {
+        Some(path) => Some(
+            config::load_file(path)
+                .map_err(|errors| CliError::Usage(format!("{}: {errors}", path.display())))?,
+        ),
+        None => None,
+    };
+    let path = match (&at.spool, &cfg) {
+        (Some(p), _) => p.clone(),
+        (None, Some(cfg)) => match &cfg.spool {
+            Some(s) => s.path.clone(),
+            None => {
+                return Err(CliError::Usage(
+                    "the config has no spool ([spool] enabled = false)".into(),
+                ));
+            }
+        },
+        (None, None) => return Err(CliError::Usage("give --config or --spool".into())),
+    };
+    Ok((path, cfg))
 }
 
 /// `hookbridge send`: 0 when the answer is 2xx, 1 for any other answer, 78 for a config that

@@ -70,10 +70,13 @@ pub enum Accepted {
     /// Shadow mode: the request failed verification and was accepted and published anyway,
     /// marked (`hbshadow`). Why it failed: [`SHADOW_UNVERIFIED`].
     ShadowUnverified,
+    /// The sink refused the event for good; kept, fsync'd, as a dead letter
+    /// (`on_refused = "dead-letter"`).
+    DeadLettered,
 }
 
 impl Accepted {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Published,
         Self::Spooled,
         Self::Unconfirmed,
@@ -81,6 +84,7 @@ impl Accepted {
         Self::Decided,
         Self::Handshake,
         Self::ShadowUnverified,
+        Self::DeadLettered,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -92,6 +96,7 @@ impl Accepted {
             Self::Decided => "decided",
             Self::Handshake => "handshake",
             Self::ShadowUnverified => "shadow_accepted_unverified",
+            Self::DeadLettered => "dead_lettered",
         }
     }
 }
@@ -161,6 +166,12 @@ pub const SPOOL_DRAINED: &str = "hookbridge_spool_drained_total";
 /// Unreadable spool records (damage, another version's format) moved to the sink's quarantine
 /// table instead of blocking its drainer, by `sink`.
 pub const SPOOL_QUARANTINED: &str = "hookbridge_spool_quarantined_total";
+/// Events kept as dead letters because their sink refused them for good, by `sink` (from a
+/// request with `on_refused = "dead-letter"`, or from the spool's drainer).
+pub const DEAD_LETTERED: &str = "hookbridge_dead_lettered_total";
+/// Dead letters kept in the spool, by `sink`: anything above 0 needs an operator
+/// (`hookbridge spool dead list`, then `replay` once the broker is fixed).
+pub const DEAD_LETTERS: &str = "hookbridge_dead_letters";
 /// Requests answered from the dedup store without publishing, by `source`.
 pub const DEDUP_HITS: &str = "hookbridge_dedup_hits_total";
 /// Dedup store errors (the request then proceeds without dedup), by `backend`.
@@ -181,6 +192,15 @@ pub fn spool_drained(sink: &str, n: u64) {
 
 pub fn spool_quarantined(sink: &str, n: u64) {
     metrics::counter!(SPOOL_QUARANTINED, "sink" => sink.to_owned()).increment(n);
+}
+
+pub fn dead_lettered(sink: &str) {
+    metrics::counter!(DEAD_LETTERED, "sink" => sink.to_owned()).increment(1);
+}
+
+pub fn dead_letters(sink: &str, n: u64) {
+    #[allow(clippy::cast_precision_loss)]
+    metrics::gauge!(DEAD_LETTERS, "sink" => sink.to_owned()).set(n as f64);
 }
 
 pub fn dedup_hit(source: &str) {

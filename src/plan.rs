@@ -24,6 +24,19 @@ pub enum AckMode {
     Accept,
 }
 
+/// What becomes of an event its sink refuses for good (unroutable, too large, not authorised):
+/// retrying cannot succeed until someone changes the broker, so the provider's retries are
+/// pointless and, once it gives up, the event is gone.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnRefused {
+    /// Kept, fsync'd, in the spool's dead-letter table with the reason; answered 2xx once durable.
+    /// Replayed with `hookbridge spool dead replay` once the broker is fixed.
+    DeadLetter,
+    /// Answered 503 (`broker_refused`): the provider retries until it gives up.
+    Reject,
+}
+
 /// A token bucket: sustained rate and burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -74,6 +87,8 @@ pub struct SourceSpec {
     pub rate_limit: Option<Rate>,
     pub rate_limit_per_ip: Option<Rate>,
     pub ack: AckMode,
+    /// Dead-letter needs the spool; without one for this source's sink it behaves as reject.
+    pub on_refused: OnRefused,
     pub dedup: bool,
     /// Shadow mode: verify, log and count, but accept (and publish, marked) what fails.
     pub shadow: bool,

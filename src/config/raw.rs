@@ -588,6 +588,9 @@ pub struct RawSource {
     /// `broker` (default), `spool` or `accept`: when the 2xx is sent.
     #[serde(default)]
     pub ack: crate::plan::AckMode,
+    /// `dead-letter` (default; `reject` for approval callbacks) or `reject`: what becomes of an
+    /// event the sink refuses for good.
+    pub on_refused: Option<crate::plan::OnRefused>,
     /// Deduplicate provider retries by event ID. Default true.
     #[serde(default = "default_true")]
     pub dedup: bool,

@@ -14,7 +14,7 @@ use super::raw::{RawKind, RawLocator, RawPurpose, RawSource};
 use super::scheme;
 use super::stores::Memory;
 use crate::normalize::locator::Locator;
-use crate::plan::{AckMode, SourceKind, SourceSpec};
+use crate::plan::{AckMode, OnRefused, SourceKind, SourceSpec};
 use crate::sink::spec::SinkSpec;
 use crate::verify::{Scheme, SourceVerifier};
 
@@ -109,6 +109,20 @@ fn build(
             "\"accept\" cannot be used for a callback: the answer must follow a durable event",
         );
     }
+    let is_approval = kind.as_ref().is_some_and(|k| k.approval().is_some());
+    if is_approval && raw.on_refused == Some(OnRefused::DeadLetter) {
+        at.error(
+            "on_refused",
+            "an approval's ok must follow its audit event on the broker: a refused audit event is answered 503, never ok",
+        );
+    }
+    // An approval's `ok` releases funds on the audit event's word; a dead letter is not where
+    // auditors read, so a refused audit event keeps the callback unanswered (503).
+    let on_refused = raw.on_refused.unwrap_or(if is_approval {
+        OnRefused::Reject
+    } else {
+        OnRefused::DeadLetter
+    });
     let sink = pick_sink(at, raw.sink, context.sinks);
     let fields = LocatorFields {
         event_id: raw.event_id,
@@ -161,6 +175,7 @@ fn build(
         rate_limit,
         rate_limit_per_ip,
         ack: raw.ack,
+        on_refused,
         shadow: raw.shadow,
     })
 }

@@ -525,3 +525,41 @@ verify = { scheme = "cobo-waas1", public_keys = ["prod"] }
     )
     .expect("valid");
 }
+
+#[test]
+fn on_refused_defaults_to_dead_letter_and_approvals_refuse_it() {
+    let cfg = load(
+        "[sources.hooks]\nverify = { scheme = \"stripe\", secrets = [\"whsec_x\"] }\n",
+        &no_env,
+    )
+    .expect("valid");
+    assert_eq!(
+        cfg.sources[0].on_refused,
+        crate::plan::OnRefused::DeadLetter
+    );
+    let approval = |extra: &str| {
+        load(
+            &format!(
+                r#"
+[sources.withdrawals]
+kind = "callback"
+purpose = "approval"
+verify = {{ scheme = "cobo-waas2", public_keys = ["prod"] }}
+decision = {{ default = "deny" }}
+{extra}
+"#
+            ),
+            &no_env,
+        )
+    };
+    // An approval's `ok` must follow its audit event on the broker: it keeps the 503.
+    let cfg = approval("").expect("valid");
+    assert_eq!(cfg.sources[0].on_refused, crate::plan::OnRefused::Reject);
+    let refused = approval("on_refused = \"dead-letter\"").unwrap_err().0;
+    assert!(
+        refused
+            .iter()
+            .any(|e| e.starts_with("sources.withdrawals.on_refused: an approval's ok")),
+        "{refused:?}"
+    );
+}

@@ -1,7 +1,8 @@
 //! The ack-mode delivery policy: how an accepted event is made durable before it is answered
 //! (`broker`: the sink's confirmation within 80 % of the deadline, else the spool; `spool`: the
 //! spool; `accept`: at once, published in the background), and the late-confirmation watch that
-//! takes a spooled copy back out. Used by the webhook request driver and the approval flow.
+//! takes a spooled copy back out; and what a refusal for good becomes (`on_refused`: a dead
+//! letter in the spool, or 503). Used by the webhook request driver and the approval flow.
 //!
 //! What a request starts and does not wait for runs on [`Background`], so shutdown drains it
 //! before the sinks close.
@@ -20,7 +21,7 @@ use crate::callback::approve::{self, Approver, Deliver};
 use crate::callback::service::Reply;
 use crate::metrics;
 use crate::normalize::Envelope;
-use crate::plan::AckMode;
+use crate::plan::{AckMode, OnRefused};
 use crate::sink::PublishError;
 use crate::spool::{Spool, SpoolError, Spooled};
 
@@ -110,6 +111,8 @@ pub enum Delivery {
     Unconfirmed,
     /// A retry of an event already durable: nothing published.
     Duplicate,
+    /// The sink refused it for good; kept, fsync'd, as a dead letter.
+    DeadLettered,
 }
 
 impl Delivery {
@@ -119,6 +122,7 @@ impl Delivery {
             Self::Spooled => metrics::Accepted::Spooled,
             Self::Unconfirmed => metrics::Accepted::Unconfirmed,
             Self::Duplicate => metrics::Accepted::Duplicate,
+            Self::DeadLettered => metrics::Accepted::DeadLettered,
         }
     }
 }
@@ -207,7 +211,7 @@ async fn publish_or_spool(
     let mut pending = Box::pin(async move { sink.publish(&env).await });
     match confirm_within(route.metrics.publish_latency(), budget, &mut pending).await {
         Some(Ok(())) => Ok(Delivery::Published),
-        Some(Err(e @ PublishError::Refused(_))) => Err(e.into()),
+        Some(Err(e @ PublishError::Refused(_))) => refused(route, spool, envelope, e).await,
         Some(Err(PublishError::Unavailable(_))) => {
             to_spool(spool, sink_name, envelope).await?;
             Ok(Delivery::Spooled)
@@ -232,6 +236,30 @@ async fn publish_or_spool(
                 }
             });
             Ok(Delivery::Spooled)
+        }
+    }
+}
+
+/// An event the sink refused for good: a dead letter, answered once fsync'd, where the source
+/// says so; else (or when that write fails) 503 `broker_refused`, which the provider retries.
+async fn refused(
+    route: &Route,
+    spool: &Spool,
+    envelope: &Envelope,
+    e: PublishError,
+) -> Result<Delivery, Rejection> {
+    if route.spec.on_refused != OnRefused::DeadLetter {
+        return Err(e.into());
+    }
+    let sink = route.spec.sink.as_str();
+    match spool.dead_letter(sink, envelope, &e.to_string()).await {
+        Ok(()) => {
+            tracing::error!(sink, source = %route.spec.name, event_id = %envelope.id(), error = %e, "sink refused the event; kept as a dead letter");
+            Ok(Delivery::DeadLettered)
+        }
+        Err(err) => {
+            tracing::error!(sink, event_id = %envelope.id(), error = %err, "keeping a refused event as a dead letter failed");
+            Err(e.into())
         }
     }
 }

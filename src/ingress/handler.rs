@@ -356,6 +356,12 @@ fn audit(
         Ok((env, accepted, shadow)) => {
             id_from = env.id_origin().to_string();
             line.outcome = accepted.label();
+            if accepted == metrics::Accepted::DeadLettered {
+                // Answered 2xx but not on the broker: a line to look at.
+                line.level = tracing::Level::WARN;
+                line.message = "request accepted as a dead letter";
+                line.reason = "broker_refused";
+            }
             if let Some(reason) = shadow {
                 // Accepted, but not authenticated: a line to look at, like a rejection.
                 line.level = tracing::Level::WARN;

@@ -18,6 +18,15 @@
 //! same bytes) and counted, instead of being read again before every batch: the events behind it
 //! keep draining. Tables of sinks no longer configured are reported at startup; they are kept,
 //! not drained.
+//!
+//! Dead letters: an event its sink refused for good (unroutable, too large, not authorised) is
+//! kept in the sink's dead-letter table (`spool-dead:<sink>`) with the time and the reason,
+//! committed with fsync like an append, so a source with `on_refused = "dead-letter"` can answer
+//! 2xx instead of 503s the provider retries in vain. The drainer moves an event it finds refused
+//! there too (in one transaction), instead of retrying it forever. `hookbridge spool dead replay`
+//! ([`cli`]) publishes them again once the broker is fixed.
+
+pub mod cli;
 
 mod record;
 
@@ -55,6 +64,7 @@ pub const REMOVALS_DURABLE_WITHIN: Duration = Duration::from_millis(200);
 /// Table-name prefixes: a sink's queue, and where its unreadable records are moved.
 const QUEUE_PREFIX: &str = "spool:";
 const QUARANTINE_PREFIX: &str = "spool-quarantine:";
+const DEAD_PREFIX: &str = "spool-dead:";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SpoolError {
@@ -104,13 +114,24 @@ enum Op {
         keys: Vec<u64>,
         done: Done,
     },
+    /// Keeps a refused event in a dead-letter table (fsync'd like an append); from the drainer,
+    /// also removes it from the queue in the same transaction.
+    DeadLetter {
+        dead: TableName,
+        key: u64,
+        record: Vec<u8>,
+        from: Option<(TableName, u64)>,
+        done: Done,
+    },
 }
 
 /// Per sink: the table and a wake-up for its drainer.
 struct SinkQueue {
     table: TableName,
     quarantine: TableName,
+    dead: TableName,
     next_seq: AtomicU64,
+    next_dead: AtomicU64,
     appended: Notify,
 }
 
@@ -181,6 +202,19 @@ impl Spool {
                     next = k.value() + 1;
                     bytes += v.value().len() as u64;
                 }
+                let dead: TableName = Box::leak(format!("{DEAD_PREFIX}{sink}").into_boxed_str());
+                let d = txn.open_table(TableDefinition::<u64, &[u8]>::new(dead))?;
+                let mut next_dead = 0;
+                for entry in d.iter()? {
+                    let (k, v) = entry?;
+                    next_dead = k.value() + 1;
+                    bytes += v.value().len() as u64;
+                }
+                let dead_letters = d.len()?;
+                if dead_letters > 0 {
+                    tracing::warn!(sink = %sink, events = dead_letters, "spool holds dead letters (events the sink refused); see hookbridge spool dead list");
+                }
+                metrics::dead_letters(sink, dead_letters);
                 let waiting = t.len()?;
                 if waiting > 0 {
                     tracing::warn!(sink = %sink, events = waiting, "spool holds events from an earlier run; draining them");
@@ -191,7 +225,9 @@ impl Spool {
                     Arc::new(SinkQueue {
                         table,
                         quarantine,
+                        dead,
                         next_seq: AtomicU64::new(next),
+                        next_dead: AtomicU64::new(next_dead),
                         appended: Notify::new(),
                     }),
                 );
@@ -262,6 +298,66 @@ impl Spool {
             seq,
             size: record.len() as u64,
         })
+    }
+
+    /// Keeps an event `sink` refused for good as a dead letter, with `reason`; resolves once it
+    /// is fsync'd (the caller may then answer 2xx).
+    ///
+    /// # Errors
+    /// [`SpoolError::Full`] past `max_bytes`; I/O errors; no spool for this sink.
+    pub async fn dead_letter(
+        &self,
+        sink: &str,
+        envelope: &Envelope,
+        reason: &str,
+    ) -> Result<(), SpoolError> {
+        let queue = self.queues.get(sink).ok_or(SpoolError::Closed)?;
+        let record = record::encode_dead(now_ms(), reason, &record::encode(envelope));
+        let used = self.bytes.load(Ordering::Relaxed);
+        if used + record.len() as u64 > self.max_bytes {
+            return Err(SpoolError::Full(used));
+        }
+        self.send_dead(sink, queue, record, None).await
+    }
+
+    async fn send_dead(
+        &self,
+        sink: &str,
+        queue: &SinkQueue,
+        record: Vec<u8>,
+        from: Option<(TableName, u64)>,
+    ) -> Result<(), SpoolError> {
+        let (done, wait) = oneshot::channel();
+        let key = queue.next_dead.fetch_add(1, Ordering::SeqCst);
+        self.tx
+            .send(Op::DeadLetter {
+                dead: queue.dead,
+                key,
+                record,
+                from,
+                done,
+            })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        wait.await.map_err(|_| SpoolError::Closed)??;
+        metrics::dead_lettered(sink);
+        Ok(())
+    }
+
+    /// Dead letters kept for `sink`.
+    pub fn dead_depth(&self, sink: &str) -> u64 {
+        let Some(queue) = self.queues.get(sink) else {
+            return 0;
+        };
+        self.db
+            .begin_read()
+            .ok()
+            .and_then(|t| {
+                t.open_table(TableDefinition::<u64, &[u8]>::new(queue.dead))
+                    .ok()
+            })
+            .and_then(|t| t.len().ok())
+            .unwrap_or(0)
     }
 
     /// Removes a spooled event that reached the broker by another way (its original publish
@@ -428,11 +524,32 @@ impl Spool {
             let mut done = Vec::new();
             let mut freed = 0;
             let mut failed = 0;
-            for ((key, _, size), result) in batch.iter().zip(&results) {
+            for ((key, env, size), result) in batch.iter().zip(&results) {
                 match result {
                     Ok(()) => {
                         done.push(*key);
                         freed += size;
+                    }
+                    // Retrying cannot help until someone changes the broker: kept aside so it
+                    // neither blocks the queue nor is lost.
+                    Err(e @ PublishError::Refused(_)) => {
+                        let reason = e.to_string();
+                        let record = record::encode_dead(now_ms(), &reason, &record::encode(env));
+                        let moved = self
+                            .send_dead(&name, &queue, record, Some((queue.table, *key)))
+                            .await;
+                        match moved {
+                            Ok(()) => tracing::error!(
+                                sink = %name,
+                                event_id = %env.id(),
+                                error = %e,
+                                "sink refused a spooled event; kept as a dead letter"
+                            ),
+                            Err(err) => {
+                                failed += 1;
+                                tracing::error!(sink = %name, event_id = %env.id(), error = %err, "keeping a refused spooled event as a dead letter failed; it stays queued");
+                            }
+                        }
                     }
                     Err(e) => {
                         failed += 1;
@@ -464,6 +581,7 @@ impl Spool {
     pub fn report_depths(&self) {
         for sink in self.queues.keys() {
             metrics::spool_depth(sink, self.depth(sink));
+            metrics::dead_letters(sink, self.dead_depth(sink));
         }
     }
 
@@ -494,6 +612,15 @@ struct Batch {
 
 /// Queue keys to move, with the quarantine table they go to.
 type Move = (TableName, TableName, Vec<u64>, Done);
+/// A dead letter: its table, key and record, and the queue entry it leaves (from the drainer).
+type DeadOp = (TableName, u64, Vec<u8>, Option<(TableName, u64)>, Done);
+
+/// Milliseconds since the Unix epoch, for a dead letter's time.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 fn writer(
     db: &Database,
@@ -504,6 +631,7 @@ fn writer(
     let mut appends: Vec<(TableName, Vec<u8>, Done)> = Vec::new();
     let mut removes: Vec<(TableName, Vec<u64>, u64, Done)> = Vec::new();
     let mut moves: Vec<Move> = Vec::new();
+    let mut deads: Vec<DeadOp> = Vec::new();
     // When the oldest removal not yet durable was committed.
     let mut unsynced: Option<Instant> = None;
     loop {
@@ -549,6 +677,13 @@ fn writer(
                     keys,
                     done,
                 } => moves.push((table, quarantine, keys, done)),
+                Op::DeadLetter {
+                    dead,
+                    key,
+                    record,
+                    from,
+                    done,
+                } => deads.push((dead, key, record, from, done)),
             }
             if appends.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
@@ -557,8 +692,9 @@ fn writer(
         // Only appends (and the close sentinel) need their own fsync: they are about to be
         // acknowledged. Removals ride on the next one, unless they have waited long enough.
         let durable = !appends.is_empty()
+            || !deads.is_empty()
             || unsynced.is_some_and(|since| since.elapsed() >= REMOVALS_DURABLE_WITHIN);
-        let result = commit(db, &appends, &removes, &moves, durable, bytes);
+        let result = commit(db, &appends, &removes, &moves, &deads, durable, bytes);
         match &result {
             Err(e) => tracing::error!(error = %e, "spool commit failed"),
             Ok(()) if durable => unsynced = None,
@@ -575,6 +711,9 @@ fn writer(
             let _receiver_gone = done.send(outcome.clone());
         }
         for (_, _, _, done) in moves.drain(..) {
+            let _receiver_gone = done.send(outcome.clone());
+        }
+        for (_, _, _, _, done) in deads.drain(..) {
             let _receiver_gone = done.send(outcome.clone());
         }
     }
@@ -603,6 +742,7 @@ fn commit(
     appends: &[(TableName, Vec<u8>, Done)],
     removes: &[(TableName, Vec<u64>, u64, Done)],
     moves: &[Move],
+    deads: &[DeadOp],
     durable: bool,
     bytes: &AtomicU64,
 ) -> anyhow::Result<()> {
@@ -639,6 +779,17 @@ fn commit(
             }
         }
     }
+    for (dead, key, record, from, _) in deads {
+        let mut t = txn.open_table(TableDefinition::<u64, &[u8]>::new(dead))?;
+        t.insert(key, record.as_slice())?;
+        added += record.len() as u64;
+        if let Some((queue, k)) = from {
+            let mut q = txn.open_table(TableDefinition::<u64, &[u8]>::new(queue))?;
+            if let Some(old) = q.remove(k)? {
+                freed += old.value().len() as u64;
+            }
+        }
+    }
     txn.commit()?;
     bytes.fetch_add(added, Ordering::Relaxed);
     bytes.fetch_sub(freed.min(bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
@@ -662,6 +813,15 @@ fn report_leftovers(db: &Database, sinks: &[String]) -> anyhow::Result<Vec<(Stri
                 );
                 unconfigured.push((sink.to_owned(), len));
             }
+        } else if let Some(sink) = name.strip_prefix(DEAD_PREFIX)
+            && !sinks.iter().any(|s| s == sink)
+            && len > 0
+        {
+            tracing::warn!(
+                sink,
+                events = len,
+                "spool holds dead letters for a sink that is no longer configured; see hookbridge spool dead list"
+            );
         } else if let Some(sink) = name.strip_prefix(QUARANTINE_PREFIX)
             && len > 0
         {

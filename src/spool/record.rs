@@ -53,3 +53,50 @@ pub fn decode(mut b: &[u8]) -> Option<Envelope> {
         Bytes::copy_from_slice(b),
     ))
 }
+
+/// A dead letter's format: when and why its sink refused it, then the spool record as
+/// [`encode`] wrote it. Versioned on its own, so either can change.
+const DEAD_VERSION: u8 = 1;
+/// Longest reason kept: a broker's text, bounded so one refusal cannot grow the file.
+const MAX_REASON: usize = 1024;
+
+pub fn encode_dead(at_ms: u64, reason: &str, record: &[u8]) -> Vec<u8> {
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
+    let mut out = Vec::with_capacity(1 + 8 + 2 + reason.len() + record.len());
+    out.push(DEAD_VERSION);
+    out.extend_from_slice(&at_ms.to_be_bytes());
+    // `end` ≤ MAX_REASON < 64 KiB.
+    out.extend_from_slice(&u16::try_from(end).unwrap_or(0).to_be_bytes());
+    out.extend_from_slice(reason);
+    out.extend_from_slice(record);
+    out
+}
+
+/// A dead letter: when it was refused (ms since the epoch), why, and the event.
+pub struct Dead {
+    pub at_ms: u64,
+    pub reason: String,
+    pub envelope: Envelope,
+}
+
+pub fn decode_dead(b: &[u8]) -> Option<Dead> {
+    let (&version, rest) = b.split_first()?;
+    if version != DEAD_VERSION {
+        return None;
+    }
+    let at_ms = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    let len = usize::from(u16::from_be_bytes(rest.get(8..10)?.try_into().ok()?));
+    let reason = std::str::from_utf8(rest.get(10..10 + len)?)
+        .ok()?
+        .to_owned();
+    let envelope = decode(rest.get(10 + len..)?)?;
+    Some(Dead {
+        at_ms,
+        reason,
+        envelope,
+    })
+}

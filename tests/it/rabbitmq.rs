@@ -366,3 +366,328 @@ async fn no_200_before_the_publisher_confirm() {
     app.stop().await;
     broker.cleanup().await;
 }
+
+/// A RabbitMQ sink on `exchange` with the spool at `spool`; the source `cobo` has `extra`.
+fn dead_letter_config(exchange: &str, spool: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+
+[spool]
+path = "{spool}"
+
+[sinks.rabbit]
+type = "rabbitmq"
+url = "{url}"
+exchange = "{exchange}"
+routing_key = "{{source}}.{{type}}"
+
+[sources.cobo]
+verify = {{ scheme = "cobo-waas2", public_keys = ["{key}"] }}
+{extra}
+"#,
+        url = amqp_url(),
+        port = free_port(),
+        spool = spool.display(),
+        key = cobo_test_pubkey()
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real instance (its own process, so its spool file is held and released as in production),
+/// once its RabbitMQ sink is connected (`/readyz` is ready earlier, with the spool standing in).
+async fn serve(dir: &std::path::Path, config: &str) -> (Child, String) {
+    serve_when(dir, config, true).await
+}
+
+/// Like [`serve`]; with `sink_ready` false, once `/readyz` answers 200 (the spool standing in).
+async fn serve_when(dir: &std::path::Path, config: &str, sink_ready: bool) -> (Child, String) {
+    let cfg = dir.join("hookbridge.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_hookbridge"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let port = config
+        .split("listen = \"127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "instance not ready");
+        if std::net::TcpStream::connect(base.trim_start_matches("http://")).is_ok()
+            && let Ok(v) =
+                serde_json::from_slice::<Value>(&get(&format!("{base}/readyz")).await.body)
+            && (v["sinks"]["rabbit"]["ready"] == true || (!sink_ready && v["ready"] == true))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (child, base)
+}
+
+/// SIGTERM, and wait for the graceful stop.
+fn stop(mut child: Child) {
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(child.0.wait().unwrap().success());
+}
+
+async fn post_to(base: &str, id: &str) -> Reply {
+    let body = cobo_body(id);
+    let headers = sign_cobo_waas2(&cobo_test_seed(), body.as_bytes(), &now_ms().to_string());
+    post(&format!("{base}/hooks/cobo"), &headers, body).await
+}
+
+fn spool_cmd(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hookbridge"))
+        .arg("spool")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_event_is_dead_lettered_answered_200_and_replayed_once_a_queue_is_bound() {
+    let broker = Broker::connect().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool.redb");
+    let config = dead_letter_config(&broker.exchange, &spool, "");
+    let (app, base) = serve(dir.path(), &config).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    // No queue bound: the mandatory publish comes back unroutable, refused for good.
+    let r = post_to(&base, &id).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["id"], id.as_str());
+    // Counted and alertable.
+    let metrics = String::from_utf8_lossy(&get(&format!("{base}/metrics")).await.body).into_owned();
+    let labels = [("sink", "rabbit")];
+    assert_eq!(
+        counter(&metrics, "hookbridge_dead_lettered_total", &labels),
+        1.0,
+        "{metrics}"
+    );
+    let outcome = [("source", "cobo"), ("outcome", "dead_lettered")];
+    assert_eq!(
+        counter(&metrics, "hookbridge_requests_total", &outcome),
+        1.0
+    );
+
+    // While the instance runs, its spool is held: a clear message, its own exit code.
+    let held = spool_cmd(&["dead", "list", "--spool", spool.to_str().unwrap()]);
+    assert_eq!(held.status.code(), Some(75), "{held:?}");
+    assert!(String::from_utf8_lossy(&held.stderr).contains("held by another process"));
+    stop(app);
+
+    let list = spool_cmd(&["dead", "list", "--spool", spool.to_str().unwrap()]);
+    assert!(list.status.success(), "{list:?}");
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(
+        listed.contains(&id) && listed.contains("rabbit\t"),
+        "{listed}"
+    );
+
+    let mut consumer = broker.bind_queue().await;
+    let cfg = dir.path().join("hookbridge.toml");
+    let replay = spool_cmd(&["dead", "replay", "--config", cfg.to_str().unwrap()]);
+    assert!(replay.status.success(), "{replay:?}");
+
+    let got = receive(&mut consumer, 1, Duration::from_secs(10)).await;
+    let ids: Vec<&str> = got.iter().map(|g| g.message_id.as_str()).collect();
+    assert_eq!(ids, [id.as_str()], "on the broker exactly once");
+    assert_eq!(got[0].body["id"], id.as_str());
+    assert_eq!(
+        hookbridge::spool::cli::dead_counts(&spool).unwrap(),
+        [("rabbit".to_owned(), 0)]
+    );
+    // Replaying again publishes nothing.
+    let again = spool_cmd(&["dead", "replay", "--config", cfg.to_str().unwrap()]);
+    assert!(again.status.success(), "{again:?}");
+    assert!(
+        receive(&mut consumer, 0, Duration::from_millis(500))
+            .await
+            .is_empty()
+    );
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_refused_reject_keeps_the_503_and_keeps_no_dead_letter() {
+    let broker = Broker::connect().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool.redb");
+    let config = dead_letter_config(&broker.exchange, &spool, r#"on_refused = "reject""#);
+    let (app, base) = serve(dir.path(), &config).await;
+    let r = post_to(&base, "refused-and-rejected").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "broker_refused");
+    stop(app);
+    assert_eq!(
+        hookbridge::spool::cli::dead_counts(&spool).unwrap(),
+        [("rabbit".to_owned(), 0)]
+    );
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drainer_moves_a_refused_spooled_event_to_dead_letters() {
+    let broker = Broker::connect().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool.redb");
+    let config = dead_letter_config(&broker.exchange, &spool, r#"ack = "spool""#);
+    let (app, base) = serve(dir.path(), &config).await;
+    let r = post_to(&base, "spooled-then-refused").await;
+    assert_eq!(r.status, 200);
+    // The drainer publishes, the broker returns it unroutable: moved, not retried forever.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop(app);
+    assert_eq!(
+        hookbridge::spool::cli::dead_counts(&spool).unwrap(),
+        [("rabbit".to_owned(), 1)]
+    );
+    let list = spool_cmd(&["dead", "list", "--spool", spool.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("spooled-then-refused"),
+        "{list:?}"
+    );
+    broker.cleanup().await;
+}
+
+#[test]
+fn a_damaged_spool_file_gets_its_own_exit_code_and_is_not_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool.redb");
+    let garbage = vec![0x5a; 64 * 1024];
+    std::fs::write(&spool, &garbage).unwrap();
+    let out = spool_cmd(&["dead", "list", "--spool", spool.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(65), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("damaged"));
+    assert_eq!(std::fs::read(&spool).unwrap(), garbage);
+    let missing = spool_cmd(&["dead", "list", "--spool", "/nonexistent/spool.redb"]);
+    assert_eq!(missing.status.code(), Some(66), "{missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_stats_list_export_and_drain_on_a_stopped_instance_keep_original_ids() {
+    let broker = Broker::connect().await;
+    let mut consumer = broker.bind_queue().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool.redb");
+    let p = spool.to_str().unwrap();
+    // The instance's broker is away: every event is spooled and answered 200.
+    let away = dead_letter_config(&broker.exchange, &spool, "")
+        .replace(&amqp_url(), "amqp://guest:guest@127.0.0.1:1/%2f");
+    let (app, base) = serve_when(dir.path(), &away, false).await;
+    let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    for id in &ids {
+        let r = post_to(&base, id).await;
+        assert_eq!(r.status, 200, "{:?}", r.json());
+    }
+    for cmd in ["stats", "list", "export"] {
+        let held = spool_cmd(&[cmd, "--spool", p]);
+        assert_eq!(held.status.code(), Some(75), "{cmd}: {held:?}");
+    }
+    stop(app);
+
+    let stats = spool_cmd(&["stats", "--spool", p]);
+    assert!(stats.status.success(), "{stats:?}");
+    let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
+    let row: Vec<&str> = stats.lines().nth(1).unwrap().split('\t').collect();
+    assert_eq!(&row[..2], ["rabbit", "3"], "{stats}");
+    assert!(row[3].starts_with("20"), "oldest: {stats}");
+
+    let list = spool_cmd(&["list", "--spool", p]);
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert_eq!(list.lines().count(), 3, "{list}");
+    for id in &ids {
+        assert!(list.contains(id.as_str()), "{list}");
+    }
+
+    let export = spool_cmd(&["export", "--spool", p]);
+    assert!(export.status.success(), "{export:?}");
+    let exported: Vec<String> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(exported, ids, "original IDs, in order");
+
+    // The broker is back (this config reaches it): drain publishes each once and removes it.
+    let cfg = dir.path().join("back.toml");
+    std::fs::write(&cfg, dead_letter_config(&broker.exchange, &spool, "")).unwrap();
+    let drain = spool_cmd(&[
+        "drain",
+        "--to-sink",
+        "rabbit",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(drain.status.success(), "{drain:?}");
+    let got = receive(&mut consumer, 3, Duration::from_secs(10)).await;
+    let got: Vec<&str> = got.iter().map(|g| g.message_id.as_str()).collect();
+    assert_eq!(got, ids, "on the broker exactly once each, in order");
+    let list = spool_cmd(&["list", "--spool", p]);
+    assert!(list.status.success() && list.stdout.is_empty(), "{list:?}");
+    let unknown = spool_cmd(&[
+        "drain",
+        "--to-sink",
+        "nope",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(unknown.status.code(), Some(64), "{unknown:?}");
+    broker.cleanup().await;
+}
+
+#[test]
+fn every_spool_command_refuses_a_damaged_file_without_changing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool.redb");
+    let garbage = vec![0x5a; 64 * 1024];
+    std::fs::write(&spool, &garbage).unwrap();
+    let p = spool.to_str().unwrap();
+    for cmd in [&["stats"][..], &["list"], &["export"], &["dead", "list"]] {
+        let mut args = cmd.to_vec();
+        args.extend(["--spool", p]);
+        let out = spool_cmd(&args);
+        assert_eq!(out.status.code(), Some(65), "{cmd:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("damaged"),
+            "{out:?}"
+        );
+    }
+    let cfg = dir.path().join("hookbridge.toml");
+    std::fs::write(&cfg, dead_letter_config("unused", &spool, "")).unwrap();
+    for cmd in [&["drain", "--to-sink", "rabbit"][..], &["dead", "replay"]] {
+        let mut args = cmd.to_vec();
+        args.extend(["--config", cfg.to_str().unwrap()]);
+        let out = spool_cmd(&args);
+        assert_eq!(out.status.code(), Some(65), "{cmd:?}: {out:?}");
+    }
+    assert_eq!(std::fs::read(&spool).unwrap(), garbage);
+}
