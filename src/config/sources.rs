@@ -82,6 +82,10 @@ pub fn load(problems: &mut Problems, value: Option<toml::Value>, context: &Conte
 }
 
 /// One source; `None` when any of its errors was recorded.
+///
+/// Long because a source has that many fields: each is read, checked and reported here in the
+/// order of `[sources.<name>]`; the parts with logic of their own (kind and decision, scheme,
+/// locators, replay window, sink) are functions already.
 fn build(
     at: &mut Scope<'_>,
     name: &str,

@@ -513,57 +513,7 @@ impl Spool {
                 }
                 continue;
             }
-            // Issued in spool order (pipelined); each is removed only once confirmed.
-            let results = futures_util::future::join_all(batch.iter().map(|(_, env, _)| async {
-                match tokio::time::timeout(DRAIN_PUBLISH_TIMEOUT, sink.publish(env)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(PublishError::Unavailable("drain publish timed out".into())),
-                }
-            }))
-            .await;
-            let mut done = Vec::new();
-            let mut freed = 0;
-            let mut failed = 0;
-            for ((key, env, size), result) in batch.iter().zip(&results) {
-                match result {
-                    Ok(()) => {
-                        done.push(*key);
-                        freed += size;
-                    }
-                    // Retrying cannot help until someone changes the broker: kept aside so it
-                    // neither blocks the queue nor is lost.
-                    Err(e @ PublishError::Refused(_)) => {
-                        let reason = e.to_string();
-                        let record = record::encode_dead(now_ms(), &reason, &record::encode(env));
-                        let moved = self
-                            .send_dead(&name, &queue, record, Some((queue.table, *key)))
-                            .await;
-                        match moved {
-                            Ok(()) => tracing::error!(
-                                sink = %name,
-                                event_id = %env.id(),
-                                error = %e,
-                                "sink refused a spooled event; kept as a dead letter"
-                            ),
-                            Err(err) => {
-                                failed += 1;
-                                tracing::error!(sink = %name, event_id = %env.id(), error = %err, "keeping a refused spooled event as a dead letter failed; it stays queued");
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        if failed == 1 {
-                            tracing::warn!(sink = %name, error = %e, "spooled event not published yet");
-                        }
-                    }
-                }
-            }
-            let published = done.len();
-            if !done.is_empty() {
-                self.remove(&name, done, freed).await;
-                metrics::spool_drained(&name, published as u64);
-            }
+            let (published, failed) = self.publish_batch(&name, &queue, &sink, &batch).await;
             tracing::debug!(sink = %name, published, failed, "spool drain batch");
             if failed > 0 {
                 tokio::select! {
@@ -575,6 +525,70 @@ impl Spool {
                 backoff = DRAIN_BACKOFF_MIN;
             }
         }
+    }
+
+    /// Publishes one batch, in spool order (pipelined); removes each event only once confirmed,
+    /// and moves those the sink refuses for good to the dead letters. Returns how many were
+    /// published and how many are still to do.
+    async fn publish_batch(
+        &self,
+        name: &str,
+        queue: &SinkQueue,
+        sink: &Sink,
+        batch: &[(u64, Envelope, u64)],
+    ) -> (usize, usize) {
+        // Issued in spool order (pipelined); each is removed only once confirmed.
+        let results = futures_util::future::join_all(batch.iter().map(|(_, env, _)| async {
+            match tokio::time::timeout(DRAIN_PUBLISH_TIMEOUT, sink.publish(env)).await {
+                Ok(r) => r,
+                Err(_) => Err(PublishError::Unavailable("drain publish timed out".into())),
+            }
+        }))
+        .await;
+        let mut done = Vec::new();
+        let mut freed = 0;
+        let mut failed = 0;
+        for ((key, env, size), result) in batch.iter().zip(&results) {
+            match result {
+                Ok(()) => {
+                    done.push(*key);
+                    freed += size;
+                }
+                // Retrying cannot help until someone changes the broker: kept aside so it
+                // neither blocks the queue nor is lost.
+                Err(e @ PublishError::Refused(_)) => {
+                    let reason = e.to_string();
+                    let record = record::encode_dead(now_ms(), &reason, &record::encode(env));
+                    let moved = self
+                        .send_dead(name, queue, record, Some((queue.table, *key)))
+                        .await;
+                    match moved {
+                        Ok(()) => tracing::error!(
+                            sink = %name,
+                            event_id = %env.id(),
+                            error = %e,
+                            "sink refused a spooled event; kept as a dead letter"
+                        ),
+                        Err(err) => {
+                            failed += 1;
+                            tracing::error!(sink = %name, event_id = %env.id(), error = %err, "keeping a refused spooled event as a dead letter failed; it stays queued");
+                        }
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    if failed == 1 {
+                        tracing::warn!(sink = %name, error = %e, "spooled event not published yet");
+                    }
+                }
+            }
+        }
+        let published = done.len();
+        if !done.is_empty() {
+            self.remove(name, done, freed).await;
+            metrics::spool_drained(name, published as u64);
+        }
+        (published, failed)
     }
 
     /// Publishes the current depth of every sink's queue (for `/metrics`).
@@ -622,6 +636,10 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The one writer thread: takes every operation waiting, commits them in one transaction (with
+/// fsync when appends or dead letters are about to be acknowledged, or removals have waited
+/// [`REMOVALS_DURABLE_WITHIN`]), answers each. One loop on purpose: its state (what is waiting,
+/// since when removals are not durable) is the group commit.
 fn writer(
     db: &Database,
     mut rx: mpsc::Receiver<Op>,
