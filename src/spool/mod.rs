@@ -346,18 +346,7 @@ impl Spool {
 
     /// Dead letters kept for `sink`.
     pub fn dead_depth(&self, sink: &str) -> u64 {
-        let Some(queue) = self.queues.get(sink) else {
-            return 0;
-        };
-        self.db
-            .begin_read()
-            .ok()
-            .and_then(|t| {
-                t.open_table(TableDefinition::<u64, &[u8]>::new(queue.dead))
-                    .ok()
-            })
-            .and_then(|t| t.len().ok())
-            .unwrap_or(0)
+        self.queues.get(sink).map_or(0, |q| self.table_len(q.dead))
     }
 
     /// Removes a spooled event that reached the broker by another way (its original publish
@@ -423,16 +412,15 @@ impl Spool {
 
     /// Events waiting for `sink`.
     pub fn depth(&self, sink: &str) -> u64 {
-        let Some(queue) = self.queues.get(sink) else {
-            return 0;
-        };
+        self.queues.get(sink).map_or(0, |q| self.table_len(q.table))
+    }
+
+    /// Records in `table` (0 when it cannot be read: a metric, not a decision).
+    fn table_len(&self, table: TableName) -> u64 {
         self.db
             .begin_read()
             .ok()
-            .and_then(|t| {
-                t.open_table(TableDefinition::<u64, &[u8]>::new(queue.table))
-                    .ok()
-            })
+            .and_then(|t| t.open_table(TableDefinition::<u64, &[u8]>::new(table)).ok())
             .and_then(|t| t.len().ok())
             .unwrap_or(0)
     }
