@@ -191,16 +191,7 @@ pub async fn dead_replay(
     for name in names {
         let table = format!("{DEAD_PREFIX}{name}");
         let def = TableDefinition::<u64, &[u8]>::new(&table);
-        let entries: Vec<(u64, Vec<u8>)> = {
-            let txn = db.begin_read().map_err(|e| storage(path, e))?;
-            let t = txn.open_table(def).map_err(|e| storage(path, e))?;
-            let mut v = Vec::new();
-            for entry in t.iter().map_err(|e| storage(path, e))? {
-                let (k, r) = entry.map_err(|e| storage(path, e))?;
-                v.push((k.value(), r.value().to_vec()));
-            }
-            v
-        };
+        let entries = read_table(&db, path, &table)?;
         if entries.is_empty() {
             continue;
         }
@@ -218,15 +209,8 @@ pub async fn dead_replay(
                 continue;
             };
             let id = dead.envelope.id().as_str().to_owned();
-            let result = tokio::time::timeout(PUBLISH_WAIT, sink.publish(&dead.envelope))
-                .await
-                .unwrap_or_else(|_| Err(PublishError::Unavailable("no confirmation".into())));
-            match result {
+            match publish_then_remove(&db, path, def, key, sink, &dead.envelope).await? {
                 Ok(()) => {
-                    commit(&db, path, |txn| {
-                        txn.open_table(def)?.remove(key)?;
-                        Ok(())
-                    })?;
                     moved.published += 1;
                     writeln!(out, "{name}\t{id}\treplayed").ok();
                 }
@@ -238,6 +222,28 @@ pub async fn dead_replay(
         }
     }
     Ok(moved)
+}
+
+/// Publishes `env` and waits for the broker's confirmation; only then removes `key` from
+/// `table`, in a commit of its own (fsync'd). The inner error: not published, nothing removed.
+async fn publish_then_remove(
+    db: &Database,
+    path: &Path,
+    table: TableDefinition<'_, u64, &[u8]>,
+    key: u64,
+    sink: &crate::sink::Sink,
+    env: &crate::normalize::Envelope,
+) -> Result<Result<(), PublishError>, CliError> {
+    let result = tokio::time::timeout(PUBLISH_WAIT, sink.publish(env))
+        .await
+        .unwrap_or_else(|_| Err(PublishError::Unavailable("no confirmation".into())));
+    if result.is_ok() {
+        commit(db, path, |txn| {
+            txn.open_table(table)?.remove(key)?;
+            Ok(())
+        })?;
+    }
+    Ok(result)
 }
 
 async fn wait_ready(sink: &crate::sink::Sink, name: &str) -> Result<(), CliError> {
@@ -430,15 +436,8 @@ pub async fn drain(
                 wait_ready(sink, to).await?;
                 connected = true;
             }
-            let result = tokio::time::timeout(PUBLISH_WAIT, sink.publish(&env))
-                .await
-                .unwrap_or_else(|_| Err(PublishError::Unavailable("no confirmation".into())));
-            match result {
+            match publish_then_remove(&db, path, def, key, sink, &env).await? {
                 Ok(()) => {
-                    commit(&db, path, |txn| {
-                        txn.open_table(def)?.remove(key)?;
-                        Ok(())
-                    })?;
                     moved.published += 1;
                     write_line(
                         out,
