@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
-use base64::Engine as _;
 use bytes::Bytes;
 use hookbridge_testkit as kit;
 use http_body_util::{BodyExt as _, Full};
@@ -362,15 +361,10 @@ fn first(secrets: &[String]) -> anyhow::Result<&str> {
 }
 
 fn hmac_secret(secret: &str, encoding: SecretEncoding) -> anyhow::Result<Vec<u8>> {
-    let decoded = match encoding {
-        SecretEncoding::Utf8 => Some(secret.as_bytes().to_vec()),
-        SecretEncoding::Hex => hex::decode(secret.trim()).ok(),
-        SecretEncoding::Base64 => base64::engine::general_purpose::STANDARD
-            .decode(secret.trim())
-            .ok(),
-    };
     // Never echo the secret: it is the config's.
-    decoded.ok_or_else(|| anyhow!("the secret does not decode as its secret_encoding"))
+    encoding
+        .decode(secret)
+        .ok_or_else(|| anyhow!("the secret does not decode as its secret_encoding"))
 }
 
 fn ed25519_seed(hex_seed: &str) -> anyhow::Result<String> {

@@ -705,3 +705,18 @@ pub enum SecretEncoding {
     Hex,
     Base64,
 }
+
+impl SecretEncoding {
+    /// The secret's bytes, or `None` when it does not decode (callers word the error: the
+    /// value itself is never echoed).
+    pub fn decode(self, secret: &str) -> Option<Vec<u8>> {
+        use base64::Engine as _;
+        match self {
+            Self::Utf8 => Some(secret.as_bytes().to_vec()),
+            Self::Hex => hex::decode(secret.trim()).ok(),
+            Self::Base64 => base64::engine::general_purpose::STANDARD
+                .decode(secret.trim())
+                .ok(),
+        }
+    }
+}

@@ -4,8 +4,6 @@
 
 use std::path::PathBuf;
 
-use base64::Engine as _;
-
 use super::problems::Scope;
 use super::raw::{RawVerify, SecretEncoding};
 use crate::verify::{
@@ -118,14 +116,7 @@ fn decode_secrets(
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for (i, s) in secrets.iter().enumerate() {
-        let decoded = match encoding {
-            SecretEncoding::Utf8 => Some(s.clone().into_bytes()),
-            SecretEncoding::Hex => hex::decode(s.trim()).ok(),
-            SecretEncoding::Base64 => base64::engine::general_purpose::STANDARD
-                .decode(s.trim())
-                .ok(),
-        };
-        match decoded {
+        match encoding.decode(s) {
             Some(d) => out.push(d),
             None => errors.push(format!(
                 "secrets[{i}]: does not decode as the configured secret_encoding"
