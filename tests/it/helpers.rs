@@ -291,3 +291,16 @@ impl Drop for Child {
         let _ = self.0.wait();
     }
 }
+
+/// `value` with its `from_end`-th last character changed to another one of the same alphabet
+/// (base64 or hex): a signature that still parses but no longer matches.
+pub fn flip_char(value: &str, from_end: usize) -> String {
+    let mut b = value.as_bytes().to_vec();
+    let i = b.len() - from_end;
+    b[i] = match b[i] {
+        b'A' => b'B',
+        b'0' => b'1',
+        _ => b'0',
+    };
+    String::from_utf8(b).expect("ASCII in, ASCII out")
+}

@@ -197,16 +197,7 @@ fn tamper(case: &Case, what: &str) -> (Vec<(String, String)>, Vec<u8>) {
                     k.contains("signature") || k.contains("hmac") || k.contains("token")
                 })
                 .unwrap();
-            let mut b = sig.1.clone().into_bytes();
-            let i = b.len() - 3;
-            b[i] = if b[i] == b'A' {
-                b'B'
-            } else if b[i] == b'0' {
-                b'1'
-            } else {
-                b'0'
-            };
-            sig.1 = String::from_utf8(b).unwrap();
+            sig.1 = crate::helpers::flip_char(&sig.1, 3);
         }
         "timestamp" => {
             if let Some(ts) = headers

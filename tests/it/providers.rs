@@ -117,16 +117,7 @@ fn tampered(case: &Case) -> [(Vec<(String, String)>, String); 2] {
             k.contains("signature") || k.contains("hmac")
         })
         .unwrap();
-    let mut b = sig.1.clone().into_bytes();
-    let i = b.len() - 4;
-    b[i] = if b[i] == b'A' {
-        b'B'
-    } else if b[i] == b'0' {
-        b'1'
-    } else {
-        b'0'
-    };
-    sig.1 = String::from_utf8(b).unwrap();
+    sig.1 = crate::helpers::flip_char(&sig.1, 4);
     [
         (case.headers.clone(), String::from_utf8(body).unwrap()),
         (headers, case.body.clone()),
