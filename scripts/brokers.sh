@@ -3,6 +3,7 @@
 #   RabbitMQ 127.0.0.1:5672 (Debian's rabbitmq-server; installed and started if absent)
 #   Redis    127.0.0.1:6379 (Debian's redis-server; installed and started if absent)
 #   tansu    127.0.0.1:9092 (a Kafka-protocol broker from crates.io; installed once, reused)
+#   HAProxy  installed only (Debian's haproxy): the fleet test starts its own on free ports
 #
 #   scripts/brokers.sh up     start what is missing (prints what it did)
 #   scripts/brokers.sh down   stop what `up` started (the tansu it launched)
@@ -53,6 +54,17 @@ ensure_redis() {
     --dir "$STATE_DIR" --logfile "$STATE_DIR/redis.log"
 }
 
+# HAProxy, the fleet test's load balancer: only installed here; each test run starts its own
+# process with its own configuration on free ports.
+ensure_haproxy() {
+  if command -v haproxy >/dev/null 2>&1; then echo "haproxy: $(haproxy -v | head -1)"; return 0; fi
+  echo "haproxy: installing Debian's haproxy"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+  # The package may start its own service with the stock configuration; the tests need none.
+  as_root service haproxy stop >/dev/null 2>&1 || true
+}
+
 tansu_bin() {
   if [ -n "${TANSU_BIN:-}" ]; then echo "$TANSU_BIN"; return; fi
   if command -v tansu >/dev/null 2>&1; then command -v tansu; return; fi
@@ -95,7 +107,7 @@ stop_tansu() {
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   case "${1:-}" in
-    up) ensure_rabbitmq; ensure_redis; ensure_tansu_installed; start_tansu "${2:-}" ;;
+    up) ensure_rabbitmq; ensure_redis; ensure_haproxy; ensure_tansu_installed; start_tansu "${2:-}" ;;
     down) stop_tansu ;;
     *) echo "usage: $0 up [storage-url] | down" >&2; exit 64 ;;
   esac

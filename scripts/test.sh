@@ -16,6 +16,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "brokers"
 ensure_rabbitmq
 ensure_redis
+ensure_haproxy
 ensure_tansu_installed
 port_open 9092 || started=yes
 start_tansu
@@ -44,10 +45,11 @@ step "cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked --quiet
 
 step "cargo nextest run (everything but chaos, the test kit's and load generator's own tests included)"
-cargo nextest run --workspace --locked --profile ci -E 'not test(/^chaos::/)'
+cargo nextest run --workspace --locked --profile ci -E 'not test(/^chaos::/) and not test(/^fleet::/)'
 
-# The chaos scenarios stop RabbitMQ and freeze brokers: alone, one at a time, after the rest.
-step "chaos scenarios (serial)"
-cargo nextest run --workspace --locked --profile ci --test-threads 1 --no-capture -E 'test(/^chaos::/)' 2>&1 \
-  | tee "$STATE_DIR/chaos.log" | grep --line-buffered -E '^chaos |PASS|FAIL|Summary|panicked'
+# The chaos scenarios stop RabbitMQ and freeze brokers, and the fleet runs three replicas and
+# HAProxy under load: alone, one at a time, after the rest.
+step "chaos scenarios and the fleet (serial)"
+cargo nextest run --workspace --locked --profile ci --test-threads 1 --no-capture -E 'test(/^chaos::/) or test(/^fleet::/)' 2>&1 \
+  | tee "$STATE_DIR/chaos.log" | grep --line-buffered -E '^(chaos|fleet) |PASS|FAIL|Summary|panicked'
 test "${PIPESTATUS[0]}" -eq 0

@@ -1,7 +1,6 @@
 //! Wiring: turns a validated [`Config`] into running parts (sinks, routes, listeners) and runs
 //! them until shutdown. The only module that does startup I/O.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -20,6 +19,7 @@ use crate::config::{Config, DedupBackend, ServerConfig};
 use crate::dedup::Dedup;
 use crate::ingress::{self, Route, Serve, State};
 use crate::plan::SourceSpec;
+use crate::reload::Reloader;
 use crate::sink::Sinks;
 use crate::sink::spec::SinkSpec;
 use crate::spool::Spool;
@@ -32,6 +32,8 @@ pub struct App {
     listener: TcpListener,
     /// Replies from decision services, recorded by a task of [`App::run`].
     replies: Option<mpsc::Receiver<Reply>>,
+    /// What a reload needs; reloads happen once [`App::reload_from`] named the file.
+    reload: Reload,
     admin: Option<TcpListener>,
     tls: Option<ReloadableAcceptor>,
     state: Arc<State>,
@@ -60,16 +62,17 @@ impl App {
         // Bounded: a flood of replies is dropped (and logged) rather than buffered without end;
         // a dropped reply only means the callback's retry asks again.
         let (reply_tx, reply_rx) = mpsc::channel(4096);
-        let client_limits = (config.server.ipv6_prefix, config.server.max_rate_clients);
-        let mut routes = HashMap::new();
+        let builder = RouteBuilder {
+            sink_specs: config.sinks.clone(),
+            replies: reply_tx,
+            client_limits: (config.server.ipv6_prefix, config.server.max_rate_clients),
+        };
+        let longest_deadline = config.sources.iter().map(|s| s.ack_deadline).max();
+        let mut routes = ingress::Routes::new();
         for spec in config.sources {
-            let route = route(spec, &config.sinks, &sinks, &reply_tx, client_limits).await?;
-            routes.insert(route.spec.name.clone(), route);
+            let route = builder.route(spec, &sinks).await?;
+            routes.insert(route.spec.name.clone(), Arc::new(route));
         }
-        let replies = routes
-            .values()
-            .any(|r| r.service.is_some())
-            .then_some(reply_rx);
         if config.decisions.store.backend == DedupBackend::Memory
             && routes.values().any(|r| r.spec.kind.approval().is_some())
         {
@@ -88,8 +91,15 @@ impl App {
             ),
             None => None,
         };
+        let reload = Reload {
+            running: config.written,
+            builder,
+            longest_deadline: longest_deadline.unwrap_or_default(),
+            path: None,
+        };
         let state = Arc::new(State {
-            routes,
+            routes: arc_swap::ArcSwap::from_pointee(routes),
+            retired: std::sync::Mutex::default(),
             sinks,
             body_timeout: config.server.body_timeout,
             metrics,
@@ -107,12 +117,22 @@ impl App {
         });
         Ok(Self {
             listener,
-            replies,
+            // Always consumed: a reload may add a source that asks a decision service.
+            replies: Some(reply_rx),
+            reload,
             admin,
             tls,
             state,
             server: config.server,
         })
+    }
+
+    /// Reloads the sources from `path` on SIGHUP (see [`crate::reload`]); without it SIGHUP
+    /// reloads only the TLS certificate.
+    #[must_use]
+    pub fn reload_from(mut self, path: std::path::PathBuf) -> Self {
+        self.reload.path = Some(path);
+        self
     }
 
     /// The main listener's address (useful with port 0 in tests).
@@ -139,11 +159,18 @@ impl App {
                 stop.cancel();
             });
         }
-        if let Some(tls) = &self.tls {
-            tls.reload_on_sighup();
-        }
         let mut parts = Parts::default();
         self.start_background(&mut parts);
+        let reloader = self.reload.take_reloader();
+        let (state, tls) = (Arc::clone(&self.state), self.tls.clone());
+        // Listened for before "listening" is logged: from then on a SIGHUP never kills.
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(hup) => parts.spawn(Stage::Intake, "reload on SIGHUP", |stop| {
+                on_sighup(hup, state, tls, reloader, stop)
+            }),
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; reloads are disabled"),
+        }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         tracing::info!(addr = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(), scheme, "listening");
         let admin_task = self.admin.take().map(|admin| {
@@ -187,13 +214,14 @@ impl App {
         parts.spawn(Stage::Intake, "housekeeping", |stop| {
             housekeeping(Arc::clone(state), stop)
         });
-        for route in state.routes.values() {
-            if let Some(service) = &route.service {
-                let service = Arc::clone(service);
-                let name = format!("decision service of {}", route.spec.name);
-                parts.add(Stage::Intake, name, async move { service.close().await });
+        let services = Arc::clone(state);
+        parts.add(Stage::Intake, "decision services", async move {
+            let routes = services.routes.load_full();
+            for service in routes.values().filter_map(|r| r.service.as_ref()) {
+                service.close().await;
             }
-        }
+            close_retired(&services, true).await;
+        });
         if let Some(rx) = self.replies.take() {
             parts.spawn(Stage::Intake, "decision replies", |stop| {
                 record_replies(Arc::clone(state), rx, stop)
@@ -294,35 +322,40 @@ fn decision_store(config: &Config) -> anyhow::Result<DecisionStore> {
     })
 }
 
-/// A source's route: its sink, and the decision service it asks (started here).
-async fn route(
-    spec: SourceSpec,
-    sink_specs: &[SinkSpec],
-    sinks: &Sinks,
-    replies: &mpsc::Sender<Reply>,
+/// Builds sources' routes, at startup and on reload: what a route needs besides its spec.
+pub(crate) struct RouteBuilder {
+    sink_specs: Vec<SinkSpec>,
+    replies: mpsc::Sender<Reply>,
     client_limits: (u8, usize),
-) -> anyhow::Result<Route> {
-    let sink = Arc::clone(
-        sinks
-            .get(&spec.sink)
-            .context("source refers to a missing sink")?,
-    );
-    let service = match spec.kind.approval().and_then(|a| a.service.as_ref()) {
-        Some(svc) => {
-            let sink_spec = sink_specs
-                .iter()
-                .find(|s| s.name == svc.sink)
-                .context("decision service refers to a missing sink")?;
-            let started = DecisionService::start(&spec.name, svc, sink_spec, replies.clone());
-            Some(Arc::new(started.await?))
-        }
-        None => None,
-    };
-    tracing::info!(
-        source = %spec.name, route = %spec.route(), kind = spec.kind.name(),
-        scheme = spec.verifier.scheme().name(), sink = %spec.sink, "source ready"
-    );
-    Ok(Route::new(spec, sink, service, client_limits))
+}
+
+impl RouteBuilder {
+    /// A source's route: its sink, and the decision service it asks (started here).
+    pub(crate) async fn route(&self, spec: SourceSpec, sinks: &Sinks) -> anyhow::Result<Route> {
+        let sink = Arc::clone(
+            sinks
+                .get(&spec.sink)
+                .context("source refers to a missing sink")?,
+        );
+        let service = match spec.kind.approval().and_then(|a| a.service.as_ref()) {
+            Some(svc) => {
+                let sink_spec = self
+                    .sink_specs
+                    .iter()
+                    .find(|s| s.name == svc.sink)
+                    .context("decision service refers to a missing sink")?;
+                let started =
+                    DecisionService::start(&spec.name, svc, sink_spec, self.replies.clone());
+                Some(Arc::new(started.await?))
+            }
+            None => None,
+        };
+        tracing::info!(
+            source = %spec.name, route = %spec.route(), kind = spec.kind.name(),
+            scheme = spec.verifier.scheme().name(), sink = %spec.sink, "source ready"
+        );
+        Ok(Route::new(spec, sink, service, self.client_limits))
+    }
 }
 
 /// When a background part stops, in this order, once the listeners have stopped accepting and
@@ -396,6 +429,74 @@ impl Parts {
     }
 }
 
+/// What a reload needs, until [`App::run`] hands it to the SIGHUP task.
+struct Reload {
+    running: crate::config::Written,
+    builder: RouteBuilder,
+    longest_deadline: Duration,
+    path: Option<std::path::PathBuf>,
+}
+
+impl Reload {
+    fn take_reloader(&mut self) -> Option<Reloader> {
+        let path = self.path.take()?;
+        let builder = RouteBuilder {
+            sink_specs: std::mem::take(&mut self.builder.sink_specs),
+            replies: self.builder.replies.clone(),
+            client_limits: self.builder.client_limits,
+        };
+        Some(Reloader::new(
+            path,
+            std::mem::take(&mut self.running),
+            builder,
+            self.longest_deadline,
+        ))
+    }
+}
+
+/// SIGHUP reloads the TLS certificate and, when the service was started from a file, the
+/// sources. One at a time: a signal that arrives during a reload runs after it.
+async fn on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    state: Arc<State>,
+    tls: Option<ReloadableAcceptor>,
+    reloader: Option<Reloader>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            got = hup.recv() => if got.is_none() { return },
+            () = stop.cancelled() => return,
+        }
+        tracing::info!("SIGHUP received");
+        if let Some(tls) = &tls {
+            tls.reload();
+        }
+        if let Some(reloader) = &reloader {
+            reloader.reload(&state).await;
+        }
+    }
+}
+
+/// Closes the decision services a reload retired: those no request holds any more, or, at
+/// shutdown (`all`), every one.
+async fn close_retired(state: &State, all: bool) {
+    let closing: Vec<Arc<DecisionService>> = {
+        let mut retired = state
+            .retired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (done, keep) = retired
+            .drain(..)
+            .partition(|s| all || Arc::strong_count(s) == 1);
+        *retired = keep;
+        done
+    };
+    for service in closing {
+        service.close().await;
+    }
+}
+
 /// The one periodic task: metric upkeep and spool depths every 5 s, idle rate buckets pruned
 /// every minute.
 async fn housekeeping(state: Arc<State>, stop: CancellationToken) {
@@ -411,8 +512,14 @@ async fn housekeeping(state: Arc<State>, stop: CancellationToken) {
             metrics.run_upkeep();
         }
         if n.is_multiple_of(12) {
-            state.routes.values().for_each(Route::prune_limiters);
+            state
+                .routes
+                .load()
+                .values()
+                .for_each(|r| r.prune_limiters());
         }
+        // Replaced by a reload, and no request holds them any more.
+        close_retired(&state, false).await;
         if let Some(spool) = &state.spool {
             let spool = Arc::clone(spool);
             let _joined = tokio::task::spawn_blocking(move || spool.report_depths()).await;

@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod plan;
 pub mod probe;
+pub mod reload;
 pub mod send;
 pub mod server;
 pub mod shutdown;

@@ -265,7 +265,7 @@ fn run_service(config: &std::path::Path, log_format: telemetry::LogFormat) -> Ex
         }
     };
     match tokio::runtime::Runtime::new() {
-        Ok(rt) => match rt.block_on(serve(cfg)) {
+        Ok(rt) => match rt.block_on(serve(cfg, config)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "hookbridge stopped");
@@ -473,10 +473,12 @@ fn health(addr: &str, url: Option<&str>, path: &str, timeout: std::time::Duratio
     }
 }
 
-async fn serve(cfg: config::Config) -> anyhow::Result<()> {
+async fn serve(cfg: config::Config, path: &std::path::Path) -> anyhow::Result<()> {
     // The recorder's upkeep (histogram buckets) runs on the app's housekeeping tick.
     let metrics = hookbridge::metrics::install()?;
-    let app = App::build(cfg, Some(metrics)).await?;
+    let app = App::build(cfg, Some(metrics))
+        .await?
+        .reload_from(path.to_owned());
     app.run(shutdown::signal()).await;
     Ok(())
 }

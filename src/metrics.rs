@@ -36,6 +36,11 @@ pub const DECISION_CONFLICTS: &str = "hookbridge_decision_conflicts_total";
 /// `wrong_nonce`, `bad_mac`).
 pub const REPLIES_REJECTED: &str = "hookbridge_decision_replies_rejected_total";
 
+/// Configuration reloads (SIGHUP), by `result` (`ok`, `refused`).
+pub const CONFIG_RELOADS: &str = "hookbridge_config_reloads_total";
+/// When the configuration was last reloaded, as a Unix time in seconds.
+pub const CONFIG_LAST_RELOAD: &str = "hookbridge_config_last_reload_success_timestamp_seconds";
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0,
 ];
@@ -147,6 +152,17 @@ pub const SHADOW_UNVERIFIED: &str = "hookbridge_shadow_unverified_total";
 pub fn shadow_unverified(source: &str, reason: &'static str) {
     metrics::counter!(SHADOW_UNVERIFIED, "source" => source.to_owned(), "reason" => reason)
         .increment(1);
+}
+
+pub fn config_reloaded(ok: bool) {
+    let result = if ok { "ok" } else { "refused" };
+    metrics::counter!(CONFIG_RELOADS, "result" => result).increment(1);
+    if ok {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        metrics::gauge!(CONFIG_LAST_RELOAD).set(now.as_secs_f64());
+    }
 }
 
 pub fn sink_ready(sink: &str, ready: bool) {

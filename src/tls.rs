@@ -78,20 +78,4 @@ impl ReloadableAcceptor {
             ),
         }
     }
-
-    /// Reloads on every SIGHUP until the process ends.
-    pub fn reload_on_sighup(&self) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                tracing::warn!("cannot listen for SIGHUP; TLS reload disabled");
-                return;
-            };
-            while hup.recv().await.is_some() {
-                this.reload();
-            }
-        });
-    }
 }

@@ -66,6 +66,36 @@ pub struct Config {
     pub sources: Vec<SourceSpec>,
     /// Things that are allowed but deserve a loud line at startup (`none` scheme, small RSA keys).
     pub warnings: Vec<String>,
+    /// The file as written, variables substituted: what a reload compares section by section.
+    pub written: Written,
+}
+
+/// A config file's sections as written, `${VAR}`s and `${file:}`s substituted. It holds
+/// secrets, so its `Debug` shows none of it.
+#[derive(Clone, PartialEq, Default)]
+pub struct Written(toml::Table);
+
+impl fmt::Debug for Written {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Written(..)")
+    }
+}
+
+impl Written {
+    /// A top-level section (`server`, `sinks`, …), or `None` when the file has none.
+    pub fn section(&self, name: &str) -> Option<&toml::Value> {
+        self.0.get(name)
+    }
+
+    /// One entry of a table section (`sources.<name>`, `sinks.<name>`).
+    pub fn entry(&self, section: &str, name: &str) -> Option<&toml::Value> {
+        self.0.get(section)?.get(name)
+    }
+
+    /// The names of the top-level sections present.
+    pub fn sections(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
 }
 
 /// The top-level sections, in the order they are read (and listed in the unknown-section error).
@@ -141,6 +171,7 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
     })?;
     let mut problems = Problems::default();
     env::substitute(&mut root, env, &mut problems.errors);
+    let written = Written(root.clone());
     for key in root.keys().filter(|k| !SECTIONS.contains(&k.as_str())) {
         problems.error(format!(
             "{key}: unknown section (expected {})",
@@ -183,6 +214,7 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         sinks,
         sources: sources.specs,
         warnings: problems.warnings,
+        written,
     })
 }
 

@@ -93,8 +93,9 @@ impl Route {
 
 /// Records a decision service's reply (see [`approve::on_reply`]) with this process's sources.
 pub async fn on_reply(state: &State, reply: Reply) {
+    let routes = state.routes.load_full();
     approve::on_reply(&state.decisions, reply, |name| {
-        let route = state.routes.get(name)?;
+        let route = routes.get(name)?;
         Some(route.approver(state, route.spec.kind.approval()?))
     })
     .await;

@@ -45,7 +45,7 @@ where
         bytes: 0,
         started,
     };
-    let Some(route) = state.routes.get(&name) else {
+    let Some(route) = state.routes.load().get(&name).cloned() else {
         let r = Rejection::UnknownSource;
         // The path is attacker-chosen: it must not become a metric label.
         audit("_unknown", &ctx, Err(&r));
@@ -57,7 +57,7 @@ where
         audit(&name, &ctx, Err(&r));
         return r.into_response();
     };
-    let result = process(route, &state, method, headers, body, &mut ctx).await;
+    let result = process(&route, &state, method, headers, body, &mut ctx).await;
     match result {
         Ok(Handled::Event(envelope, delivery, shadow)) => {
             let outcome = match shadow {

@@ -116,9 +116,16 @@ impl ClientLimiter {
     }
 }
 
+/// The sources by name. A request takes the current map once and keeps it to the end, so it
+/// finishes on the configuration it started on, whatever a reload swaps in meanwhile.
+pub type Routes = HashMap<String, Arc<Route>>;
+
 /// Everything a request needs, shared by all connections.
 pub struct State {
-    pub routes: HashMap<String, Route>,
+    /// Swapped whole by a reload ([`crate::reload`]).
+    pub routes: arc_swap::ArcSwap<Routes>,
+    /// Decision services of routes a reload replaced, closed once no request holds them.
+    pub retired: std::sync::Mutex<Vec<Arc<DecisionService>>>,
     pub sinks: Sinks,
     pub body_timeout: Duration,
     pub metrics: Option<PrometheusHandle>,
@@ -224,6 +231,7 @@ fn readiness(state: &State) -> Response {
     // can stand in for a decision).
     let services: serde_json::Map<String, serde_json::Value> = state
         .routes
+        .load()
         .values()
         .filter_map(|r| Some((r.spec.name.clone(), r.service.as_ref()?.is_ready().into())))
         .collect();

@@ -19,11 +19,13 @@ async fn state(dir: &std::path::Path, sources: &str) -> Arc<State> {
         .into_iter()
         .map(|spec| {
             let sink = Arc::clone(sinks.get(&spec.sink).unwrap());
-            (spec.name.clone(), Route::new(spec, sink, None, (64, 1000)))
+            let route = Route::new(spec, sink, None, (64, 1000));
+            (route.spec.name.clone(), Arc::new(route))
         })
         .collect();
     Arc::new(State {
-        routes,
+        routes: arc_swap::ArcSwap::from_pointee(routes),
+        retired: std::sync::Mutex::default(),
         sinks,
         body_timeout: Duration::from_secs(5),
         metrics: None,
@@ -162,7 +164,7 @@ async fn rejections_have_their_status_and_write_nothing() {
 async fn chunked_body_over_the_limit_is_refused_without_content_length() {
     let dir = tempfile::tempdir().unwrap();
     let st = state(dir.path(), TOKEN).await;
-    let route = st.routes.get("t").unwrap();
+    let route = Arc::clone(st.routes.load().get("t").unwrap());
     let chunks = futures_util::stream::iter(
         (0..10).map(|_| Ok::<_, warp::Error>(Bytes::from_static(b"0123456789"))),
     );

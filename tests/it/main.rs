@@ -13,8 +13,11 @@
 //! - `kafka`, `rabbitmq`: the broker sinks against real brokers started by `scripts/test.sh`.
 //! - `durability`: spool fallback and drain, ack modes, a full spool, Redis dedup, backpressure.
 //! - `chaos`: broker restarts, SIGKILL, a cut connection, all under load (run serially).
+//! - `fleet`: three replicas behind HAProxy: retries spread, kill -9, rolling restart (serial).
 //! - `callback`: Cobo callbacks decided by rules and by the example decision service
 //!   (RabbitMQ, Kafka), remembered decisions shared through Redis.
+//! - `reload`: SIGHUP swaps the sources under load; bad files and sink changes refused.
+//! - `process`: hookbridge as a process of its own (signals, restarts, replicas).
 //! - `tap`, `proxy`: a durable RabbitMQ queue to count by message id; a TCP fault injector.
 
 // Test code: a panic is how a test fails, and cleanup results do not matter.
@@ -32,15 +35,20 @@ mod cli;
 mod decision_service;
 #[cfg(all(feature = "kafka", feature = "rabbitmq"))]
 mod durability;
+#[cfg(all(feature = "kafka", feature = "rabbitmq"))]
+mod fleet;
 mod handshake;
 mod helpers;
 mod ingress;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod process;
 mod providers;
 mod proxy;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
+#[cfg(all(feature = "kafka", feature = "rabbitmq"))]
+mod reload;
 mod security;
 mod shadow;
 #[cfg(feature = "rabbitmq")]
