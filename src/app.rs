@@ -34,6 +34,8 @@ pub struct App {
     replies: Option<mpsc::Receiver<Reply>>,
     /// What a reload needs; reloads happen once [`App::reload_from`] named the file.
     reload: Reload,
+    /// The trace exporter, when tracing is on; run by [`App::run`].
+    exporter: Option<crate::otel::Exporter>,
     admin: Option<TcpListener>,
     tls: Option<ReloadableAcceptor>,
     state: Arc<State>,
@@ -97,7 +99,16 @@ impl App {
             longest_deadline: longest_deadline.unwrap_or_default(),
             path: None,
         };
+        let (tracer, exporter) = match &config.tracing {
+            Some(t) => {
+                tracing::info!(endpoint = %t.endpoint, sample_ratio = t.sample_ratio, "tracing on (OTLP/HTTP)");
+                let (tracer, exporter) = crate::otel::Tracer::new(t);
+                (Some(tracer), Some(exporter))
+            }
+            None => (None, None),
+        };
         let state = Arc::new(State {
+            tracer,
             routes: arc_swap::ArcSwap::from_pointee(routes),
             retired: std::sync::Mutex::default(),
             sinks,
@@ -120,6 +131,7 @@ impl App {
             // Always consumed: a reload may add a source that asks a decision service.
             replies: Some(reply_rx),
             reload,
+            exporter,
             admin,
             tls,
             state,
@@ -251,6 +263,10 @@ impl App {
                 spool.close().await;
                 tracing::info!("spool closed");
             });
+        }
+        if let Some(exporter) = self.exporter.take() {
+            // Last: the spans of the requests that finished during shutdown go out too.
+            parts.spawn(Stage::Stores, "trace exporter", |stop| exporter.run(stop));
         }
         let (dedup, decisions) = (Arc::clone(&state.dedup), Arc::clone(&state.decisions));
         parts.add(

@@ -33,6 +33,7 @@ pub mod ingress;
 mod kv;
 pub mod metrics;
 pub mod normalize;
+pub mod otel;
 pub mod plan;
 pub mod probe;
 pub mod reload;

@@ -41,6 +41,10 @@ pub const CONFIG_RELOADS: &str = "hookbridge_config_reloads_total";
 /// When the configuration was last reloaded, as a Unix time in seconds.
 pub const CONFIG_LAST_RELOAD: &str = "hookbridge_config_last_reload_success_timestamp_seconds";
 
+/// Trace spans by `result`: `exported`, `dropped_queue_full` (the export queue was full),
+/// `export_failed` (the collector refused them or could not be reached).
+pub const TRACE_SPANS: &str = "hookbridge_trace_spans_total";
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0,
 ];
@@ -152,6 +156,10 @@ pub const SHADOW_UNVERIFIED: &str = "hookbridge_shadow_unverified_total";
 pub fn shadow_unverified(source: &str, reason: &'static str) {
     metrics::counter!(SHADOW_UNVERIFIED, "source" => source.to_owned(), "reason" => reason)
         .increment(1);
+}
+
+pub fn trace_spans(result: &'static str, n: usize) {
+    metrics::counter!(TRACE_SPANS, "result" => result).increment(n as u64);
 }
 
 pub fn config_reloaded(ok: bool) {

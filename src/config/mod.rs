@@ -23,6 +23,7 @@ mod spool;
 mod stores;
 #[cfg(test)]
 mod tests;
+mod traces;
 
 use std::fmt;
 use std::path::Path;
@@ -34,6 +35,7 @@ pub use self::raw::{AuditOutput, DedupBackend, RawVerify, SecretEncoding};
 pub use self::server::{ServerConfig, TlsFiles};
 pub use self::spool::SpoolConfig;
 pub use self::stores::{DecisionsConfig, DedupConfig, StoreConfig};
+pub use self::traces::TracingConfig;
 use crate::plan::SourceSpec;
 use crate::sink::spec::{SinkKind, SinkSpec};
 
@@ -64,6 +66,8 @@ pub struct Config {
     pub decisions: DecisionsConfig,
     pub sinks: Vec<SinkSpec>,
     pub sources: Vec<SourceSpec>,
+    /// OpenTelemetry traces; `None` when off.
+    pub tracing: Option<TracingConfig>,
     /// Things that are allowed but deserve a loud line at startup (`none` scheme, small RSA keys).
     pub warnings: Vec<String>,
     /// The file as written, variables substituted: what a reload compares section by section.
@@ -99,9 +103,10 @@ impl Written {
 }
 
 /// The top-level sections, in the order they are read (and listed in the unknown-section error).
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "server",
     "audit",
+    "tracing",
     "spool",
     "dedup",
     "decisions",
@@ -181,6 +186,7 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
 
     let server = server::load(&mut problems, root.remove("server"));
     let audit = audit::load(&mut problems, root.remove("audit"));
+    let tracing = traces::load(&mut problems, root.remove("tracing"), env);
     // Read in file order; whether it is on depends on the sinks, so it is settled below.
     let raw_spool: RawSpool = problems.section_or_default("spool", root.remove("spool"));
     let stores = stores::load(
@@ -213,6 +219,7 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         decisions: stores.decisions,
         sinks,
         sources: sources.specs,
+        tracing,
         warnings: problems.warnings,
         written,
     })

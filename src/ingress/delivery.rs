@@ -279,7 +279,8 @@ where
     F: Future<Output = Result<(), PublishError>> + Unpin,
 {
     let started = Instant::now();
-    let result = tokio::time::timeout(budget, publish).await.ok()?;
+    let waiting = tokio::time::timeout(budget, publish);
+    let result = crate::otel::in_span("publish", waiting).await.ok()?;
     if result.is_ok() {
         latency.record(started.elapsed().as_secs_f64());
     }
@@ -287,7 +288,7 @@ where
 }
 
 async fn to_spool(spool: &Spool, sink: &str, envelope: &Envelope) -> Result<Spooled, Rejection> {
-    let spooled = spool.append(sink, envelope).await?;
+    let spooled = crate::otel::in_span("spool", spool.append(sink, envelope)).await?;
     metrics::spooled(sink);
     Ok(spooled)
 }

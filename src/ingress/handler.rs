@@ -21,7 +21,7 @@ use crate::dedup::Claim;
 use crate::normalize::Envelope;
 use crate::plan::SourceKind;
 use crate::verify::{Handshake, IncomingWebhook, VerifiedWebhook};
-use crate::{audit, metrics};
+use crate::{audit, metrics, otel};
 
 pub async fn receive<S, B>(
     name: String,
@@ -57,8 +57,14 @@ where
         audit(&name, &ctx, Err(&r));
         return r.into_response();
     };
-    let result = process(&route, &state, method, headers, body, &mut ctx).await;
-    match result {
+    let trace = state.tracer.as_ref().map(|t| t.start(&headers));
+    let handling = process(&route, &state, method, headers, body, &mut ctx);
+    let result = match &trace {
+        Some(t) => otel::scope(Arc::clone(t), handling).await,
+        None => handling.await,
+    };
+    // What the request's trace span says: the outcome label, a reason, the event ID.
+    let (response, outcome, reason, event_id) = match result {
         Ok(Handled::Event(envelope, delivery, shadow)) => {
             let outcome = match shadow {
                 Some(_) => metrics::Accepted::ShadowUnverified,
@@ -67,29 +73,60 @@ where
             route.metrics.request(outcome);
             audit(&name, &ctx, Ok((&envelope, outcome, shadow)));
             route.metrics.ack_latency(started.elapsed());
-            if matches!(route.spec.kind, SourceKind::Callback(Purpose::Notification)) {
+            let response = if matches!(route.spec.kind, SourceKind::Callback(Purpose::Notification))
+            {
                 // A notification's `ok` only says "received": sent once durable, like a 200.
                 reject::decided(crate::callback::Verdict::Ok)
             } else {
                 reject::accepted(envelope.id())
-            }
+            };
+            (
+                response,
+                outcome.label(),
+                shadow.unwrap_or_default(),
+                Some(envelope.id().clone()),
+            )
         }
         Ok(Handled::Handshake(handshake)) => {
             route.metrics.request(metrics::Accepted::Handshake);
             audit_handshake(&name, &ctx, &handshake);
-            reject::handshake(&handshake)
+            let reason = handshake.kind();
+            (
+                reject::handshake(&handshake),
+                metrics::Accepted::Handshake.label(),
+                reason,
+                None,
+            )
         }
         Ok(Handled::Decided(answered)) => {
             route.metrics.request(metrics::Accepted::Decided);
             audit_decision(&name, &ctx, &answered);
             route.metrics.ack_latency(started.elapsed());
-            reject::decided(answered.decision.decision)
+            let decision = answered.decision.decision;
+            (
+                reject::decided(decision),
+                metrics::Accepted::Decided.label(),
+                decision.body(),
+                None,
+            )
         }
         Err(r) => {
             audit(&name, &ctx, Err(&r));
-            r.into_response()
+            let reason = r.reason();
+            (r.into_response(), "rejected", reason, None)
         }
+    };
+    if let (Some(tracer), Some(trace)) = (&state.tracer, trace) {
+        let ended = otel::Ended {
+            source: &name,
+            outcome,
+            reason,
+            status: response.status().as_u16(),
+            event_id: event_id.as_ref().map(crate::normalize::EventId::as_str),
+        };
+        tracer.finish(trace, &ended);
     }
+    response
 }
 
 /// What the audit line needs beyond the outcome.
@@ -146,33 +183,23 @@ where
     if declared.is_some_and(|len| len > limit) {
         return Err(Rejection::TooLarge { limit });
     }
-    let (body, budget) = tokio::time::timeout(
+    let reading = tokio::time::timeout(
         state.body_timeout,
         read_capped(body, limit, declared, &state.body_budget),
-    )
-    .await
-    .map_err(|_| Rejection::BodyTimeout)??;
+    );
+    let (body, budget) = otel::in_span("body.read", reading)
+        .await
+        .map_err(|_| Rejection::BodyTimeout)??;
     ctx.bytes = body.len();
 
     let received = SystemTime::now();
     let approval = route.spec.kind.approval();
     let incoming = IncomingWebhook { headers, body };
-    let verified = if route.spec.shadow {
-        // Config refuses shadow mode for approvals: this never reaches `approve`.
-        let (verified, failure) = route.spec.verifier.verify_shadow(incoming, received);
-        if let Some(e) = failure {
-            metrics::shadow_unverified(&route.spec.name, e.reason());
-            tracing::warn!(source = %route.spec.name, reason = e.reason(), error = %e, "shadow mode: accepting a request that failed verification");
-        }
-        verified
-    } else {
-        match route.spec.verifier.verify(incoming, received) {
-            Ok(v) => v,
-            Err(e) if approval.is_some_and(|a| a.deny_bad_signatures) => {
-                return Ok(Handled::Decided(Answered::bad_signature(e.reason())));
-            }
-            Err(e) => return Err(e.into()),
-        }
+    let deny_bad = approval.is_some_and(|a| a.deny_bad_signatures);
+    let verifying = async { verify(route, incoming, received, deny_bad) };
+    let verified = match otel::in_span("verify", verifying).await? {
+        Ok(v) => v,
+        Err(bad_signature) => return Ok(Handled::Decided(bad_signature)),
     };
     // Authenticated: its bytes no longer count against what unauthenticated senders may hold.
     drop(budget);
@@ -188,12 +215,36 @@ where
     }
     if let Some(approval) = approval {
         let approver = route.approver(state, approval);
-        return approve::approve(&approver, verified, received)
+        return otel::in_span("decision", approve::approve(&approver, verified, received))
             .await
             .map(Handled::Decided)
             .map_err(Rejection::from);
     }
     publish(route, state, verified, received).await
+}
+
+/// The signature check. `Ok(Err(answer))`: an approval callback whose bad signature is
+/// answered `deny` (`deny_bad_signatures`) rather than refused.
+fn verify(
+    route: &Route,
+    incoming: IncomingWebhook,
+    received: SystemTime,
+    deny_bad_signatures: bool,
+) -> Result<Result<VerifiedWebhook, Answered>, Rejection> {
+    if route.spec.shadow {
+        // Config refuses shadow mode for approvals: this never reaches `approve`.
+        let (verified, failure) = route.spec.verifier.verify_shadow(incoming, received);
+        if let Some(e) = failure {
+            metrics::shadow_unverified(&route.spec.name, e.reason());
+            tracing::warn!(source = %route.spec.name, reason = e.reason(), error = %e, "shadow mode: accepting a request that failed verification");
+        }
+        return Ok(Ok(verified));
+    }
+    match route.spec.verifier.verify(incoming, received) {
+        Ok(v) => Ok(Ok(v)),
+        Err(e) if deny_bad_signatures => Ok(Err(Answered::bad_signature(e.reason()))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A verified webhook's event: claimed against duplicates, then made durable per the ack mode.
@@ -204,12 +255,13 @@ async fn publish(
     received: SystemTime,
 ) -> Result<Handled, Rejection> {
     let shadow = verified.proof().shadow;
-    let envelope = Envelope::build(verified, &route.spec, received)?;
+    let traceparent = otel::traceparent();
+    let envelope = Envelope::build_traced(verified, &route.spec, received, traceparent.as_deref())?;
 
     // An unverified (shadow) request never claims an event ID: anyone could post a body with
     // the ID of a genuine event to come, which dedup would then answer without publishing.
     let token = if route.spec.dedup && shadow.is_none() {
-        match state.dedup.claim(&route.spec.name, envelope.id()).await {
+        match otel::in_span("dedup", state.dedup.claim(&route.spec.name, envelope.id())).await {
             Claim::New(token) => Some(token),
             Claim::Done => {
                 metrics::dedup_hit(&route.spec.name);

@@ -146,6 +146,8 @@ pub struct State {
     pub body_budget: Arc<Semaphore>,
     /// Work requests leave behind, drained at shutdown before the sinks close.
     pub background: Background,
+    /// Request traces; `None` when tracing is off.
+    pub tracer: Option<crate::otel::Tracer>,
 }
 
 /// What a listener serves.

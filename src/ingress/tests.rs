@@ -48,6 +48,7 @@ async fn state(dir: &std::path::Path, sources: &str) -> Arc<State> {
         in_flight: Arc::new(tokio::sync::Semaphore::new(100)),
         body_budget: Arc::new(tokio::sync::Semaphore::new(1 << 20)),
         background: crate::ingress::Background::default(),
+        tracer: None,
     })
 }
 

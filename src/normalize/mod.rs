@@ -65,6 +65,9 @@ pub struct Envelope {
     event_type: Arc<str>,
     ce_source: Arc<str>,
     id_origin: IdOrigin,
+    /// W3C trace context of the request that produced it, when traced: also the CloudEvents
+    /// `traceparent` extension inside `json`, and a message header.
+    traceparent: Option<Arc<str>>,
     /// The CloudEvent, structured JSON mode.
     json: Bytes,
 }
@@ -85,12 +88,17 @@ impl Envelope {
     pub fn id_origin(&self) -> &IdOrigin {
         &self.id_origin
     }
+    /// The W3C `traceparent` of the request that produced it, when that request was traced.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
+    }
     /// The CloudEvent as `application/cloudevents+json`.
     pub fn json(&self) -> &Bytes {
         &self.json
     }
 
     /// Rebuilds an envelope the spool wrote after it had been built from a verified request.
+    #[cfg(test)]
     pub(crate) fn restore(
         id: &str,
         source_name: &str,
@@ -99,7 +107,29 @@ impl Envelope {
         id_origin: &str,
         json: Bytes,
     ) -> Self {
+        Self::restore_traced(
+            id,
+            source_name,
+            event_type,
+            ce_source,
+            id_origin,
+            None,
+            json,
+        )
+    }
+
+    /// [`Envelope::restore`] with the trace context the spool kept.
+    pub(crate) fn restore_traced(
+        id: &str,
+        source_name: &str,
+        event_type: &str,
+        ce_source: &str,
+        id_origin: &str,
+        traceparent: Option<&str>,
+        json: Bytes,
+    ) -> Self {
         Self {
+            traceparent: traceparent.map(Into::into),
             id: EventId(id.into()),
             source_name: source_name.into(),
             event_type: event_type.into(),
@@ -123,6 +153,20 @@ impl Envelope {
         webhook: VerifiedWebhook,
         source: &SourceSpec,
         received: SystemTime,
+    ) -> Result<Self, NormalizeError> {
+        Self::build_traced(webhook, source, received, None)
+    }
+
+    /// [`Envelope::build`], carrying the request's trace context (`traceparent`) into the
+    /// CloudEvent's distributed-tracing extension and the envelope.
+    ///
+    /// # Errors
+    /// As [`Envelope::build`].
+    pub fn build_traced(
+        webhook: VerifiedWebhook,
+        source: &SourceSpec,
+        received: SystemTime,
+        traceparent: Option<&str>,
     ) -> Result<Self, NormalizeError> {
         let body = webhook.body();
         // One pass over the body (no tree, no allocation off the wanted paths) validates it and
@@ -203,6 +247,7 @@ impl Envelope {
             hbsigmsgid: proof.message_id.as_deref(),
             hbunverified: unverified,
             hbshadow: proof.shadow,
+            traceparent,
             data_base64: data_base64.as_deref(),
         };
         let mut json = Vec::with_capacity(body.len() + 512);
@@ -220,6 +265,7 @@ impl Envelope {
             event_type: event_type.into(),
             ce_source: source.ce_source.as_str().into(),
             id_origin,
+            traceparent: traceparent.map(Into::into),
             json: Bytes::from(json),
         })
     }
@@ -281,6 +327,7 @@ impl Envelope {
             event_type: crate::callback::DECISION_TYPE.into(),
             ce_source: source.ce_source.as_str().into(),
             id_origin: IdOrigin::Locator("callback_id".to_owned()),
+            traceparent: None,
             json: Bytes::from(json),
         })
     }
@@ -390,6 +437,9 @@ struct Attributes<'a> {
     hbunverified: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     hbshadow: Option<&'static str>,
+    /// The CloudEvents distributed-tracing extension.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_base64: Option<&'a str>,
 }

@@ -166,7 +166,7 @@ impl KafkaSink {
             PublishError::Unavailable(format!("Kafka sink {} is not connected", self.name))
         })?;
         let topic = sanitize_topic(&render_template(&self.topic, envelope));
-        let headers = OwnedHeaders::new_with_capacity(4)
+        let headers = OwnedHeaders::new_with_capacity(5)
             .insert(Header {
                 key: "ce_id",
                 value: Some(envelope.id().as_str()),
@@ -183,6 +183,14 @@ impl KafkaSink {
                 key: "content-type",
                 value: Some("application/cloudevents+json; charset=UTF-8"),
             });
+        // W3C trace context, where OpenTelemetry's Kafka instrumentations look for it.
+        let headers = match envelope.traceparent() {
+            Some(tp) => headers.insert(Header {
+                key: "traceparent",
+                value: Some(tp),
+            }),
+            None => headers,
+        };
         let record = FutureRecord::to(&topic)
             .key(envelope.id().as_str())
             .payload(envelope.json().as_ref())

@@ -90,6 +90,10 @@ impl RabbitSink {
             "cloudEvents:source".into(),
             AMQPValue::LongString(envelope.ce_source().into()),
         );
+        // W3C trace context, where OpenTelemetry's AMQP instrumentations look for it.
+        if let Some(tp) = envelope.traceparent() {
+            headers.insert("traceparent".into(), AMQPValue::LongString(tp.into()));
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()

@@ -1,11 +1,12 @@
 //! The spool's record format: the envelope's metadata as length-prefixed strings, then the
-//! CloudEvent bytes. Versioned so a later format can be told apart.
+//! CloudEvent bytes. Versioned so a later format can be told apart: version 2 adds the trace
+//! context (`traceparent`, empty when untraced); version 1 records are still read.
 
 use bytes::Bytes;
 
 use crate::normalize::Envelope;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 pub fn encode(env: &Envelope) -> Vec<u8> {
     let id_origin = env.id_origin().to_string();
@@ -15,6 +16,7 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
         env.event_type(),
         env.ce_source(),
         &id_origin,
+        env.traceparent().unwrap_or_default(),
     ];
     let mut out = Vec::with_capacity(
         1 + fields.iter().map(|f| f.len() + 2).sum::<usize>() + env.json().len(),
@@ -33,23 +35,26 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
 
 pub fn decode(mut b: &[u8]) -> Option<Envelope> {
     let (&version, rest) = b.split_first()?;
-    if version != VERSION {
-        return None;
-    }
+    let count = match version {
+        1 => 5,
+        VERSION => 6,
+        _ => return None,
+    };
     b = rest;
-    let mut fields: [&str; 5] = [""; 5];
-    for f in &mut fields {
+    let mut fields: [&str; 6] = [""; 6];
+    for f in &mut fields[..count] {
         let len = usize::from(u16::from_be_bytes(b.get(..2)?.try_into().ok()?));
         *f = std::str::from_utf8(b.get(2..2 + len)?).ok()?;
         b = &b[2 + len..];
     }
-    let [id, source, ty, ce_source, origin] = fields;
-    Some(Envelope::restore(
+    let [id, source, ty, ce_source, origin, traceparent] = fields;
+    Some(Envelope::restore_traced(
         id,
         source,
         ty,
         ce_source,
         origin,
+        Some(traceparent).filter(|t| !t.is_empty()),
         Bytes::copy_from_slice(b),
     ))
 }
@@ -99,4 +104,47 @@ pub fn decode_dead(b: &[u8]) -> Option<Dead> {
         reason,
         envelope,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(env: &Envelope) -> (String, String, Option<String>, Bytes) {
+        (
+            env.id().to_string(),
+            env.id_origin().to_string(),
+            env.traceparent().map(ToOwned::to_owned),
+            env.json().clone(),
+        )
+    }
+
+    #[test]
+    fn records_keep_the_trace_context_and_version_1_records_still_read() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let json = Bytes::from_static(b"{\"id\":\"e\"}");
+        let traced =
+            Envelope::restore_traced("e", "s", "t", "/s", "sha256", Some(tp), json.clone());
+        let back = decode(&encode(&traced)).unwrap();
+        assert_eq!(fields(&back), fields(&traced));
+        assert_eq!(back.traceparent(), Some(tp));
+
+        let plain = Envelope::restore("e", "s", "t", "/s", "/id", json.clone());
+        assert_eq!(decode(&encode(&plain)).unwrap().traceparent(), None);
+
+        // What a version without tracing wrote: five fields after the version byte.
+        let mut v1 = vec![1u8];
+        for f in ["e", "s", "t", "/s", "/id"] {
+            v1.extend_from_slice(&u16::try_from(f.len()).unwrap().to_be_bytes());
+            v1.extend_from_slice(f.as_bytes());
+        }
+        v1.extend_from_slice(&json);
+        let old = decode(&v1).unwrap();
+        assert_eq!(fields(&old), fields(&plain));
+        assert_eq!(
+            decode(&[3, 0, 0]).map(|e| e.id().to_string()),
+            None,
+            "unknown version"
+        );
+    }
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::helpers::*;
 use crate::proxy::Proxy;
 
-fn brokers() -> String {
+pub fn brokers() -> String {
     let b = std::env::var("HOOKBRIDGE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let addr: SocketAddr = b.parse().expect("HOOKBRIDGE_TEST_KAFKA must be host:port");
     assert!(

@@ -16,6 +16,7 @@
 //! - `fleet`: three replicas behind HAProxy: retries spread, kill -9, rolling restart (serial).
 //! - `callback`: Cobo callbacks decided by rules and by the example decision service
 //!   (RabbitMQ, Kafka), remembered decisions shared through Redis.
+//! - `traces`: OpenTelemetry spans to a real OTLP/HTTP receiver, continued by the messages.
 //! - `reload`: SIGHUP swaps the sources under load; bad files and sink changes refused.
 //! - `process`: hookbridge as a process of its own (signals, restarts, replicas).
 //! - `tap`, `proxy`: a durable RabbitMQ queue to count by message id; a TCP fault injector.
@@ -53,4 +54,6 @@ mod security;
 mod shadow;
 #[cfg(feature = "rabbitmq")]
 mod tap;
+#[cfg(all(feature = "kafka", feature = "rabbitmq"))]
+mod traces;
 mod verify;

@@ -7,10 +7,18 @@ use lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 
 use crate::rabbitmq::amqp_url;
+
+/// A message taken from the tap's queue.
+pub struct Tapped {
+    pub id: String,
+    /// The string-valued AMQP headers.
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: Vec<u8>,
+}
 
 pub struct RabbitTap {
     pub exchange: String,
@@ -73,9 +81,18 @@ impl RabbitTap {
     /// Message ids taken from the queue until at least `want` arrived and the queue stayed empty
     /// for a moment, or `within` passed.
     pub async fn take_ids(&self, want: usize, within: Duration) -> Vec<String> {
+        self.take(want, within)
+            .await
+            .into_iter()
+            .map(|m| m.id)
+            .collect()
+    }
+
+    /// Messages taken from the queue, as [`RabbitTap::take_ids`] takes them.
+    pub async fn take(&self, want: usize, within: Duration) -> Vec<Tapped> {
         let conn = connect().await;
         let ch = conn.create_channel().await.unwrap();
-        let mut ids = Vec::new();
+        let mut taken = Vec::new();
         let deadline = Instant::now() + within;
         let mut idle_since = Instant::now();
         while Instant::now() < deadline {
@@ -85,18 +102,35 @@ impl RabbitTap {
                 .unwrap()
             {
                 Some(m) => {
-                    ids.push(
-                        m.delivery
-                            .properties
+                    let props = &m.delivery.properties;
+                    let headers = props
+                        .headers()
+                        .as_ref()
+                        .map(|h| {
+                            h.inner()
+                                .iter()
+                                .filter_map(|(k, v)| match v {
+                                    AMQPValue::LongString(s) => {
+                                        Some((k.to_string(), s.to_string()))
+                                    }
+                                    _ => None,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    taken.push(Tapped {
+                        id: props
                             .message_id()
                             .as_ref()
                             .map(|s| s.as_str().to_owned())
                             .unwrap_or_default(),
-                    );
+                        headers,
+                        body: m.delivery.data.clone(),
+                    });
                     idle_since = Instant::now();
                 }
                 None => {
-                    if ids.len() >= want && idle_since.elapsed() > Duration::from_secs(2) {
+                    if taken.len() >= want && idle_since.elapsed() > Duration::from_secs(2) {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -104,7 +138,7 @@ impl RabbitTap {
             }
         }
         let _ = conn.close(200, "ok".into()).await;
-        ids
+        taken
     }
 
     pub async fn cleanup(self) {
