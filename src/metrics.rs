@@ -45,18 +45,185 @@ pub const CONFIG_LAST_RELOAD: &str = "hookbridge_config_last_reload_success_time
 /// `export_failed` (the collector refused them or could not be reached).
 pub const TRACE_SPANS: &str = "hookbridge_trace_spans_total";
 
+/// Up to 15 s: providers give up at about 10 s (and a body may take `body_timeout_ms`, 10 s),
+/// so a p99 near that timeout must still fall inside a bucket.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0,
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 7.5, 10.0,
+    15.0,
 ];
 
-/// Installs the global Prometheus recorder.
+/// Every metric with its `# HELP` text (the exposition has one for each).
+const HELP: &[(&str, &str)] = &[
+    (
+        REQUESTS,
+        "Requests by source and outcome (accepted, spooled, duplicate, bad_signature, …).",
+    ),
+    (
+        ACK_LATENCY,
+        "Seconds from a request's first byte to its 2xx answer, by source.",
+    ),
+    (
+        PUBLISH_LATENCY,
+        "Seconds a sink took to confirm an event, by sink.",
+    ),
+    (
+        SINK_READY,
+        "1 when the sink is connected and ready, by sink.",
+    ),
+    (IN_FLIGHT, "Requests being handled now."),
+    (SINK_CONNECTS, "Broker connections made, by sink."),
+    (
+        CONNECTIONS_REJECTED,
+        "Connections refused or failed before a request, by reason.",
+    ),
+    (
+        CALLBACK_DECISIONS,
+        "Callback answers by source, decision and what decided it.",
+    ),
+    (
+        DECISION_TIMEOUTS,
+        "Approval callbacks whose decision service did not answer in time.",
+    ),
+    (
+        DECISION_CONFLICTS,
+        "Approval callbacks whose ID already had a decision about another body.",
+    ),
+    (
+        REPLIES_REJECTED,
+        "Decision service replies that decided nothing, by source and reason.",
+    ),
+    (
+        CONFIG_RELOADS,
+        "Configuration reloads (SIGHUP) by result (ok, refused).",
+    ),
+    (
+        CONFIG_LAST_RELOAD,
+        "Unix time of the last successful configuration reload.",
+    ),
+    (
+        TRACE_SPANS,
+        "Trace spans by result (exported, dropped_queue_full, export_failed).",
+    ),
+    (
+        SHADOW_UNVERIFIED,
+        "Shadow-mode requests accepted although verification failed.",
+    ),
+    (SPOOL_DEPTH, "Events waiting in the spool, by sink."),
+    (SPOOL_BYTES, "Bytes of events in the spool."),
+    (
+        SPOOL_MAX_BYTES,
+        "The spool's size limit in bytes (past it: 503 spool_full).",
+    ),
+    (SPOOLED, "Events taken into the spool, by sink."),
+    (
+        SPOOL_DRAINED,
+        "Spooled events published and removed, by sink.",
+    ),
+    (
+        SPOOL_QUARANTINED,
+        "Unreadable spool records moved to quarantine, by sink.",
+    ),
+    (
+        DEAD_LETTERED,
+        "Events kept as dead letters because their sink refused them, by sink.",
+    ),
+    (DEAD_LETTERS, "Dead letters kept in the spool, by sink."),
+    (
+        DEDUP_HITS,
+        "Requests answered from the dedup store without publishing, by source.",
+    ),
+    (DEDUP_ERRORS, "Dedup store errors, by source."),
+];
+
+/// Installs the global Prometheus recorder, with every metric's description.
 ///
 /// # Errors
 /// When a recorder is already installed.
 pub fn install() -> Result<PrometheusHandle, BuildError> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
-        .install_recorder()
+        .install_recorder()?;
+    for (name, help) in HELP {
+        if name.ends_with("_total") {
+            metrics::describe_counter!(*name, *help);
+        } else if name.ends_with("_seconds") && *name != CONFIG_LAST_RELOAD {
+            metrics::describe_histogram!(*name, *help);
+        } else {
+            metrics::describe_gauge!(*name, *help);
+        }
+    }
+    Ok(handle)
+}
+
+/// The exposition, in a stable order: families sorted by name, and within one the series
+/// sorted by their labels (a histogram's buckets keep their order). The recorder's own order
+/// follows its hash maps, so two scrapes could list the same series differently.
+pub fn render(handle: &PrometheusHandle) -> String {
+    sort_exposition(&handle.render())
+}
+
+fn sort_exposition(text: &str) -> String {
+    let mut families: Vec<(&str, Vec<&str>, Vec<&str>)> = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let name = match line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "))
+        {
+            Some(rest) => rest.split(' ').next().unwrap_or_default(),
+            None => family_of(line),
+        };
+        match families.last_mut() {
+            Some((current, comments, samples)) if *current == name => {
+                if line.starts_with('#') {
+                    comments.push(line);
+                } else {
+                    samples.push(line);
+                }
+            }
+            _ if line.starts_with('#') => families.push((name, vec![line], Vec::new())),
+            _ => families.push((name, Vec::new(), vec![line])),
+        }
+    }
+    families.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = String::with_capacity(text.len());
+    for (_, comments, mut samples) in families {
+        // Stable: a series' bucket lines keep their `le` order.
+        samples.sort_by_cached_key(|l| series_key(l));
+        for line in comments.into_iter().chain(samples) {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A sample line's family: its name less a histogram or summary suffix.
+fn family_of(line: &str) -> &str {
+    let name = line.split(['{', ' ']).next().unwrap_or_default();
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name)
+}
+
+/// What orders a family's samples: the labels without `le`, then bucket, sum, count.
+fn series_key(line: &str) -> (String, u8) {
+    let name = line.split(['{', ' ']).next().unwrap_or_default();
+    let labels = line
+        .find('{')
+        .and_then(|i| line[i..].find('}').map(|j| &line[i + 1..i + j]))
+        .unwrap_or_default();
+    let labels: Vec<&str> = labels
+        .split(',')
+        .filter(|l| !l.starts_with("le="))
+        .collect();
+    let rank = match name {
+        n if n.ends_with("_sum") => 1,
+        n if n.ends_with("_count") => 2,
+        _ => 0,
+    };
+    (labels.join(","), rank)
 }
 
 /// The `outcome` of a request that was answered with success: its label in
@@ -183,6 +350,10 @@ pub fn sink_connected(sink: &str) {
 
 /// Events waiting in the spool, by `sink`.
 pub const SPOOL_DEPTH: &str = "hookbridge_spool_depth";
+/// Bytes held in the spool (all sinks).
+pub const SPOOL_BYTES: &str = "hookbridge_spool_bytes";
+/// The spool's `max_bytes`.
+pub const SPOOL_MAX_BYTES: &str = "hookbridge_spool_max_bytes";
 /// Events taken into the spool, by `sink`.
 pub const SPOOLED: &str = "hookbridge_spooled_total";
 /// Spooled events published and removed, by `sink`.
@@ -204,6 +375,14 @@ pub const DEDUP_ERRORS: &str = "hookbridge_dedup_errors_total";
 pub fn spool_depth(sink: &str, depth: u64) {
     #[allow(clippy::cast_precision_loss)]
     metrics::gauge!(SPOOL_DEPTH, "sink" => sink.to_owned()).set(depth as f64);
+}
+
+pub fn spool_bytes(used: u64, max: u64) {
+    #[allow(clippy::cast_precision_loss)]
+    {
+        metrics::gauge!(SPOOL_BYTES).set(used as f64);
+        metrics::gauge!(SPOOL_MAX_BYTES).set(max as f64);
+    }
 }
 
 pub fn spooled(sink: &str) {
@@ -270,5 +449,49 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         metrics::gauge!(IN_FLIGHT).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_is_sorted_by_family_then_series_with_buckets_in_order() {
+        let raw = "# TYPE b_total counter\nb_total{s=\"z\"} 1\nb_total{s=\"a\"} 2\n\n# TYPE a_seconds histogram\na_seconds_bucket{s=\"y\",le=\"0.5\"} 1\na_seconds_bucket{s=\"y\",le=\"+Inf\"} 1\na_seconds_sum{s=\"y\"} 0.1\na_seconds_count{s=\"y\"} 1\na_seconds_bucket{s=\"x\",le=\"0.5\"} 0\na_seconds_bucket{s=\"x\",le=\"+Inf\"} 2\na_seconds_sum{s=\"x\"} 3\na_seconds_count{s=\"x\"} 2\n\n";
+        let sorted = sort_exposition(raw);
+        let lines: Vec<&str> = sorted.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(
+            lines,
+            [
+                "# TYPE a_seconds histogram",
+                "a_seconds_bucket{s=\"x\",le=\"0.5\"} 0",
+                "a_seconds_bucket{s=\"x\",le=\"+Inf\"} 2",
+                "a_seconds_sum{s=\"x\"} 3",
+                "a_seconds_count{s=\"x\"} 2",
+                "a_seconds_bucket{s=\"y\",le=\"0.5\"} 1",
+                "a_seconds_bucket{s=\"y\",le=\"+Inf\"} 1",
+                "a_seconds_sum{s=\"y\"} 0.1",
+                "a_seconds_count{s=\"y\"} 1",
+                "# TYPE b_total counter",
+                "b_total{s=\"a\"} 2",
+                "b_total{s=\"z\"} 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_metric_has_help_text() {
+        let src = include_str!("metrics.rs");
+        let names: Vec<&str> = src
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| l.split('"').nth(1))
+            .filter(|n| n.starts_with("hookbridge_"))
+            .collect();
+        assert!(names.len() >= 20, "{names:?}");
+        for n in names {
+            assert!(HELP.iter().any(|(h, _)| *h == n), "no HELP for {n}");
+        }
     }
 }

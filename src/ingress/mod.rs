@@ -187,7 +187,7 @@ pub fn routes(state: Arc<State>, serve: Serve) -> BoxedFilter<(Response,)> {
             let text = state
                 .metrics
                 .as_ref()
-                .map(PrometheusHandle::render)
+                .map(crate::metrics::render)
                 .unwrap_or_default();
             let mut resp = Response::new(text.into());
             resp.headers_mut().insert(

@@ -581,6 +581,7 @@ impl Spool {
 
     /// Publishes the current depth of every sink's queue (for `/metrics`).
     pub fn report_depths(&self) {
+        metrics::spool_bytes(self.bytes.load(Ordering::Relaxed), self.max_bytes);
         for sink in self.queues.keys() {
             metrics::spool_depth(sink, self.depth(sink));
             metrics::dead_letters(sink, self.dead_depth(sink));
