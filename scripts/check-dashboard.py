@@ -33,14 +33,6 @@ ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
 METRICS_MD = ROOT / "docs" / "metrics.md"
 
-# Metrics being added to src/metrics.rs on another branch (SIGHUP configuration reload). Once a
-# name is defined there this entry is ignored and the script says it can be deleted.
-PENDING = {
-    "hookbridge_config_reloads_total": ("counter", {"result"}),
-    "hookbridge_config_last_reload_success_timestamp_seconds": ("gauge", set()),
-}
-PENDING_VALUES = {"ok", "refused"}
-
 # Labels Prometheus attaches to every scraped series.
 TARGET_LABELS = {"instance", "job"}
 # Labels whose values are fixed codes in the source, checked against its string literals.
@@ -69,7 +61,7 @@ def macro_calls(text):
 
 
 def exported_metrics():
-    """name -> (type, labels) from src/metrics.rs, plus the pending ones not there yet."""
+    """name -> (type, labels) from src/metrics.rs."""
     text = METRICS_RS.read_text()
     consts = dict(re.findall(r'const\s+(\w+)\s*:\s*&str\s*=\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"', text))
     metrics = {}
@@ -85,11 +77,6 @@ def exported_metrics():
     for name in consts.values():
         if name not in metrics:
             problem(METRICS_RS.relative_to(ROOT), f"{name} is defined but never recorded")
-    for name, spec in PENDING.items():
-        if name in metrics:
-            print(f"note: {name} is in src/metrics.rs now; delete it from PENDING in {Path(__file__).name}")
-        else:
-            metrics[name] = spec
     return metrics
 
 
@@ -97,7 +84,7 @@ def source_literals():
     words = set()
     for path in (ROOT / "src").rglob("*.rs"):
         words.update(re.findall(r'"([a-z0-9_]+)"', path.read_text()))
-    return words | PENDING_VALUES
+    return words
 
 
 STRING = r'"(?:[^"\\]|\\.)*"'

@@ -11,17 +11,21 @@
 #   live (with a hookbridge binary as $1, e.g. target/debug/hookbridge):
 #     6. hookbridge serve on free loopback ports (file sink and spool in a temp dir, one
 #        shared-secret source `t`); one accepted and one wrongly signed request;
-#     7. its /metrics through `promtool check metrics` (lint output printed);
+#     7. its /metrics through `promtool check metrics`: every family has HELP text, so no lint
+#        is tolerated by default (lint output printed); the latency buckets reach 15 s; the
+#        spool's bytes and limit (spool.max_bytes) are exported; two scrapes list the same
+#        series in the same, sorted order;
 #     8. a real `prometheus` scraping it every second with alerts.yml loaded: waits (30 s at
 #        most) until hookbridge_requests_total{source="t"} holds the accepted and the
-#        bad_signature request, and every alert rule evaluates without error.
+#        bad_signature request, the spool's bytes/limit ratio (HookbridgeSpoolNearlyFull's
+#        expression) has a value, and every alert rule evaluates without error.
 # promtool and prometheus come from Debian's `prometheus` package, installed (as root or with
 # sudo) when promtool is missing. If installing it starts a packaged Prometheus service on
 # :9090, that one is left alone: this script uses its own, on a free port.
 #
 # Usage: scripts/check-prometheus.sh [HOOKBRIDGE_BINARY]
 # HOOKBRIDGE_METRICS_LINT_ALLOW: extended regex of `promtool check metrics` lines tolerated
-# (default: "no help text", until src/metrics.rs describes its metrics; empty: none).
+# (default: empty, none; e.g. "no help text" to check an older binary whose metrics had none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -102,6 +106,7 @@ alive() {
   die "$2 exited"
 }
 
+spool_max=12345678
 step "hookbridge serve ($bin) on 127.0.0.1:$main_port, admin 127.0.0.1:$admin_port"
 cat >"$tmp/hookbridge.toml" <<EOF
 [server]
@@ -112,6 +117,7 @@ admin_listen = "127.0.0.1:$admin_port"
 [spool]
 enabled = true
 path = "$tmp/spool.redb"
+max_bytes = $spool_max
 
 [sinks.out]
 type = "file"
@@ -145,10 +151,43 @@ step "promtool check metrics on $admin/metrics"
 curl -fsS "$admin/metrics" >"$tmp/metrics.txt"
 grep -q '^hookbridge_ack_latency_seconds_bucket{' "$tmp/metrics.txt" \
   || die "/metrics has no hookbridge_ack_latency_seconds_bucket: histograms not exported as buckets"
+grep -q '^hookbridge_ack_latency_seconds_bucket{.*le="15"' "$tmp/metrics.txt" \
+  || die "/metrics: hookbridge_ack_latency_seconds has no 15 s bucket (docs/metrics.md lists the buckets)"
+echo "ok -- latency buckets reach 15 s"
+# The spool gauges are set every 5 s by the housekeeping task: wait for them.
+spool_gauges() {
+  curl -fsS "$admin/metrics" >"$tmp/metrics.txt" 2>/dev/null \
+    && grep -q '^hookbridge_spool_bytes ' "$tmp/metrics.txt" \
+    && grep -q '^hookbridge_spool_max_bytes ' "$tmp/metrics.txt"
+}
+wait_for 10 "hookbridge_spool_bytes and hookbridge_spool_max_bytes on /metrics" spool_gauges \
+  || die "/metrics lacks the spool's byte gauges"
+max=$(awk '$1 == "hookbridge_spool_max_bytes" { print $2 }' "$tmp/metrics.txt")
+python3 -c 'import sys; sys.exit(float(sys.argv[1]) != float(sys.argv[2]))' "$max" "$spool_max" \
+  || die "hookbridge_spool_max_bytes is $max, not spool.max_bytes = $spool_max"
+echo "ok -- $(grep '^hookbridge_spool_bytes ' "$tmp/metrics.txt"), hookbridge_spool_max_bytes $max (spool.max_bytes)"
+# Sorted and stable: families by name, series in the same order in a second scrape.
+curl -fsS "$admin/metrics" >"$tmp/metrics2.txt"
+python3 - "$tmp/metrics.txt" "$tmp/metrics2.txt" <<'PY' || die "/metrics is not sorted, or two scrapes order it differently"
+import sys
+def series(path):
+    lines = [l for l in open(path).read().splitlines() if l and not l.startswith("#")]
+    return [l.rsplit(" ", 1)[0] for l in lines]
+def families(path):
+    return [l.split()[2] for l in open(path) if l.startswith("# TYPE ")]
+one, two = series(sys.argv[1]), series(sys.argv[2])
+fams = families(sys.argv[1])
+if fams != sorted(fams):
+    sys.exit(f"families not sorted by name: {fams}")
+if one != two:
+    diff = next((a, b) for a, b in zip(one + [None], two + [None]) if a != b)
+    sys.exit(f"two scrapes differ in their series or order; first difference: {diff}")
+print(f"ok -- {len(fams)} families sorted by name; two scrapes list {len(one)} series in the same order")
+PY
 lint_rc=0
 promtool check metrics <"$tmp/metrics.txt" >"$tmp/lint.txt" 2>&1 || lint_rc=$?
 if [ -s "$tmp/lint.txt" ]; then echo "promtool check metrics said (exit $lint_rc):"; sed 's/^/  /' "$tmp/lint.txt"; fi
-allow=${HOOKBRIDGE_METRICS_LINT_ALLOW-no help text}
+allow=${HOOKBRIDGE_METRICS_LINT_ALLOW:-}
 case $lint_rc in
   0) echo "ok -- no lint" ;;
   3) # lint findings (1 would be an unparsable exposition)
@@ -160,7 +199,7 @@ case $lint_rc in
     if [ -s "$tmp/lint-left.txt" ]; then
       die "/metrics has lint problems beyond the tolerated ones (${allow:-none})"
     fi
-    echo "ok -- only tolerated lint (${allow}): see docs/metrics.md, naming" ;;
+    echo "ok -- only tolerated lint (HOOKBRIDGE_METRICS_LINT_ALLOW=${allow})" ;;
   *) die "promtool check metrics failed (exit $lint_rc): the exposition does not parse" ;;
 esac
 
@@ -206,6 +245,17 @@ for r in json.load(open(sys.argv[1]))["data"]["result"]:
     print(f'  {r["metric"]["__name__"]}{{source="{r["metric"]["source"]}",outcome="{r["metric"]["outcome"]}"}} {r["value"][1]}')
 PY
 echo "ok -- scraped: accepted 1, bad_signature 1"
+
+# HookbridgeSpoolNearlyFull's division matches the two gauges one to one (same labels).
+spool_ratio() {
+  query 'hookbridge_spool_bytes / hookbridge_spool_max_bytes' >"$tmp/ratio.json" || return 1
+  python3 -c 'import json, sys; sys.exit(len(json.load(open(sys.argv[1]))["data"]["result"]) != 1)' "$tmp/ratio.json"
+}
+if ! wait_for 15 "hookbridge_spool_bytes / hookbridge_spool_max_bytes with one result" spool_ratio; then
+  cat "$tmp/ratio.json" >&2 2>/dev/null || true
+  die "the spool ratio of HookbridgeSpoolNearlyFull has no value in prometheus"
+fi
+echo "ok -- hookbridge_spool_bytes / hookbridge_spool_max_bytes = $(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["data"]["result"][0]["value"][1])' "$tmp/ratio.json")"
 
 # Every rule evaluated at least once, none with an error (e.g. duplicate label sets).
 rules_ok() {

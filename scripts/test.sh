@@ -47,6 +47,11 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-it
 step "cargo nextest run (everything but chaos, the test kit's and load generator's own tests included)"
 cargo nextest run --workspace --locked --profile ci -E 'not test(/^chaos::/) and not test(/^fleet::/)'
 
+# After the tests, which built target/debug/hookbridge: promtool on the rules (unit tests per
+# alert) and on a real scrape, and a real Prometheus scraping a running hookbridge.
+step "Prometheus: alert rules and their unit tests, the dashboard's queries, a live scrape"
+scripts/check-prometheus.sh target/debug/hookbridge
+
 # The chaos scenarios stop RabbitMQ and freeze brokers, and the fleet runs three replicas and
 # HAProxy under load: alone, one at a time, after the rest.
 step "chaos scenarios and the fleet (serial)"

@@ -132,7 +132,7 @@ const HELP: &[(&str, &str)] = &[
         DEDUP_HITS,
         "Requests answered from the dedup store without publishing, by source.",
     ),
-    (DEDUP_ERRORS, "Dedup store errors, by source."),
+    (DEDUP_ERRORS, "Dedup store errors, by backend."),
 ];
 
 /// Installs the global Prometheus recorder, with every metric's description.
