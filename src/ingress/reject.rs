@@ -180,10 +180,28 @@ impl Rejection {
 
 /// 200 with the event ID: Cobo accepts only 200/201, so no other success status is used.
 pub fn accepted(id: &EventId) -> Response {
-    json_response(
-        StatusCode::OK,
-        &serde_json::json!({ "status": "accepted", "id": id.as_str() }),
-    )
+    // The one answer every accepted request gets: serialized from borrowed fields, without
+    // building a `serde_json::Value` (a map and two owned strings) first.
+    #[derive(serde::Serialize)]
+    struct Accepted<'a> {
+        id: &'a str,
+        status: &'static str,
+    }
+    let mut body = Vec::with_capacity(32 + id.as_str().len());
+    // Serializing two strings into a Vec cannot fail.
+    let _infallible = serde_json::to_writer(
+        &mut body,
+        &Accepted {
+            id: id.as_str(),
+            status: "accepted",
+        },
+    );
+    let mut resp = Response::new(Bytes::from(body).into());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// A callback's answer: 200 with exactly `ok` or `deny` as plain text (Cobo reads nothing else).

@@ -7,7 +7,8 @@
 //! - `ceiling-kafka`, `ceiling-rabbitmq`: a bare client publishing the same messages the way
 //!   hookbridge does (rdkafka acks=all idempotent; lapin confirms pipelined over channels).
 //! - `verify-ceiling`: Ed25519 verifications per second through hookbridge's verifier.
-//! - `http-ceiling`: a minimal warp server answering 200, for the HTTP ceiling.
+//! - `http-ceiling`: a minimal warp server answering 200 (optionally after hookbridge's
+//!   signature check), for the HTTP floor.
 //! - `amqp-bind` ([`amqp`]): the bench's RabbitMQ exchange and queue.
 //!
 //! Its output is parsed by `bench/run.sh` and `bench/report.py`: keep the lines and JSON fields.
@@ -96,6 +97,10 @@ enum Command {
     HttpCeiling {
         #[arg(long, default_value = "127.0.0.1:8099")]
         listen: SocketAddr,
+        /// Also verify each request's signature with the source of this hookbridge config named
+        /// by the path (`/hooks/<source>`): the floor of "HTTP + the signature check".
+        #[arg(long)]
+        verify_with: Option<PathBuf>,
     },
 }
 
@@ -141,7 +146,10 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await
             }
-            Command::HttpCeiling { listen } => ceiling::http::run(listen).await,
+            Command::HttpCeiling {
+                listen,
+                verify_with,
+            } => ceiling::http::run(listen, verify_with.as_deref()).await,
             Command::VerifyCeiling { threads, secs } => ceiling::verify::run(threads, secs),
             Command::AmqpBind {
                 url,
