@@ -306,17 +306,6 @@ async fn wait_for(url: &str, ready: impl Fn(&Reply) -> bool) {
     }
 }
 
-async fn try_get(url: &str) -> Option<Reply> {
-    let req = http::Request::get(url)
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .ok()?;
-    let resp = tokio::time::timeout(Duration::from_secs(5), client().request(req))
-        .await
-        .ok()?
-        .ok()?;
-    Reply::read(resp).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_a_drain_republishes_nothing() {
     const EVENTS: usize = 200;

@@ -249,6 +249,16 @@ pub async fn try_post(url: &str, headers: &[(String, String)], body: Bytes) -> O
     Reply::read(resp).await
 }
 
+/// A GET, or `None` when nothing answered within 5 s.
+pub async fn try_get(url: &str) -> Option<Reply> {
+    let req = http::Request::get(url).body(Full::new(Bytes::new())).ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client().request(req))
+        .await
+        .ok()?
+        .ok()?;
+    Reply::read(resp).await
+}
+
 /// The compressed SEC1 public key (hex) of the tests' Cobo WaaS 1.0 signer (Cobo's own keys are
 /// secret), for `public_keys`.
 pub fn cobo_v1_test_pubkey() -> String {

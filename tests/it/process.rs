@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{Child, client, get};
+use crate::helpers::{Child, get, try_get};
 
 /// One `hookbridge serve` process with its config file and log, restartable.
 pub struct Replica {
@@ -107,7 +107,7 @@ impl Replica {
             self.admin.as_ref().expect("an admin listener")
         );
         let deadline = Instant::now() + Duration::from_secs(30);
-        while status_of(&url).await != Some(200) {
+        while try_get(&url).await.map(|r| r.status) != Some(200) {
             assert!(
                 Instant::now() < deadline,
                 "{} never ready: {}",
@@ -121,16 +121,4 @@ impl Replica {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.listen)
     }
-}
-
-/// A GET's status, or `None` when nothing answered within 2 s.
-async fn status_of(url: &str) -> Option<u16> {
-    let req = http::Request::get(url)
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .ok()?;
-    let resp = tokio::time::timeout(Duration::from_secs(2), client().request(req))
-        .await
-        .ok()?
-        .ok()?;
-    Some(resp.status().as_u16())
 }
