@@ -17,11 +17,9 @@ use crate::callback::service::{DecisionService, Reply};
 use crate::callback::store::DecisionStore;
 use crate::config::{Config, DedupBackend, ServerConfig};
 use crate::dedup::Dedup;
-use crate::ingress::{self, Route, Serve, State};
-use crate::plan::SourceSpec;
-use crate::reload::Reloader;
+use crate::ingress::{self, Serve, State};
+use crate::reload::{Reloader, RouteBuilder};
 use crate::sink::Sinks;
-use crate::sink::spec::SinkSpec;
 use crate::spool::Spool;
 use crate::tls::ReloadableAcceptor;
 
@@ -336,42 +334,6 @@ fn decision_store(config: &Config) -> anyhow::Result<DecisionStore> {
                 .unwrap_or_else(|| crate::callback::MacKey::new(uuid::Uuid::new_v4().as_bytes())),
         )?,
     })
-}
-
-/// Builds sources' routes, at startup and on reload: what a route needs besides its spec.
-pub(crate) struct RouteBuilder {
-    sink_specs: Vec<SinkSpec>,
-    replies: mpsc::Sender<Reply>,
-    client_limits: (u8, usize),
-}
-
-impl RouteBuilder {
-    /// A source's route: its sink, and the decision service it asks (started here).
-    pub(crate) async fn route(&self, spec: SourceSpec, sinks: &Sinks) -> anyhow::Result<Route> {
-        let sink = Arc::clone(
-            sinks
-                .get(&spec.sink)
-                .context("source refers to a missing sink")?,
-        );
-        let service = match spec.kind.approval().and_then(|a| a.service.as_ref()) {
-            Some(svc) => {
-                let sink_spec = self
-                    .sink_specs
-                    .iter()
-                    .find(|s| s.name == svc.sink)
-                    .context("decision service refers to a missing sink")?;
-                let started =
-                    DecisionService::start(&spec.name, svc, sink_spec, self.replies.clone());
-                Some(Arc::new(started.await?))
-            }
-            None => None,
-        };
-        tracing::info!(
-            source = %spec.name, route = %spec.route(), kind = spec.kind.name(),
-            scheme = spec.verifier.scheme().name(), sink = %spec.sink, "source ready"
-        );
-        Ok(Route::new(spec, sink, service, self.client_limits))
-    }
 }
 
 /// When a background part stops, in this order, once the listeners have stopped accepting and

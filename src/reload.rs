@@ -2,7 +2,7 @@
 //! again and the sources (keys, rules, limits, allowlists, event locators, approval settings)
 //! are swapped in whole, in one atomic store: a request runs to its end on the map it started
 //! with, the next one sees the new map. Owns comparing the new file with the running one and
-//! the swap; [`crate::app`] builds the routes.
+//! the swap, and building a source's route (`RouteBuilder`), which startup uses too.
 //!
 //! What a reload may change is `[sources]`. Every other section is held by running parts (the
 //! listeners' sockets, the sinks' broker connections, the spool file and its drainers, the
@@ -16,9 +16,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::RouteBuilder;
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+
+use crate::callback::service::{DecisionService, Reply};
 use crate::config::{self, Written};
-use crate::ingress::{Routes, State};
+use crate::ingress::{Route, Routes, State};
+use crate::plan::SourceSpec;
+use crate::sink::Sinks;
+use crate::sink::spec::SinkSpec;
 
 /// What a successful reload did, by source.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -147,8 +153,45 @@ impl Reloader {
     }
 }
 
+/// Builds sources' routes, at startup and on reload: what a route needs besides its spec.
+pub(crate) struct RouteBuilder {
+    pub(crate) sink_specs: Vec<SinkSpec>,
+    pub(crate) replies: mpsc::Sender<Reply>,
+    /// `server.ipv6_prefix` and `server.max_rate_clients`, for per-client rate limits.
+    pub(crate) client_limits: (u8, usize),
+}
+
+impl RouteBuilder {
+    /// A source's route: its sink, and the decision service it asks (started here).
+    pub(crate) async fn route(&self, spec: SourceSpec, sinks: &Sinks) -> anyhow::Result<Route> {
+        let sink = Arc::clone(
+            sinks
+                .get(&spec.sink)
+                .context("source refers to a missing sink")?,
+        );
+        let service = match spec.kind.approval().and_then(|a| a.service.as_ref()) {
+            Some(svc) => {
+                let sink_spec = self
+                    .sink_specs
+                    .iter()
+                    .find(|s| s.name == svc.sink)
+                    .context("decision service refers to a missing sink")?;
+                let started =
+                    DecisionService::start(&spec.name, svc, sink_spec, self.replies.clone());
+                Some(Arc::new(started.await?))
+            }
+            None => None,
+        };
+        tracing::info!(
+            source = %spec.name, route = %spec.route(), kind = spec.kind.name(),
+            scheme = spec.verifier.scheme().name(), sink = %spec.sink, "source ready"
+        );
+        Ok(Route::new(spec, sink, service, self.client_limits))
+    }
+}
+
 /// Whether `route` itself (not merely a route of that name) is in `routes`.
-fn is_running(routes: &Routes, route: &Arc<crate::ingress::Route>) -> bool {
+fn is_running(routes: &Routes, route: &Arc<Route>) -> bool {
     routes
         .get(&route.spec.name)
         .is_some_and(|r| Arc::ptr_eq(r, route))

@@ -118,7 +118,7 @@ impl Envelope {
         )
     }
 
-    /// [`Envelope::restore`] with the trace context the spool kept.
+    /// Rebuilds an envelope the spool wrote, with the trace context it kept.
     pub(crate) fn restore_traced(
         id: &str,
         source_name: &str,
