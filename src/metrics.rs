@@ -52,87 +52,133 @@ const LATENCY_BUCKETS: &[f64] = &[
     15.0,
 ];
 
-/// Every metric with its `# HELP` text (the exposition has one for each).
-const HELP: &[(&str, &str)] = &[
+/// What a metric is, for its `# TYPE` and `# HELP` lines.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric with its kind and its `# HELP` text (the exposition has one for each).
+const HELP: &[(&str, Kind, &str)] = &[
     (
         REQUESTS,
+        Kind::Counter,
         "Requests by source and outcome (accepted, spooled, duplicate, bad_signature, …).",
     ),
     (
         ACK_LATENCY,
+        Kind::Histogram,
         "Seconds from a request's first byte to its 2xx answer, by source.",
     ),
     (
         PUBLISH_LATENCY,
+        Kind::Histogram,
         "Seconds a sink took to confirm an event, by sink.",
     ),
     (
         SINK_READY,
+        Kind::Gauge,
         "1 when the sink is connected and ready, by sink.",
     ),
-    (IN_FLIGHT, "Requests being handled now."),
-    (SINK_CONNECTS, "Broker connections made, by sink."),
+    (IN_FLIGHT, Kind::Gauge, "Requests being handled now."),
+    (
+        SINK_CONNECTS,
+        Kind::Counter,
+        "Broker connections made, by sink.",
+    ),
     (
         CONNECTIONS_REJECTED,
+        Kind::Counter,
         "Connections refused or failed before a request, by reason.",
     ),
     (
         CALLBACK_DECISIONS,
+        Kind::Counter,
         "Callback answers by source, decision and what decided it.",
     ),
     (
         DECISION_TIMEOUTS,
+        Kind::Counter,
         "Approval callbacks whose decision service did not answer in time.",
     ),
     (
         DECISION_CONFLICTS,
+        Kind::Counter,
         "Approval callbacks whose ID already had a decision about another body.",
     ),
     (
         REPLIES_REJECTED,
+        Kind::Counter,
         "Decision service replies that decided nothing, by source and reason.",
     ),
     (
         CONFIG_RELOADS,
+        Kind::Counter,
         "Configuration reloads (SIGHUP) by result (ok, refused).",
     ),
     (
         CONFIG_LAST_RELOAD,
+        Kind::Gauge,
         "Unix time of the last successful configuration reload.",
     ),
     (
         TRACE_SPANS,
+        Kind::Counter,
         "Trace spans by result (exported, dropped_queue_full, export_failed).",
     ),
     (
         SHADOW_UNVERIFIED,
+        Kind::Counter,
         "Shadow-mode requests accepted although verification failed.",
     ),
-    (SPOOL_DEPTH, "Events waiting in the spool, by sink."),
-    (SPOOL_BYTES, "Bytes of events in the spool."),
+    (
+        SPOOL_DEPTH,
+        Kind::Gauge,
+        "Events waiting in the spool, by sink.",
+    ),
+    (SPOOL_BYTES, Kind::Gauge, "Bytes of events in the spool."),
     (
         SPOOL_MAX_BYTES,
+        Kind::Gauge,
         "The spool's size limit in bytes (past it: 503 spool_full).",
     ),
-    (SPOOLED, "Events taken into the spool, by sink."),
+    (
+        SPOOLED,
+        Kind::Counter,
+        "Events taken into the spool, by sink.",
+    ),
     (
         SPOOL_DRAINED,
+        Kind::Counter,
         "Spooled events published and removed, by sink.",
     ),
     (
         SPOOL_QUARANTINED,
+        Kind::Counter,
         "Unreadable spool records moved to quarantine, by sink.",
     ),
     (
         DEAD_LETTERED,
+        Kind::Counter,
         "Events kept as dead letters because their sink refused them, by sink.",
     ),
-    (DEAD_LETTERS, "Dead letters kept in the spool, by sink."),
+    (
+        DEAD_LETTERS,
+        Kind::Gauge,
+        "Dead letters kept in the spool, by sink.",
+    ),
     (
         DEDUP_HITS,
+        Kind::Counter,
         "Requests answered from the dedup store without publishing, by source.",
     ),
-    (DEDUP_ERRORS, "Dedup store errors, by backend."),
+    (
+        DEDUP_ERRORS,
+        Kind::Counter,
+        "Dedup store errors, by backend.",
+    ),
 ];
 
 /// Installs the global Prometheus recorder, with every metric's description.
@@ -143,13 +189,11 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .install_recorder()?;
-    for (name, help) in HELP {
-        if name.ends_with("_total") {
-            metrics::describe_counter!(*name, *help);
-        } else if name.ends_with("_seconds") && *name != CONFIG_LAST_RELOAD {
-            metrics::describe_histogram!(*name, *help);
-        } else {
-            metrics::describe_gauge!(*name, *help);
+    for (name, kind, help) in HELP {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(*name, *help),
+            Kind::Gauge => metrics::describe_gauge!(*name, *help),
+            Kind::Histogram => metrics::describe_histogram!(*name, *help),
         }
     }
     Ok(handle)
@@ -491,7 +535,7 @@ mod tests {
             .collect();
         assert!(names.len() >= 20, "{names:?}");
         for n in names {
-            assert!(HELP.iter().any(|(h, _)| *h == n), "no HELP for {n}");
+            assert!(HELP.iter().any(|(h, _, _)| *h == n), "no HELP for {n}");
         }
     }
 }
