@@ -31,7 +31,8 @@ pub struct App {
     /// Replies from decision services, recorded by a task of [`App::run`].
     replies: Option<mpsc::Receiver<Reply>>,
     /// What a reload needs; reloads happen once [`App::reload_from`] named the file.
-    reload: Reload,
+    reload: Option<Reload>,
+    reload_path: Option<std::path::PathBuf>,
     /// The trace exporter, when tracing is on; run by [`App::run`].
     exporter: Option<crate::otel::Exporter>,
     admin: Option<TcpListener>,
@@ -95,7 +96,6 @@ impl App {
             running: config.written,
             builder,
             longest_deadline: longest_deadline.unwrap_or_default(),
-            path: None,
         };
         let (tracer, exporter) = match &config.tracing {
             Some(t) => {
@@ -128,7 +128,8 @@ impl App {
             listener,
             // Always consumed: a reload may add a source that asks a decision service.
             replies: Some(reply_rx),
-            reload,
+            reload: Some(reload),
+            reload_path: None,
             exporter,
             admin,
             tls,
@@ -141,7 +142,7 @@ impl App {
     /// reloads only the TLS certificate.
     #[must_use]
     pub fn reload_from(mut self, path: std::path::PathBuf) -> Self {
-        self.reload.path = Some(path);
+        self.reload_path = Some(path);
         self
     }
 
@@ -171,7 +172,15 @@ impl App {
         }
         let mut parts = Parts::default();
         self.start_background(&mut parts);
-        let reloader = self.reload.take_reloader();
+        let reloader = match (self.reload_path.take(), self.reload.take()) {
+            (Some(path), Some(r)) => Some(Reloader::new(
+                path,
+                r.running,
+                r.builder,
+                r.longest_deadline,
+            )),
+            _ => None,
+        };
         let (state, tls) = (Arc::clone(&self.state), self.tls.clone());
         // Listened for before "listening" is logged: from then on a SIGHUP never kills.
         use tokio::signal::unix::{SignalKind, signal};
@@ -407,29 +416,12 @@ impl Parts {
     }
 }
 
-/// What a reload needs, until [`App::run`] hands it to the SIGHUP task.
+/// What a reload needs besides the file's path, until [`App::run`] hands it to the SIGHUP
+/// task.
 struct Reload {
     running: crate::config::Written,
     builder: RouteBuilder,
     longest_deadline: Duration,
-    path: Option<std::path::PathBuf>,
-}
-
-impl Reload {
-    fn take_reloader(&mut self) -> Option<Reloader> {
-        let path = self.path.take()?;
-        let builder = RouteBuilder {
-            sink_specs: std::mem::take(&mut self.builder.sink_specs),
-            replies: self.builder.replies.clone(),
-            client_limits: self.builder.client_limits,
-        };
-        Some(Reloader::new(
-            path,
-            std::mem::take(&mut self.running),
-            builder,
-            self.longest_deadline,
-        ))
-    }
 }
 
 /// SIGHUP reloads the TLS certificate and, when the service was started from a file, the
