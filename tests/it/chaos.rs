@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 
 use crate::helpers::*;
 use crate::kafka::{Tansu, consume, free_port, signed_cobo, wait_ready};
+use crate::process::Replica;
 use crate::proxy::Proxy;
 use crate::rabbitmq::{amqp_addr, amqp_url};
 use crate::tap::RabbitTap;
@@ -274,49 +275,17 @@ async fn chaos_c_sigkill_and_restart() {
         "[dedup]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\nkey_prefix = \"hbc:{}:\"\n",
         uuid::Uuid::new_v4().simple()
     );
-    let config_path = dir.path().join("hookbridge.toml");
-    std::fs::write(
-        &config_path,
-        rabbit_app_config(&amqp_url(), &tap.exchange, dir.path(), &listen, &dedup),
-    )
-    .unwrap();
-    let log_path = dir.path().join("hookbridge.log");
-    let start = || {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
-        Child(
-            std::process::Command::new(env!("CARGO_BIN_EXE_hookbridge"))
-                .args(["serve", "--config"])
-                .arg(&config_path)
-                .env("RUST_LOG", "warn")
-                .stdout(std::process::Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let wait_listening = || async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(&listen).await.is_err() {
-            assert!(Instant::now() < deadline, "hookbridge did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    let mut child = start();
-    wait_listening().await;
+    let config = rabbit_app_config(&amqp_url(), &tap.exchange, dir.path(), &listen, &dedup);
+    let mut hookbridge = Replica::new(dir.path(), "hookbridge", &listen, None, &config);
+    hookbridge.start().await;
     let url = format!("http://{listen}/hooks/cobo");
     let load = tokio::spawn({
         let url = url.clone();
         async move { steady_load(url, "chaos-c").await }
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
-    child.0.kill().unwrap(); // SIGKILL
-    child.0.wait().unwrap();
-    let mut child = start();
-    wait_listening().await;
+    hookbridge.kill9();
+    hookbridge.start().await;
     let load = load.await.unwrap();
     let on_broker = tap
         .take_ids(load.acked.len(), Duration::from_secs(90))
@@ -325,11 +294,7 @@ async fn chaos_c_sigkill_and_restart() {
 
     // Graceful stop: SIGTERM, and the process is gone well within the shutdown bound.
     let stopped = Instant::now();
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.0.wait().unwrap();
+    let status = hookbridge.terminate().await;
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     assert!(
         stopped.elapsed() < Duration::from_secs(7),

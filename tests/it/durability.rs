@@ -10,6 +10,7 @@ use redb::{
 
 use crate::helpers::*;
 use crate::kafka::{free_port, signed_cobo, wait_ready};
+use crate::process::Replica;
 use crate::proxy::Proxy;
 use crate::rabbitmq::{amqp_addr, amqp_url};
 use crate::tap::RabbitTap;
@@ -315,32 +316,16 @@ async fn sigkill_after_a_drain_republishes_nothing() {
     proxy.cut();
     let amqp = amqp_url().replace(&amqp_addr().to_string(), &proxy.addr.to_string());
     let listen = format!("127.0.0.1:{}", free_port());
-    let config_path = dir.path().join("hookbridge.toml");
-    std::fs::write(
-        &config_path,
-        config(&amqp, &tap.exchange, &spool_in(dir.path(), 1 << 30), "", "").replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"{listen}\""),
-        ),
-    )
-    .unwrap();
-    let start = || {
-        Child(
-            std::process::Command::new(env!("CARGO_BIN_EXE_hookbridge"))
-                .args(["serve", "--config"])
-                .arg(&config_path)
-                .env("RUST_LOG", "warn")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
+    let text = config(&amqp, &tap.exchange, &spool_in(dir.path(), 1 << 30), "", "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{listen}\""),
+    );
+    let mut hookbridge = Replica::new(dir.path(), "hookbridge", &listen, None, &text);
     let readyz = format!("http://{listen}/readyz");
     let rabbit_ready = |r: &Reply| r.status == 200 && r.json()["sinks"]["rabbit"]["ready"] == true;
 
     // The broker is away: every event is spooled (and answered 200).
-    let mut child = start();
+    hookbridge.start().await;
     wait_for(&readyz, |r| r.status == 200).await;
     let ids: Vec<String> = (0..EVENTS)
         .map(|i| format!("kill-after-drain-{i}"))
@@ -354,18 +339,13 @@ async fn sigkill_after_a_drain_republishes_nothing() {
     assert_eq!(drained.len(), EVENTS, "drained once each");
     tokio::time::sleep(hookbridge::spool::REMOVALS_DURABLE_WITHIN * 2).await;
 
-    child.0.kill().unwrap(); // SIGKILL
-    child.0.wait().unwrap();
-    let mut child = start();
+    hookbridge.kill9();
+    hookbridge.start().await;
     wait_for(&readyz, rabbit_ready).await;
     // Whatever the restarted drainer finds, it publishes now; give it time, then stop it
     // cleanly and count what it published and what it would still publish.
     let republished = tap.take_ids(0, Duration::from_secs(10)).await;
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.0.wait().unwrap().success());
+    assert!(hookbridge.terminate().await.success());
     let left = spooled_in(&dir.path().join("spool.redb"));
     println!(
         "SIGKILL {:?} after a drain of {EVENTS}: republished {}, still spooled {left}",
