@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::helpers::*;
 use crate::kafka::{post_cobo, post_copies, wait_ready};
+use crate::process::Replica;
 use crate::proxy::Proxy;
 
 pub fn amqp_url() -> String {
@@ -404,53 +405,38 @@ fn free_port() -> u16 {
 
 /// A real instance (its own process, so its spool file is held and released as in production),
 /// once its RabbitMQ sink is connected (`/readyz` is ready earlier, with the spool standing in).
-async fn serve(dir: &std::path::Path, config: &str) -> (Child, String) {
+async fn serve(dir: &std::path::Path, config: &str) -> (Replica, String) {
     serve_when(dir, config, true).await
 }
 
 /// Like [`serve`]; with `sink_ready` false, once `/readyz` answers 200 (the spool standing in).
-async fn serve_when(dir: &std::path::Path, config: &str, sink_ready: bool) -> (Child, String) {
-    let cfg = dir.join("hookbridge.toml");
-    std::fs::write(&cfg, config).unwrap();
-    let child = Child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_hookbridge"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+async fn serve_when(dir: &std::path::Path, config: &str, sink_ready: bool) -> (Replica, String) {
     let port = config
         .split("listen = \"127.0.0.1:")
         .nth(1)
         .and_then(|r| r.split('"').next())
         .unwrap()
         .to_owned();
-    let base = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let mut instance = Replica::new(dir, "hookbridge", &listen, None, config);
+    instance.start().await;
+    let base = format!("http://{listen}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         assert!(Instant::now() < deadline, "instance not ready");
-        if std::net::TcpStream::connect(base.trim_start_matches("http://")).is_ok()
-            && let Ok(v) =
-                serde_json::from_slice::<Value>(&get(&format!("{base}/readyz")).await.body)
+        if let Ok(v) = serde_json::from_slice::<Value>(&get(&format!("{base}/readyz")).await.body)
             && (v["sinks"]["rabbit"]["ready"] == true || (!sink_ready && v["ready"] == true))
         {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (child, base)
+    (instance, base)
 }
 
 /// SIGTERM, and wait for the graceful stop.
-fn stop(mut child: Child) {
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    assert!(child.0.wait().unwrap().success());
+async fn stop(mut instance: Replica) {
+    assert!(instance.terminate().await.success());
 }
 
 async fn post_to(base: &str, id: &str) -> Reply {
@@ -497,7 +483,7 @@ async fn unroutable_event_is_dead_lettered_answered_200_and_replayed_once_a_queu
     let held = spool_cmd(&["dead", "list", "--spool", spool.to_str().unwrap()]);
     assert_eq!(held.status.code(), Some(75), "{held:?}");
     assert!(String::from_utf8_lossy(&held.stderr).contains("held by another process"));
-    stop(app);
+    stop(app).await;
 
     let list = spool_cmd(&["dead", "list", "--spool", spool.to_str().unwrap()]);
     assert!(list.status.success(), "{list:?}");
@@ -542,7 +528,7 @@ async fn on_refused_reject_keeps_the_503_and_keeps_no_dead_letter() {
     let r = post_to(&base, "refused-and-rejected").await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"], "broker_refused");
-    stop(app);
+    stop(app).await;
     assert_eq!(
         hookbridge::spool::cli::dead_counts(&spool).unwrap(),
         [("rabbit".to_owned(), 0)]
@@ -561,7 +547,7 @@ async fn the_drainer_moves_a_refused_spooled_event_to_dead_letters() {
     assert_eq!(r.status, 200);
     // The drainer publishes, the broker returns it unroutable: moved, not retried forever.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop(app);
+    stop(app).await;
     assert_eq!(
         hookbridge::spool::cli::dead_counts(&spool).unwrap(),
         [("rabbit".to_owned(), 1)]
@@ -608,7 +594,7 @@ async fn spool_stats_list_export_and_drain_on_a_stopped_instance_keep_original_i
         let held = spool_cmd(&[cmd, "--spool", p]);
         assert_eq!(held.status.code(), Some(75), "{cmd}: {held:?}");
     }
-    stop(app);
+    stop(app).await;
 
     let stats = spool_cmd(&["stats", "--spool", p]);
     assert!(stats.status.success(), "{stats:?}");
