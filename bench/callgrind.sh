@@ -15,6 +15,7 @@
 # Prints one line per path and writes bench/results/callgrind-<time>.txt. Not part of CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/brokers.sh   # port_open, wait_port
 
 PROFILE=${PROFILE:-production}
 EVENTS=${EVENTS:-3000}
@@ -35,8 +36,6 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build --profile "$PROFILE" --locked -p hookbridge -p hookbridge-loadgen --bins
 fi
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() { for _ in $(seq 1 300); do port_open "$1" && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
 
 # A local OTLP/HTTP receiver that answers 200 to every export (what it receives is not read).
 OTLP_PORT=4399
@@ -51,7 +50,7 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 EOF
 PIDS+=($!)
-wait_port "$OTLP_PORT"
+wait_port "$OTLP_PORT" 30 "the OTLP receiver"
 
 # The benchmark's file-sink config, and the same with tracing on.
 sed "s|\${BENCH_DIR}|$BENCH_DIR|g" bench/hookbridge-file.toml >"$BENCH_DIR/plain.toml"
@@ -65,7 +64,7 @@ measure() {
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
     "$HB" serve --config "$config" >"$BENCH_DIR/$name.log" 2>&1 &
   local pid=$!; PIDS+=("$pid")
-  wait_port 8081
+  wait_port 8081 30 hookbridge
   local url="http://127.0.0.1:8081/hooks/$source"
   "$LG" run --quiet --url "$url" --scheme "$scheme" --events 300 --connections 8 --id-prefix "warm-$name" >/dev/null
   callgrind_control -i on "$pid" >/dev/null

@@ -29,16 +29,20 @@ wait_port() { # port seconds name
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# install_debian_package PACKAGE [APT-GET-INSTALL-OPTION...]: as root (or with sudo).
+install_debian_package() {
+  local package=$1; shift
+  echo "installing Debian's $package"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" "$package" >/dev/null
+}
+
 # ensure_debian_service NAME PORT PACKAGE BINARY START-COMMAND...: nothing if the port is open;
 # otherwise install Debian's package when its binary is missing, start it, wait for the port.
 ensure_debian_service() {
   local name=$1 port=$2 package=$3 binary=$4; shift 4
   if port_open "$port"; then echo "$name: already listening on 127.0.0.1:$port"; return 0; fi
-  if ! command -v "$binary" >/dev/null 2>&1; then
-    echo "$name: installing Debian's $package"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
-  fi
+  command -v "$binary" >/dev/null 2>&1 || install_debian_package "$package"
   echo "$name: starting"
   "$@" || true
   wait_port "$port" 120 "$name"
@@ -58,9 +62,7 @@ ensure_redis() {
 # process with its own configuration on free ports.
 ensure_haproxy() {
   if command -v haproxy >/dev/null 2>&1; then echo "haproxy: $(haproxy -v | head -1)"; return 0; fi
-  echo "haproxy: installing Debian's haproxy"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+  install_debian_package haproxy
   # The package may start its own service with the stock configuration; the tests need none.
   as_root service haproxy stop >/dev/null 2>&1 || true
 }

@@ -29,15 +29,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+source scripts/brokers.sh   # install_debian_package
+
 step() { printf '\n==> %s\n' "$*"; }
 die() { echo "check-prometheus: $*" >&2; exit 1; }
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 if ! command -v promtool >/dev/null 2>&1; then
   step "installing Debian's prometheus package (promtool, prometheus)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  install_debian_package prometheus --no-install-recommends
 fi
 promtool --version 2>&1 | head -1
 
