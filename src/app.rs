@@ -58,7 +58,14 @@ impl App {
         };
         let sinks = Sinks::start(&config.sinks, &config.sources).await?;
         let spool = open_spool(&config)?;
-        let dedup = dedup_store(&config)?;
+        // The dedup store's pending claims are sized for it, and a reload may not exceed it.
+        let longest_deadline = config
+            .sources
+            .iter()
+            .map(|s| s.ack_deadline)
+            .max()
+            .unwrap_or_default();
+        let dedup = dedup_store(&config, longest_deadline)?;
         let decisions = decision_store(&config)?;
         // Bounded: a flood of replies is dropped (and logged) rather than buffered without end;
         // a dropped reply only means the callback's retry asks again.
@@ -68,7 +75,6 @@ impl App {
             replies: reply_tx,
             client_limits: (config.server.ipv6_prefix, config.server.max_rate_clients),
         };
-        let longest_deadline = config.sources.iter().map(|s| s.ack_deadline).max();
         let mut routes = ingress::Routes::new();
         for spec in config.sources {
             let route = builder.route(spec, &sinks).await?;
@@ -95,7 +101,7 @@ impl App {
         let reload = Reload {
             running: config.written,
             builder,
-            longest_deadline: longest_deadline.unwrap_or_default(),
+            longest_deadline,
         };
         let (tracer, exporter) = match &config.tracing {
             Some(t) => {
@@ -297,13 +303,7 @@ fn open_spool(config: &Config) -> anyhow::Result<Option<Arc<Spool>>> {
     Ok(Some(Arc::new(spool)))
 }
 
-fn dedup_store(config: &Config) -> anyhow::Result<Dedup> {
-    let longest_deadline = config
-        .sources
-        .iter()
-        .map(|s| s.ack_deadline)
-        .max()
-        .unwrap_or_default();
+fn dedup_store(config: &Config, longest_deadline: Duration) -> anyhow::Result<Dedup> {
     let pending = crate::dedup::pending_ttl(longest_deadline);
     let d = &config.dedup;
     let dedup = match d.backend {
