@@ -29,8 +29,12 @@ pub struct Line<'a> {
     pub level: tracing::Level,
     pub message: &'static str,
     pub source: &'a str,
-    pub client: &'a str,
-    pub peer: &'a str,
+    /// Addresses are formatted straight into the line (no `String` per request); empty when
+    /// unknown.
+    #[serde(serialize_with = "as_text")]
+    pub client: &'a dyn std::fmt::Display,
+    #[serde(serialize_with = "as_text")]
+    pub peer: &'a dyn std::fmt::Display,
     pub outcome: &'a str,
     pub reason: &'a str,
     pub status: u16,
@@ -83,8 +87,8 @@ impl<'a> Line<'a> {
     pub fn new(
         message: &'static str,
         source: &'a str,
-        client: &'a str,
-        peer: &'a str,
+        client: &'a dyn std::fmt::Display,
+        peer: &'a dyn std::fmt::Display,
         bytes: usize,
         latency_us: u64,
     ) -> Self {
@@ -129,7 +133,7 @@ impl<'a> Line<'a> {
             ($level:expr) => {
                 tracing::event!(
                     target: TARGET, $level,
-                    source = self.source, client = self.client, peer = self.peer,
+                    source = self.source, client = %self.client, peer = %self.peer,
                     outcome = self.outcome, reason = self.reason, status = self.status,
                     event_id = self.event_id, event_type = self.event_type,
                     id_from = self.id_from, detail = self.detail,

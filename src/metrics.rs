@@ -189,6 +189,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .install_recorder()?;
+    let _installed_once = IN_FLIGHT_GAUGE.set(metrics::gauge!(IN_FLIGHT));
     for (name, kind, help) in HELP {
         match kind {
             Kind::Counter => metrics::describe_counter!(*name, *help),
@@ -483,16 +484,24 @@ pub fn connection_rejected(reason: &'static str) {
 /// Tracks one in-flight request for as long as the guard lives.
 pub struct InFlight(());
 
+/// The in-flight gauge's handle, taken once when the recorder is installed: every request
+/// moves it twice, and `gauge!` looks the series up in the registry each time.
+static IN_FLIGHT_GAUGE: std::sync::OnceLock<metrics::Gauge> = std::sync::OnceLock::new();
+
 impl InFlight {
     pub fn enter() -> Self {
-        metrics::gauge!(IN_FLIGHT).increment(1.0);
+        if let Some(g) = IN_FLIGHT_GAUGE.get() {
+            g.increment(1.0);
+        }
         Self(())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!(IN_FLIGHT).decrement(1.0);
+        if let Some(g) = IN_FLIGHT_GAUGE.get() {
+            g.decrement(1.0);
+        }
     }
 }
 

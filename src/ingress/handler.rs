@@ -143,12 +143,25 @@ struct AuditCtx {
 
 impl AuditCtx {
     /// Client address, peer address and latency so far (µs), as the audit line writes them.
-    fn fields(&self) -> (String, String, u64) {
+    fn fields(&self) -> (Shown<client::Client>, Shown<SocketAddr>, u64) {
         (
-            self.client.map(|c| c.to_string()).unwrap_or_default(),
-            self.peer.map(|p| p.to_string()).unwrap_or_default(),
+            Shown(self.client),
+            Shown(self.peer),
             u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         )
+    }
+}
+
+/// An address as the audit line writes it, formatted straight into the line: empty when
+/// there is none.
+struct Shown<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Shown<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => Ok(()),
+        }
     }
 }
 
@@ -410,10 +423,9 @@ fn audit(
         ctx.bytes,
         latency_us,
     );
-    let (id_from, detail);
+    let detail;
     match outcome {
         Ok((env, accepted, shadow)) => {
-            id_from = env.id_origin().to_string();
             line.outcome = accepted.label();
             if accepted == metrics::Accepted::DeadLettered {
                 // Answered 2xx but not on the broker: a line to look at.
@@ -429,7 +441,7 @@ fn audit(
             }
             line.event_id = Some(env.id().as_str());
             line.event_type = Some(env.event_type());
-            line.id_from = Some(&id_from);
+            line.id_from = Some(env.id_origin().as_str());
             line.write();
         }
         Err(r) => {

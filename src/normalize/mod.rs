@@ -48,12 +48,19 @@ pub enum IdOrigin {
     BodySha256,
 }
 
+impl IdOrigin {
+    /// The locator's text, or `sha256`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Locator(l) => l,
+            Self::BodySha256 => "sha256",
+        }
+    }
+}
+
 impl fmt::Display for IdOrigin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Locator(l) => f.write_str(l),
-            Self::BodySha256 => f.write_str("sha256"),
-        }
+        f.write_str(self.as_str())
     }
 }
 
@@ -241,7 +248,7 @@ impl Envelope {
             datacontenttype: &content_type,
             hbsource: &source.name,
             hbscheme: proof.scheme,
-            hbidfrom: &id_origin.to_string(),
+            hbidfrom: id_origin.as_str(),
             hbsignature: proof.signature.as_deref(),
             hbsigtimestamp: proof.timestamp.as_deref(),
             hbsigmsgid: proof.message_id.as_deref(),
