@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Turns one bench/run.sh result directory into docs/benchmarks.md (printed to stdout).
 
-The hand-written sections of the current docs/benchmarks.md ("Worst-case unauthenticated
-request", "Tracing" and "What the numbers say") are carried over as they are."""
+The hand-written sections of the current docs/benchmarks.md ("Interleaved with the floor",
+"Worst-case unauthenticated request", "Tracing" and "What the numbers say") are carried over as
+they are."""
 import json, os, platform, re, subprocess, sys
 
 out = sys.argv[1]
@@ -237,6 +238,7 @@ p("## How to reproduce")
 p("")
 p("```sh")
 p("bench/run.sh            # about 10 minutes; QUICK=1 for a short smoke run, SKIP_BUILD=1, ROUNDS=2")
+p("SKIP_BUILD=1 bench/interleaved.sh   # file-sink ratios, floor and hookbridge in alternating bursts")
 p("# single runs, pinned the same way, e.g.:")
 p("cargo build --profile production -p hookbridge -p hookbridge-loadgen --bins")
 p(f"taskset -c {S} target/production/hookbridge serve --config bench/hookbridge-file.toml &")
@@ -249,6 +251,7 @@ try:
     kept = open("docs/benchmarks.md").read()
     last = kept.find("## What the numbers say")
     for title, to_end in [
+        ("## Interleaved with the floor", False),
         ("## Worst-case unauthenticated request", False),
         ("## Tracing", False),
         ("## What the numbers say", True),

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The file-sink paths' server CPU per request beside their floor, measured INTERLEAVED: the floor
+# server and every hookbridge variant run at once, pinned to the same core (SERVER_CPU), and the
+# load generator (LOAD_CPU) sends each of them one short burst in turn, ROUNDS times over. Each
+# server's CPU is counted over its own bursts only; each round's ratio sets a server's burst
+# against the floor's burst of the same round, and the table gives their median and range.
+#
+# Why: on a shared box the background load drifts over minutes. bench/run.sh measures the
+# floors first and hookbridge minutes later, so a drift between them moves the ratio (HMAC → file
+# read 1.58× and 2.22× in two rounds of one run). Here the floor and hookbridge see the same
+# drift, burst for burst. Two identical servers measured this way (A/A) differed by 1-3 %.
+#
+# Variants (same binary, one config change each) show where hookbridge's overhead above the
+# floor goes: `audit-off` ([audit] output = "off"), `dedup-off` (the source's dedup = false).
+#
+#   SKIP_BUILD=1 bench/interleaved.sh             # hmac and standard, 8 rounds
+#   PATHS="hmac standard cobo" ROUNDS=12 bench/interleaved.sh
+#   VARIANTS="" bench/interleaved.sh              # hookbridge and the floor only
+#
+# Prints a table per path and writes bench/results/interleaved-<time>.txt. Not part of CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/brokers.sh
+
+SERVER_CPU=${SERVER_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+ROUNDS=${ROUNDS:-8}
+BURST=${BURST:-30000}             # requests per burst (1-2 s at these rates)
+CONNS=64
+PATHS=${PATHS:-hmac standard}
+VARIANTS=${VARIANTS-audit-off dedup-off}
+PORT_BASE=${PORT_BASE:-18180}
+export PROFILE=${PROFILE:-production}
+LG=target/$PROFILE/hookbridge-loadgen
+HB=target/$PROFILE/hookbridge
+[ -n "${SKIP_BUILD:-}" ] || cargo build --profile "$PROFILE" --locked -p hookbridge -p hookbridge-loadgen --bins
+
+DIR=$(mktemp -d)
+export BENCH_DIR=$DIR   # the floor reads bench/hookbridge-file.toml for its verifiers
+OUT="bench/results/interleaved-$(date -u +%Y%m%d-%H%M%S).txt"
+mkdir -p bench/results
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DIR"; }
+trap cleanup EXIT
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, clock ticks
+hz=$(getconf CLK_TCK)
+scheme() { case $1 in hmac) echo hmac-sha256 ;; standard) echo standard-webhooks ;; cobo) echo cobo-waas2 ;; esac; }
+
+# The servers: name, port, pid.
+NAMES=() PORTS=() SPIDS=()
+serve() {
+  local name=$1 port=$2; shift 2
+  taskset -c "$SERVER_CPU" "$@" >"$DIR/$name.log" 2>&1 &
+  PIDS+=("$!"); NAMES+=("$name"); PORTS+=("$port"); SPIDS+=("$!")
+  wait_port "$port" 10 "$name" || { tail -5 "$DIR/$name.log" >&2; exit 1; }
+}
+# config NAME SED: bench/hookbridge-file.toml on its own port and files, with one change.
+config() {
+  local name=$1 port=$2 change=$3
+  mkdir -p "$DIR/$name"
+  sed "s/127.0.0.1:8081/127.0.0.1:$port/; s#\${BENCH_DIR}#$DIR/$name#g; $change" \
+    bench/hookbridge-file.toml >"$DIR/$name.toml"
+}
+
+serve floor $PORT_BASE "$LG" http-ceiling --listen 127.0.0.1:$PORT_BASE --verify-with bench/hookbridge-file.toml
+port=$((PORT_BASE + 1))
+config hookbridge $port ''
+serve hookbridge $port "$HB" serve --config "$DIR/hookbridge.toml"
+for v in $VARIANTS; do
+  port=$((port + 1))
+  case $v in
+    audit-off) config "$v" $port 's/^output = "file"/output = "off"/' ;;
+    # The webhook sources (not the approval callback) get `dedup = false`.
+    dedup-off) config "$v" $port '/^\[sources\.\(cobo\|standard\|hmac\|rsa\)\]$/a dedup = false' ;;
+    *) echo "unknown variant $v" >&2; exit 64 ;;
+  esac
+  serve "$v" $port "$HB" serve --config "$DIR/$v.toml"
+done
+
+{
+  echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $PROFILE; servers on CPU $SERVER_CPU, load on CPU $LOAD_CPU;"
+  echo "# $ROUNDS rounds of one $BURST-request burst per server, $CONNS connections; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+} | tee "$OUT"
+for path in $PATHS; do
+  # Warm-up: connections, allocator, lazy statics.
+  for i in "${!NAMES[@]}"; do
+    taskset -c "$LOAD_CPU" "$LG" run --quiet --url "http://127.0.0.1:${PORTS[$i]}/hooks/$path" \
+      --scheme "$(scheme "$path")" --connections $CONNS --events 10000 \
+      --id-prefix "warm-$path-$RANDOM" --out "$DIR/warm" >/dev/null
+  done
+  for r in $(seq "$ROUNDS"); do
+    for i in "${!NAMES[@]}"; do
+      name=${NAMES[$i]} pid=${SPIDS[$i]}
+      before=$(ticks "$pid")
+      taskset -c "$LOAD_CPU" "$LG" run --quiet --url "http://127.0.0.1:${PORTS[$i]}/hooks/$path" \
+        --scheme "$(scheme "$path")" --connections $CONNS --events "$BURST" \
+        --id-prefix "$path-$r-$name-$RANDOM" --out "$DIR/burst" >/dev/null
+      after=$(ticks "$pid")
+      ok=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['ok'])" "$DIR/burst.json")
+      echo "$r $name $((after - before)) $ok" >>"$DIR/bursts-$path"
+    done
+  done
+  floor_us=$(python3 -c "
+import statistics
+print(statistics.mean(int(t) * 1e6 / $hz / int(n) for r, name, t, n in (l.split() for l in open('$DIR/bursts-$path')) if name == 'floor'))")
+  {
+    echo
+    echo "$path → file"
+    # The ratio over all bursts, and the spread of the per-round ratios (each round's burst
+    # against the floor's burst of the same round).
+    python3 - "$DIR/bursts-$path" "$hz" "$floor_us" "${NAMES[@]}" <<'PY'
+import statistics, sys
+path, hz, floor_us, names = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+rounds = {}
+for line in open(path):
+    r, name, ticks, ok = line.split()
+    rounds.setdefault(r, {})[name] = int(ticks) * 1e6 / hz / int(ok)
+print('%-12s %12s %8s   %s' % ('server', 'µs/request', '× floor', 'per round: median [min–max]'))
+for name in names:
+    per = [r[name] / r['floor'] for r in rounds.values()]
+    total = statistics.mean(r[name] for r in rounds.values())
+    print('%-12s %12.1f %7.2f×   %.2f× [%.2f–%.2f]' % (
+        name, total, total / floor_us, statistics.median(per), min(per), max(per)))
+PY
+  } | tee -a "$OUT"
+done
+echo "written to $OUT"
