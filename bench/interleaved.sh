@@ -8,7 +8,7 @@
 # Why: on a shared box the background load drifts over minutes. bench/run.sh measures the
 # floors first and hookbridge minutes later, so a drift between them moves the ratio (HMAC → file
 # read 1.58× and 2.22× in two rounds of one run). Here the floor and hookbridge see the same
-# drift, burst for burst. Two identical servers measured this way (A/A) differed by 1-3 %.
+# drift, burst for burst. Two identical servers measured this way (A/A) differed by 3 %.
 #
 # Variants (same binary, one config change each) show where hookbridge's overhead above the
 # floor goes: `audit-off` ([audit] output = "off"), `dedup-off` (the source's dedup = false).
