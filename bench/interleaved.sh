@@ -21,6 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/brokers.sh
+source bench/lib.sh
 
 SERVER_CPU=${SERVER_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
@@ -43,7 +44,6 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DIR"; }
 trap cleanup EXIT
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, clock ticks
 hz=$(getconf CLK_TCK)
 scheme() { case $1 in hmac) echo hmac-sha256 ;; standard) echo standard-webhooks ;; cobo) echo cobo-waas2 ;; esac; }
 
@@ -51,6 +51,7 @@ scheme() { case $1 in hmac) echo hmac-sha256 ;; standard) echo standard-webhooks
 NAMES=() PORTS=() SPIDS=()
 serve() {
   local name=$1 port=$2; shift 2
+  # taskset itself, not on_server, in the background: $! is then the server's own pid.
   taskset -c "$SERVER_CPU" "$@" >"$DIR/$name.log" 2>&1 &
   PIDS+=("$!"); NAMES+=("$name"); PORTS+=("$port"); SPIDS+=("$!")
   wait_port "$port" 10 "$name" || { tail -5 "$DIR/$name.log" >&2; exit 1; }
@@ -59,8 +60,8 @@ serve() {
 config() {
   local name=$1 port=$2 change=$3
   mkdir -p "$DIR/$name"
-  sed "s/127.0.0.1:8081/127.0.0.1:$port/; s#\${BENCH_DIR}#$DIR/$name#g; $change" \
-    bench/hookbridge-file.toml >"$DIR/$name.toml"
+  listen_on "$port" <bench/hookbridge-file.toml \
+    | sed "s#\${BENCH_DIR}#$DIR/$name#g; $change" >"$DIR/$name.toml"
 }
 
 serve floor $PORT_BASE "$LG" http-ceiling --listen 127.0.0.1:$PORT_BASE --verify-with bench/hookbridge-file.toml
@@ -85,7 +86,7 @@ done
 for path in $PATHS; do
   # Warm-up: connections, allocator, lazy statics.
   for i in "${!NAMES[@]}"; do
-    taskset -c "$LOAD_CPU" "$LG" run --quiet --url "http://127.0.0.1:${PORTS[$i]}/hooks/$path" \
+    on_load "$LG" run --quiet --url "http://127.0.0.1:${PORTS[$i]}/hooks/$path" \
       --scheme "$(scheme "$path")" --connections $CONNS --events 10000 \
       --id-prefix "warm-$path-$RANDOM" --out "$DIR/warm" >/dev/null
   done
@@ -93,7 +94,7 @@ for path in $PATHS; do
     for i in "${!NAMES[@]}"; do
       name=${NAMES[$i]} pid=${SPIDS[$i]}
       before=$(ticks "$pid")
-      taskset -c "$LOAD_CPU" "$LG" run --quiet --url "http://127.0.0.1:${PORTS[$i]}/hooks/$path" \
+      on_load "$LG" run --quiet --url "http://127.0.0.1:${PORTS[$i]}/hooks/$path" \
         --scheme "$(scheme "$path")" --connections $CONNS --events "$BURST" \
         --id-prefix "$path-$r-$name-$RANDOM" --out "$DIR/burst" >/dev/null
       after=$(ticks "$pid")

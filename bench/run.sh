@@ -23,6 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/brokers.sh
+source bench/lib.sh
 
 T_START=$(date +%s)
 SERVER_CPU=${SERVER_CPU:-1}
@@ -64,8 +65,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 log() { printf '\n==> %s\n' "$*"; }
-on_server() { taskset -c "$SERVER_CPU" "$@"; }
-on_load() { taskset -c "$LOAD_CPU" "$@"; }
 
 if [ -z "${SKIP_BUILD:-}" ]; then
   log "build ($PROFILE profile, with the load generator)"
@@ -93,7 +92,6 @@ pin rabbitmq "$RABBIT_PID"
 pin tansu "$TANSU_PID"
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, in clock ticks
 # cpu_jiffies CPU: "busy total" clock ticks of one core so far (/proc/stat), to tell how much of
 # the server's core something else (another build on a shared box) took during a run.
 cpu_jiffies() { awk -v c="cpu$1" '$1 == c {b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6}' /proc/stat; }
@@ -187,7 +185,6 @@ PY
 
 # The bench configs, each listening on this run's port (PORT_BASE, default 8080: the configs'
 # own 8081-8084; another base keeps clear of a bench/callgrind.sh running on 8081).
-listen_on() { sed "s|^listen = \"127.0.0.1:[0-9]*\"|listen = \"127.0.0.1:$1\"|"; }
 listen_on $P_FILE <bench/hookbridge-file.toml >"$BENCH_DIR/file.toml"
 listen_on $P_KAFKA <bench/hookbridge-kafka.toml >"$BENCH_DIR/kafka.toml"
 listen_on $P_RABBIT <bench/hookbridge-rabbitmq.toml >"$BENCH_DIR/rabbitmq.toml"
