@@ -175,6 +175,16 @@ const HELP: &[(&str, Kind, &str)] = &[
         "Requests answered from the dedup store without publishing, by source.",
     ),
     (
+        SIGNATURE_BATCHES,
+        Kind::Counter,
+        "Ed25519 batch signature checks of two or more requests, by result (passed, failed).",
+    ),
+    (
+        SIGNATURES_BATCHED,
+        Kind::Counter,
+        "Signatures checked in Ed25519 batches, by the batch's result.",
+    ),
+    (
         DEDUP_ERRORS,
         Kind::Counter,
         "Dedup store errors, by backend.",
@@ -416,6 +426,11 @@ pub const DEAD_LETTERS: &str = "hookbridge_dead_letters";
 pub const DEDUP_HITS: &str = "hookbridge_dedup_hits_total";
 /// Dedup store errors (the request then proceeds without dedup), by `backend`.
 pub const DEDUP_ERRORS: &str = "hookbridge_dedup_errors_total";
+/// Ed25519 batch checks of two or more signatures (Cobo WaaS 2.0), by `result` (`passed`,
+/// `failed`: then each signature was checked alone and batching paused for a second).
+pub const SIGNATURE_BATCHES: &str = "hookbridge_signature_batches_total";
+/// Signatures checked in those batches, by `result`.
+pub const SIGNATURES_BATCHED: &str = "hookbridge_signatures_batched_total";
 
 pub fn spool_depth(sink: &str, depth: u64) {
     #[allow(clippy::cast_precision_loss)]
@@ -453,6 +468,12 @@ pub fn dead_letters(sink: &str, n: u64) {
 
 pub fn dedup_hit(source: &str) {
     metrics::counter!(DEDUP_HITS, "source" => source.to_owned()).increment(1);
+}
+
+pub fn signature_batch(passed: bool, signatures: usize) {
+    let result = if passed { "passed" } else { "failed" };
+    metrics::counter!(SIGNATURE_BATCHES, "result" => result).increment(1);
+    metrics::counter!(SIGNATURES_BATCHED, "result" => result).increment(signatures as u64);
 }
 
 pub fn dedup_error(backend: &'static str) {

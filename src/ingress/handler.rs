@@ -213,7 +213,7 @@ where
     let approval = route.spec.kind.approval();
     let incoming = IncomingWebhook { headers, body };
     let deny_bad = approval.is_some_and(|a| a.deny_bad_signatures);
-    let verifying = async { verify(route, incoming, received, deny_bad) };
+    let verifying = verify(route, incoming, received, deny_bad);
     let verified = match otel::in_span("verify", verifying).await? {
         Ok(v) => v,
         Err(bad_signature) => return Ok(Handled::Decided(bad_signature)),
@@ -243,9 +243,10 @@ where
     publish(route, state, verified, received).await
 }
 
-/// The signature check. `Ok(Err(answer))`: an approval callback whose bad signature is
-/// answered `deny` (`deny_bad_signatures`) rather than refused.
-fn verify(
+/// The signature check (batched with concurrent requests where the scheme allows: see
+/// [`crate::verify::SourceVerifier::verify_batched`]). `Ok(Err(answer))`: an approval callback
+/// whose bad signature is answered `deny` (`deny_bad_signatures`) rather than refused.
+async fn verify(
     route: &Route,
     incoming: IncomingWebhook,
     received: SystemTime,
@@ -260,7 +261,7 @@ fn verify(
         }
         return Ok(Ok(verified));
     }
-    match route.spec.verifier.verify(incoming, received) {
+    match route.spec.verifier.verify_batched(incoming, received).await {
         Ok(v) => Ok(Ok(v)),
         Err(e) if deny_bad_signatures => Ok(Err(Answered::bad_signature(e.reason()))),
         Err(e) => Err(e.into()),

@@ -330,6 +330,66 @@ async fn limits_have_their_own_statuses() {
     app.stop().await;
 }
 
+/// Concurrent Cobo WaaS 2.0 requests over real connections share Ed25519 batch checks
+/// (`hookbridge_signatures_batched_total` moves), and a forged signature among them is refused
+/// alone while every genuine one is published: a failed batch never refuses its neighbours.
+#[tokio::test]
+async fn concurrent_cobo_signatures_are_checked_in_batches_and_a_forgery_is_refused_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}[sources.batch-cobo]\nverify = {{ scheme = \"cobo-waas2\", public_keys = [\"{}\"] }}\n",
+        sink_in(dir.path()),
+        cobo_test_pubkey()
+    );
+    let app = TestApp::spawn_with_metrics(&config).await;
+    let url = app.url("/hooks/batch-cobo");
+    let mut genuine = Vec::new();
+    // Waves of 24 at once; batching depends on arrival, so a few waves may be needed.
+    for wave in 0..6 {
+        let ts = now_ms().to_string();
+        let sends = (0..24).map(|i| {
+            let id = format!("batch-{wave}-{i}");
+            let body = cobo_body(&id);
+            // One forgery per wave: another Ed25519 key entirely.
+            let seed = if i == 11 {
+                "11".repeat(32)
+            } else {
+                cobo_test_seed()
+            };
+            let headers = sign_cobo_waas2(&seed, body.as_bytes(), &ts);
+            let url = url.clone();
+            async move { (i, id, post(&url, &headers, body).await) }
+        });
+        for (i, id, reply) in futures_util::future::join_all(sends).await {
+            if i == 11 {
+                assert_eq!(reply.status, 401, "{id}: {:?}", reply.json());
+                assert_eq!(reply.json()["error"], "bad_signature", "{id}");
+            } else {
+                assert_eq!(reply.status, 200, "{id}: {:?}", reply.json());
+                genuine.push(id);
+            }
+        }
+        let text = scrape(&app).await;
+        if counter(&text, "hookbridge_signatures_batched_total", &[]) > 0.0 && wave >= 1 {
+            break;
+        }
+    }
+    let text = scrape(&app).await;
+    let batched = counter(&text, "hookbridge_signatures_batched_total", &[]);
+    let batches = counter(&text, "hookbridge_signature_batches_total", &[]);
+    assert!(batched >= 2.0 && batches >= 1.0, "no batch formed: {text}");
+    app.stop().await;
+
+    let published: Vec<String> = file_events(&dir.path().join("events.jsonl"))
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(published.len(), genuine.len());
+    for id in &genuine {
+        assert!(published.contains(id), "{id} not published");
+    }
+}
+
 /// Every attack is rejected with its status, counted under its reason, and never published.
 #[tokio::test]
 async fn attacks_are_rejected_counted_and_never_published() {
