@@ -98,17 +98,13 @@ impl Ed25519Batch {
         tokio::task::yield_now().await;
         // Whoever finds jobs waiting verifies them, so every queued job is taken by the
         // request that queued it at the latest (a request dropped while yielding leaves its
-        // job for the next one, whose answer nobody then reads).
-        loop {
-            let jobs = {
-                let mut state = self.lock();
-                let n = state.queue.len().min(MAX_BATCH);
-                state.queue.drain(..n).collect::<Vec<_>>()
-            };
-            if jobs.is_empty() {
-                break;
-            }
-            self.run(jobs);
+        // job for the next one, whose answer nobody then reads). Only what is queued now:
+        // jobs queued meanwhile (other worker threads) are their own requests' to take, so no
+        // request keeps verifying others' signatures for as long as the load lasts.
+        let queued = std::mem::take(&mut self.lock().queue);
+        let mut queued = queued.into_iter();
+        while !queued.as_slice().is_empty() {
+            self.run(queued.by_ref().take(MAX_BATCH).collect());
         }
         // Answered by this request's own run above, or by another's that took its job.
         answered.await.unwrap_or(false)
@@ -338,6 +334,22 @@ mod tests {
         batch.lock().single_until = Some(Instant::now());
         assert_eq!(together(&batch, &valid).await, vec![true; 8]);
         assert_eq!(batch.stats().batches, 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn more_than_a_batch_at_once_is_checked_in_batches_of_at_most_max_batch() {
+        let key = cobo_test_key();
+        let jobs: Vec<([u8; 32], Signature)> = (0..70)
+            .map(|i| {
+                let d = pseudo("many", i);
+                (d, key.sign(&d))
+            })
+            .collect();
+        let batch = Ed25519Batch::new(key.verifying_key());
+        assert_eq!(together(&batch, &jobs).await, vec![true; 70]);
+        let s = batch.stats();
+        // 32 + 32, then the last 6 together.
+        assert_eq!((s.batches, s.failed, s.single), (3, 0, 0), "{s:?}");
     }
 
     #[tokio::test(flavor = "current_thread")]
