@@ -1,8 +1,8 @@
 //! Ed25519 batch verification across concurrent requests, for Cobo WaaS 2.0 sources with one
 //! key. Each request queues its (digest, signature), yields once so that the other requests
 //! ready in the same scheduler tick can queue theirs, and then whichever request finds the queue
-//! non-empty verifies everything in it with one `ed25519_dalek::verify_batch` call and hands each
-//! waiter its answer. No timer and no task of its own: an idle source's batch is its one request,
+//! non-empty verifies what is in it with `ed25519_dalek::verify_batch`, [`MAX_BATCH`] at a time,
+//! and hands each waiter its answer. No timer and no task of its own: an idle source's batch is its one request,
 //! verified alone exactly as before; a busy one's grows with what arrived together.
 //!
 //! What a batch accepts, against `verify_strict` one at a time (which [`super::cobo`] uses, and
