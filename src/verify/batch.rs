@@ -209,6 +209,16 @@ mod tests {
         join_all(jobs.iter().map(|(d, s)| batch.verify(*d, *s))).await
     }
 
+    /// `n` valid signatures by `key` over digests drawn from `label`.
+    fn signed(key: &SigningKey, label: &str, n: u64) -> Vec<([u8; 32], Signature)> {
+        (0..n)
+            .map(|i| {
+                let d = pseudo(label, i);
+                (d, key.sign(&d))
+            })
+            .collect()
+    }
+
     fn strict(key: &VerifyingKey, jobs: &[([u8; 32], Signature)]) -> Vec<bool> {
         jobs.iter()
             .map(|(d, s)| key.verify_strict(d, s).is_ok())
@@ -234,10 +244,7 @@ mod tests {
                 .as_str()
                 .unwrap()
         );
-        for i in 0..6 {
-            let d = pseudo("valid", i);
-            jobs.push((d, key.sign(&d)));
-        }
+        jobs.extend(signed(&key, "valid", 6));
 
         let batch = Ed25519Batch::new(key.verifying_key());
         assert_eq!(together(&batch, &jobs).await, vec![true; jobs.len()]);
@@ -314,12 +321,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn after_a_failed_batch_signatures_are_verified_alone_for_the_cool_down() {
         let key = cobo_test_key();
-        let valid: Vec<([u8; 32], Signature)> = (0..8)
-            .map(|i| {
-                let d = pseudo("cool", i);
-                (d, key.sign(&d))
-            })
-            .collect();
+        let valid = signed(&key, "cool", 8);
         let mut forged = valid.clone();
         forged[3].0[0] ^= 1;
 
@@ -339,12 +341,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn more_than_a_batch_at_once_is_checked_in_batches_of_at_most_max_batch() {
         let key = cobo_test_key();
-        let jobs: Vec<([u8; 32], Signature)> = (0..70)
-            .map(|i| {
-                let d = pseudo("many", i);
-                (d, key.sign(&d))
-            })
-            .collect();
+        let jobs = signed(&key, "many", 70);
         let batch = Ed25519Batch::new(key.verifying_key());
         assert_eq!(together(&batch, &jobs).await, vec![true; 70]);
         let s = batch.stats();
