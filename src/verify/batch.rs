@@ -46,7 +46,7 @@ struct State {
     stats: Stats,
 }
 
-/// Counts of what the batcher did, for tests and the failure log line.
+/// Counts of what the batcher did, for the tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Stats {
     /// Calls to `verify_batch` (batches of two or more).
@@ -178,21 +178,15 @@ mod tests {
 
     use super::*;
 
-    fn fixture(name: &str) -> serde_json::Value {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/providers.json");
-        let all: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        all[name].clone()
-    }
+    use super::super::tests::vectors;
 
     fn bytes<const N: usize>(hex_str: &str) -> [u8; N] {
         <[u8; N]>::try_from(hex::decode(hex_str).unwrap()).unwrap()
     }
 
-    /// The Cobo vectors' signing key (cobo-cli's self-test key, in the fixture).
+    /// The Cobo vectors' signing key (cobo-cli's self-test key).
     fn cobo_test_key() -> SigningKey {
-        let v = &fixture("cobo_v2_ed25519")[0];
-        SigningKey::from_bytes(&bytes(v["private_key_hex"].as_str().unwrap()))
+        SigningKey::from_bytes(&bytes(hookbridge_testkit::keys::COBO_TEST_SEED_HEX))
     }
 
     /// A deterministic stream of test bytes: SHA-256 of a label and a counter.
@@ -228,7 +222,8 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn the_cobo_vectors_pass_in_a_batch_and_one_changed_byte_fails_only_its_own() {
         let key = cobo_test_key();
-        let mut jobs: Vec<([u8; 32], Signature)> = fixture("cobo_v2_ed25519")
+        let all = vectors();
+        let mut jobs: Vec<([u8; 32], Signature)> = all["cobo_v2_ed25519"]
             .as_array()
             .unwrap()
             .iter()
@@ -240,9 +235,7 @@ mod tests {
             .collect();
         assert_eq!(
             hex::encode(key.verifying_key().as_bytes()),
-            fixture("cobo_v2_ed25519")[0]["pubkey_hex"]
-                .as_str()
-                .unwrap()
+            all["cobo_v2_ed25519"][0]["pubkey_hex"].as_str().unwrap()
         );
         jobs.extend(signed(&key, "valid", 6));
 

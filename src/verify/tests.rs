@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::*;
 
-fn vectors() -> Value {
+/// The shared vectors (`tests/fixtures/providers.json`); the batcher's tests read them too.
+pub(super) fn vectors() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/providers.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
