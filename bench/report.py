@@ -218,6 +218,7 @@ for name, what, mode in [
     ("hb-file-2000rps", "hookbridge → file, Cobo WaaS2", f"open, {fixed_rate}/s"),
     ("hb-spool-2000rps", "hookbridge, broker down → spool, Cobo WaaS2", f"open, {fixed_rate}/s"),
     ("hb-kafka-2000rps", "hookbridge → Kafka, Cobo WaaS2", f"open, {fixed_rate}/s"),
+    ("floor-kafka-2000rps", "floor: minimal server + Ed25519 check + bare rdkafka → Kafka", f"open, {fixed_rate}/s"),
     ("hb-file-1000conns", "hookbridge → file, Standard Webhooks (fresh process)", "closed, 1000 conns"),
     ("py-rabbitmq", "docs-style Python → RabbitMQ (confirms), Cobo", f"closed, {conns} conns"),
     ("py-kafka", "docs-style Python → Kafka, Cobo", f"closed, {conns} conns"),
@@ -227,6 +228,11 @@ for name, what, mode in [
         p(f"| {what} | {mode} | {f(d['rps'])} | {f(d['ok'])} | {f(d['p50_ms'], 2)} | {f(d['p90_ms'], 2)} | {f(d['p99_ms'], 2)} | "
           f"{f(d['p999_ms'], 2)} | {f(d['max_ms'], 1)} | {f(d.get('server_cpu_us_per_req'))} | {f(d.get('server_peak_rss_mb'))} |")
 p("")
+fs = j("fdatasync")
+if fs:
+    p(f"- The disk's own `fdatasync` (1,000 appends of 6 KB, each synced, before these runs): p50 {f(fs['p50_ms'], 2)} ms, "
+      f"p90 {f(fs['p90_ms'], 2)} ms, p99 {f(fs['p99_ms'], 2)} ms, max {f(fs['max_ms'], 1)} ms. The file sink and the spool "
+      f"answer only after one, so their p99 cannot be below the disk's.")
 for py, sink in [("py-rabbitmq", "rabbitmq"), ("py-kafka", "kafka")]:
     a, b = j(f"pin-{sink}-cobo-r1"), j(py)
     if g(a, "server_cpu_us_per_req") and g(b, "server_cpu_us_per_req"):
@@ -240,6 +246,7 @@ p("")
 p("```sh")
 p("bench/run.sh            # about 10 minutes; QUICK=1 for a short smoke run, SKIP_BUILD=1, ROUNDS=2")
 p("SKIP_BUILD=1 bench/interleaved.sh   # file-sink ratios, floor and hookbridge in alternating bursts")
+p("SKIP_BUILD=1 SINK=rabbitmq PATHS=standard bench/interleaved.sh   # a broker sink against the one-process floor")
 p("# single runs, pinned the same way, e.g.:")
 p("cargo build --profile production -p hookbridge -p hookbridge-loadgen --bins")
 p(f"taskset -c {S} target/production/hookbridge serve --config bench/hookbridge-file.toml &")

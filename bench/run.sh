@@ -10,9 +10,10 @@
 #                 (`hookbridge-loadgen http-ceiling --verify-with bench/hookbridge-file.toml`)
 #               + the bare broker client's CPU per message for the path's sink (0 for the file sink)
 #
-# Then the fixed-rate p99 runs (file, spool, Kafka at 2,000 req/s), the RSS run (1,000
-# keep-alive connections), the docs-style Python baseline, and instructions per request under
-# callgrind (bench/callgrind.sh) when valgrind is installed.
+# Then the fixed-rate p99 runs (file, spool, Kafka at 2,000 req/s, and the Kafka path's
+# one-process floor at the same rate), the RSS run (1,000 keep-alive connections), the
+# docs-style Python baseline, and instructions per request under callgrind
+# (bench/callgrind.sh) when valgrind is installed.
 # Writes bench/results/<time>/ and docs/benchmarks.md. About 10 minutes; not part of CI.
 #
 #   bench/run.sh                          # build (production profile), then everything
@@ -249,6 +250,27 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 # Open loop at the p99 target's rate (Cobo WaaS2, the dearest signature of the targets).
+# The disk's own durability latency: the file sink and the spool answer only after an
+# fdatasync, so their p99 cannot be below the disk's (1,000 appends of a ~6 KB batch, each synced).
+log "fdatasync latency of the disk under \$BENCH_DIR"
+python3 - "$BENCH_DIR/fsync-probe" "$OUT/fdatasync.json" <<'PY'
+import json, os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+lat = []
+for _ in range(1000):
+    os.write(fd, b"x" * 6000)
+    t = time.perf_counter()
+    os.fdatasync(fd)
+    lat.append((time.perf_counter() - t) * 1000)
+os.close(fd)
+os.unlink(sys.argv[1])
+lat.sort()
+q = {k: lat[int(len(lat) * x)] for k, x in [("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99)]}
+q["max_ms"] = lat[-1]
+json.dump(q, open(sys.argv[2], "w"))
+print("fdatasync ms: " + ", ".join(f"{k[:-3]} {v:.2f}" for k, v in q.items()))
+PY
+
 log "p99 at a fixed $FIXED_RATE req/s: file sink"
 start hb-file-fixed $P_FILE "$HB" serve --config "$BENCH_DIR/file.toml"
 L_EVENTS=$((FIXED_RATE * SECS)) L_SECS=$((SECS + 5)) \
@@ -270,6 +292,14 @@ wait_ready $P_KAFKA
 L_EVENTS=$((FIXED_RATE * SECS)) L_SECS=$((SECS + 5)) \
   load hb-kafka-2000rps http://127.0.0.1:$P_KAFKA/hooks/cobo cobo-waas2 $CONNS --rate $FIXED_RATE
 all_2xx hb-kafka-2000rps warn
+stop
+# The same rate through the one-process floor (minimal server + the Ed25519 check + bare
+# rdkafka, answering once acked): what this machine's latency is without hookbridge.
+start floor-kafka-fixed $P_FLOOR "$LG" http-ceiling --listen 127.0.0.1:$P_FLOOR \
+  --verify-with bench/hookbridge-file.toml --publish-kafka 127.0.0.1:9092 --topic "hookbridge-bench.$BENCH_RUN.floor"
+L_EVENTS=$((FIXED_RATE * SECS)) L_SECS=$((SECS + 5)) \
+  load floor-kafka-2000rps http://127.0.0.1:$P_FLOOR/hooks/cobo cobo-waas2 $CONNS --rate $FIXED_RATE
+all_2xx floor-kafka-2000rps warn
 stop
 BROKER_PID=""
 

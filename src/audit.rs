@@ -6,6 +6,7 @@
 //! [`TARGET`]) so they share the service log's format. Both carry the same fields.
 
 use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
@@ -29,12 +30,9 @@ pub struct Line<'a> {
     pub level: tracing::Level,
     pub message: &'static str,
     pub source: &'a str,
-    /// Addresses are formatted straight into the line (no `String` per request); empty when
-    /// unknown.
-    #[serde(serialize_with = "as_text")]
-    pub client: &'a dyn std::fmt::Display,
-    #[serde(serialize_with = "as_text")]
-    pub peer: &'a dyn std::fmt::Display,
+    /// Addresses as [`AddrText`] writes them; empty when unknown.
+    pub client: &'a str,
+    pub peer: &'a str,
     pub outcome: &'a str,
     pub reason: &'a str,
     pub status: u16,
@@ -87,8 +85,8 @@ impl<'a> Line<'a> {
     pub fn new(
         message: &'static str,
         source: &'a str,
-        client: &'a dyn std::fmt::Display,
-        peer: &'a dyn std::fmt::Display,
+        client: &'a str,
+        peer: &'a str,
         bytes: usize,
         latency_us: u64,
     ) -> Self {
@@ -133,7 +131,7 @@ impl<'a> Line<'a> {
             ($level:expr) => {
                 tracing::event!(
                     target: TARGET, $level,
-                    source = self.source, client = %self.client, peer = %self.peer,
+                    source = self.source, client = self.client, peer = self.peer,
                     outcome = self.outcome, reason = self.reason, status = self.status,
                     event_id = self.event_id, event_type = self.event_type,
                     id_from = self.id_from, detail = self.detail,
@@ -151,5 +149,127 @@ impl<'a> Line<'a> {
         } else {
             emit!(tracing::Level::INFO);
         }
+    }
+}
+
+/// An address as the audit line writes it (`Display`'s text), without `core::fmt`'s machinery
+/// for IPv4, the common case: under callgrind, `Display` for the client's `Ipv4Addr` and the
+/// peer's `SocketAddrV4` cost about 2,700 instructions per request, 2 % of an HMAC request.
+pub enum AddrText {
+    /// IPv4 text, at most `255.255.255.255:65535` (21 bytes).
+    Inline([u8; 21], u8),
+    /// IPv6 (and the rare others), through `Display`.
+    Formatted(String),
+}
+
+impl AddrText {
+    /// The empty text, for an address not known.
+    pub const NONE: Self = Self::Inline([0; 21], 0);
+
+    pub fn ip(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut t = Self::NONE;
+                t.push_v4(v4.octets());
+                t
+            }
+            IpAddr::V6(_) => Self::Formatted(ip.to_string()),
+        }
+    }
+
+    pub fn socket(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(v4) => {
+                let mut t = Self::NONE;
+                t.push_v4(v4.ip().octets());
+                t.push(b':');
+                t.push_decimal(v4.port());
+                t
+            }
+            SocketAddr::V6(_) => Self::Formatted(addr.to_string()),
+        }
+    }
+
+    /// Fixed text (`unknown`); longer than the inline room, it goes through `String`.
+    pub fn text(text: &str) -> Self {
+        Self::Formatted(text.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Only ASCII digits, dots and colons are ever pushed.
+            Self::Inline(buf, len) => std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or(""),
+            Self::Formatted(s) => s,
+        }
+    }
+
+    fn push_v4(&mut self, octets: [u8; 4]) {
+        for (i, o) in octets.into_iter().enumerate() {
+            if i > 0 {
+                self.push(b'.');
+            }
+            self.push_decimal(u16::from(o));
+        }
+    }
+
+    fn push_decimal(&mut self, n: u16) {
+        let mut digits = [0u8; 5];
+        let mut at = digits.len();
+        let mut n = n;
+        loop {
+            at -= 1;
+            // A remainder of 10 is below 10: the cast keeps it whole.
+            #[allow(clippy::cast_possible_truncation)]
+            let d = (n % 10) as u8;
+            digits[at] = b'0' + d;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for &d in &digits[at..] {
+            self.push(d);
+        }
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Self::Inline(buf, len) = self
+            && let Some(slot) = buf.get_mut(usize::from(*len))
+        {
+            *slot = b;
+            *len += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
+
+    use super::*;
+
+    /// The fast path writes exactly what `Display` writes.
+    #[test]
+    fn addr_text_is_display() {
+        let v4s = [
+            Ipv4Addr::new(0, 0, 0, 0),
+            Ipv4Addr::new(127, 0, 0, 1),
+            Ipv4Addr::new(10, 9, 100, 255),
+            Ipv4Addr::new(255, 255, 255, 255),
+            Ipv4Addr::new(1, 20, 3, 40),
+        ];
+        for ip in v4s {
+            assert_eq!(AddrText::ip(IpAddr::V4(ip)).as_str(), ip.to_string());
+            for port in [0, 7, 80, 443, 8080, 10000, 65535] {
+                let a = SocketAddr::from((ip, port));
+                assert_eq!(AddrText::socket(a).as_str(), a.to_string());
+            }
+        }
+        let v6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+        assert_eq!(AddrText::ip(IpAddr::V6(v6)).as_str(), "2001:db8::1");
+        let a = SocketAddr::V6(SocketAddrV6::new(v6, 443, 0, 7));
+        assert_eq!(AddrText::socket(a).as_str(), a.to_string());
+        assert_eq!(AddrText::NONE.as_str(), "");
+        assert_eq!(AddrText::text("unknown").as_str(), "unknown");
     }
 }

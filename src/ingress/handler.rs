@@ -143,25 +143,18 @@ struct AuditCtx {
 
 impl AuditCtx {
     /// Client address, peer address and latency so far (µs), as the audit line writes them.
-    fn fields(&self) -> (Shown<client::Client>, Shown<SocketAddr>, u64) {
+    fn fields(&self) -> (audit::AddrText, audit::AddrText, u64) {
+        let client = match self.client {
+            Some(client::Client::Addr(ip)) => audit::AddrText::ip(ip),
+            Some(client::Client::Unknown) => audit::AddrText::text("unknown"),
+            None => audit::AddrText::NONE,
+        };
         (
-            Shown(self.client),
-            Shown(self.peer),
+            client,
+            self.peer
+                .map_or(audit::AddrText::NONE, audit::AddrText::socket),
             u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         )
-    }
-}
-
-/// An address as the audit line writes it, formatted straight into the line: empty when
-/// there is none.
-struct Shown<T>(Option<T>);
-
-impl<T: std::fmt::Display> std::fmt::Display for Shown<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some(v) => v.fmt(f),
-            None => Ok(()),
-        }
     }
 }
 
@@ -419,8 +412,8 @@ fn audit(
     let mut line = audit::Line::new(
         "request accepted",
         source,
-        &client,
-        &peer,
+        client.as_str(),
+        peer.as_str(),
         ctx.bytes,
         latency_us,
     );
@@ -465,8 +458,8 @@ fn audit_handshake(source: &str, ctx: &AuditCtx, h: &Handshake) {
     let mut line = audit::Line::new(
         "handshake answered",
         source,
-        &client,
-        &peer,
+        client.as_str(),
+        peer.as_str(),
         ctx.bytes,
         latency_us,
     );
@@ -488,8 +481,8 @@ fn audit_decision(source: &str, ctx: &AuditCtx, a: &Answered) {
     let mut line = audit::Line::new(
         "callback answered",
         source,
-        &client,
-        &peer,
+        client.as_str(),
+        peer.as_str(),
         ctx.bytes,
         latency_us,
     );

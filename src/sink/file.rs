@@ -1,7 +1,8 @@
 //! The embedded default sink: CloudEvents appended to a JSON Lines file, fsync'd before the
-//! 2xx. Line breaks inside an event (a pretty-printed provider body) become spaces. A single writer thread does group commit: every event that arrived while the previous
-//! batch was syncing shares the next `write` + `fdatasync`, so throughput scales with load
-//! instead of being capped at one fsync per request.
+//! 2xx. Line breaks inside an event (a pretty-printed provider body) become spaces. A single
+//! writer thread does group commit: every event that arrived while the previous batch was
+//! syncing shares the next `write` + `fdatasync`, so throughput scales with load instead of
+//! being capped at one fsync per request.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

@@ -64,7 +64,7 @@ fn read_headers(headers: &HeaderMap) -> Result<(&str, i64, Vec<u8>, &str), Verif
     let ts = header_any(headers, &TIMESTAMP)?;
     let ts_ms = parse_unix(ts, TIMESTAMP[0], 1)?;
     let sig_hex = header_any(headers, &SIGNATURE)?;
-    let sig = hex::decode(sig_hex).map_err(|_| VerifyError::MalformedHeader {
+    let sig = super::hex_bytes(sig_hex).ok_or(VerifyError::MalformedHeader {
         header: SIGNATURE[0],
         reason: "not hex",
     })?;

@@ -266,7 +266,7 @@ impl Stripe {
                     });
                 }
                 // Cheap checks first: only a 32-byte MAC can match.
-                "v1" => sigs.extend(hex::decode(v).ok().filter(|m| m.len() == 32)),
+                "v1" => sigs.extend(super::hex_bytes(v).filter(|m| m.len() == 32)),
                 _ => {}
             }
         }
@@ -389,7 +389,7 @@ impl Paddle {
                 "ts" if ts.is_none() => ts = Some(v),
                 "ts" => return Err(malformed("repeated ts")),
                 // Only a 32-byte MAC can match.
-                "h1" => sigs.extend(hex::decode(v).ok().filter(|m| m.len() == 32)),
+                "h1" => sigs.extend(super::hex_bytes(v).filter(|m| m.len() == 32)),
                 _ => {}
             }
         }
@@ -423,13 +423,13 @@ fn check_v0(
     let ts = header(headers, ts_header)?;
     let ts_ms = parse_unix(ts, ts_header, 1000)?;
     let raw = header(headers, sig_header)?;
-    let sig = raw
-        .strip_prefix("v0=")
-        .and_then(|h| hex::decode(h).ok())
-        .ok_or(VerifyError::MalformedHeader {
-            header: sig_header,
-            reason: "expected v0=<hex>",
-        })?;
+    let sig =
+        raw.strip_prefix("v0=")
+            .and_then(super::hex_bytes)
+            .ok_or(VerifyError::MalformedHeader {
+                header: sig_header,
+                reason: "expected v0=<hex>",
+            })?;
     let key = secrets
         .find_match(&[b"v0:", ts.as_bytes(), b":", body], &[sig])
         .ok_or(VerifyError::BadSignature)?;
@@ -443,7 +443,7 @@ fn check_v0(
 
 pub(super) fn decode(s: &str, encoding: Encoding) -> Option<Vec<u8>> {
     match encoding {
-        Encoding::Hex => hex::decode(s).ok(),
+        Encoding::Hex => super::hex_bytes(s),
         Encoding::Base64 => B64.decode(s).ok(),
     }
 }

@@ -70,6 +70,33 @@ fn no_window(scheme: Scheme) -> SourceVerifier {
     SourceVerifier::new(scheme, None)
 }
 
+/// The request path's hex decoder accepts and refuses exactly what `hex::decode` does.
+#[test]
+fn hex_bytes_agrees_with_hex_decode() {
+    let mac = "5c0fd2a4b1e3f7a9c2d4e6f8a0b2c4d6e8f0a1b3c5d7e9f1a3b5c7d9e1f3a5b7";
+    for s in [
+        "",
+        "00",
+        "ff",
+        "FF",
+        "aB09",
+        mac,
+        &mac.to_uppercase(),
+        "0",
+        "abc",
+        "0g",
+        "g0",
+        "zz",
+        " 00",
+        "00 ",
+        "0x00",
+        "é0",
+        "00é",
+    ] {
+        assert_eq!(super::hex_bytes(s), hex::decode(s).ok(), "{s:?}");
+    }
+}
+
 #[test]
 fn cobo_waas2_vectors() {
     let all = vectors();

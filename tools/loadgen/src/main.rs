@@ -8,7 +8,8 @@
 //!   hookbridge does (rdkafka acks=all idempotent; lapin confirms pipelined over channels).
 //! - `verify-ceiling`: Ed25519 verifications per second through hookbridge's verifier.
 //! - `http-ceiling`: a minimal warp server answering 200 (optionally after hookbridge's
-//!   signature check), for the HTTP floor.
+//!   signature check, and then a bare client's confirmed publish), for the HTTP floor and the
+//!   broker paths' one-process floor.
 //! - `amqp-bind` ([`amqp`]): the bench's RabbitMQ exchange and queue.
 //!
 //! Its output is parsed by `bench/run.sh` and `bench/report.py`: keep the lines and JSON fields.
@@ -101,6 +102,27 @@ enum Command {
         /// by the path (`/hooks/<source>`): the floor of "HTTP + the signature check".
         #[arg(long)]
         verify_with: Option<PathBuf>,
+        /// Then append each verified body to this file (group commit: a `write` and an
+        /// `fdatasync` per batch) and answer once synced: the floor of a file sink path.
+        #[arg(long, conflicts_with_all = ["publish_kafka", "publish_rabbitmq"])]
+        publish_file: Option<PathBuf>,
+        /// Then publish each verified body to these Kafka brokers (rdkafka as hookbridge
+        /// configures it) and answer once acked: the floor of a Kafka sink path.
+        #[arg(long, requires = "topic", conflicts_with = "publish_rabbitmq")]
+        publish_kafka: Option<String>,
+        /// The topic for --publish-kafka.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Then publish each verified body to this RabbitMQ URL (lapin, confirms, persistent,
+        /// mandatory) and answer once confirmed: the floor of a RabbitMQ sink path.
+        #[arg(long, requires = "exchange")]
+        publish_rabbitmq: Option<String>,
+        /// The exchange for --publish-rabbitmq (a queue must be bound to it).
+        #[arg(long)]
+        exchange: Option<String>,
+        /// Channels for --publish-rabbitmq, used round-robin.
+        #[arg(long, default_value_t = 8)]
+        channels: usize,
     },
 }
 
@@ -149,7 +171,27 @@ fn main() -> anyhow::Result<()> {
             Command::HttpCeiling {
                 listen,
                 verify_with,
-            } => ceiling::http::run(listen, verify_with.as_deref()).await,
+                publish_file,
+                publish_kafka,
+                topic,
+                publish_rabbitmq,
+                exchange,
+                channels,
+            } => {
+                let publish = match (publish_kafka, topic, publish_rabbitmq, exchange) {
+                    _ if publish_file.is_some() => publish_file.map(ceiling::http::Publish::File),
+                    (Some(brokers), Some(topic), _, _) => {
+                        Some(ceiling::http::Publish::Kafka { brokers, topic })
+                    }
+                    (_, _, Some(url), Some(exchange)) => Some(ceiling::http::Publish::Rabbitmq {
+                        url,
+                        exchange,
+                        channels,
+                    }),
+                    _ => None,
+                };
+                ceiling::http::run(listen, verify_with.as_deref(), publish).await
+            }
             Command::VerifyCeiling { threads, secs } => ceiling::verify::run(threads, secs),
             Command::AmqpBind {
                 url,

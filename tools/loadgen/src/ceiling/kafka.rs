@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::measure::own_cpu;
 
@@ -15,37 +16,12 @@ pub async fn run(
     in_flight: usize,
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "1")
-        .set("partitioner", "murmur2_random")
-        .create()?;
+    let producer = producer(brokers)?;
     let bodies = super::messages(n);
     let started = Instant::now();
     let cpu_before = own_cpu();
     let results: Vec<bool> = futures_util::stream::iter(bodies.iter())
-        .map(|(id, body)| {
-            let producer = producer.clone();
-            async move {
-                let headers = rdkafka::message::OwnedHeaders::new()
-                    .insert(rdkafka::message::Header {
-                        key: "ce_id",
-                        value: Some(id.as_str()),
-                    })
-                    .insert(rdkafka::message::Header {
-                        key: "content-type",
-                        value: Some("application/cloudevents+json"),
-                    });
-                let rec = FutureRecord::to(topic)
-                    .key(id.as_str())
-                    .payload(body.as_slice())
-                    .headers(headers);
-                producer.send(rec, Duration::from_secs(5)).await.is_ok()
-            }
-        })
+        .map(|(id, body)| send(&producer, topic, id, body))
         .buffer_unordered(in_flight)
         .collect()
         .await;
@@ -57,4 +33,33 @@ pub async fn run(
         own_cpu().saturating_sub(cpu_before),
         out,
     )
+}
+
+/// A producer configured as hookbridge's Kafka sink configures its own.
+pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+    Ok(rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("partitioner", "murmur2_random")
+        .create()?)
+}
+
+/// Publishes one message with the key and headers hookbridge gives it; whether it was acked.
+pub async fn send(producer: &FutureProducer, topic: &str, id: &str, body: &[u8]) -> bool {
+    let headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header {
+            key: "ce_id",
+            value: Some(id),
+        })
+        .insert(rdkafka::message::Header {
+            key: "content-type",
+            value: Some("application/cloudevents+json"),
+        });
+    let rec = FutureRecord::to(topic)
+        .key(id)
+        .payload(body)
+        .headers(headers);
+    producer.send(rec, Duration::from_secs(5)).await.is_ok()
 }

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+pub mod file;
 pub mod http;
 pub mod kafka;
 pub mod rabbitmq;

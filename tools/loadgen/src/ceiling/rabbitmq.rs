@@ -21,14 +21,7 @@ pub async fn run(
     out: Option<&Path>,
     rate: Option<u64>,
 ) -> anyhow::Result<()> {
-    use lapin::options::ConfirmSelectOptions;
-    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
-    let mut chans = Vec::new();
-    for _ in 0..channels.max(1) {
-        let ch = conn.create_channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        chans.push(ch);
-    }
+    let (_conn, chans) = connect(url, channels).await?;
     // A durable queue bound to the exchange, so every message is routed and persisted (an
     // unroutable publish is returned without being stored, which would fake a ceiling).
     let queue = format!("{exchange}-ceiling-{}", uuid::Uuid::new_v4().simple());
@@ -73,9 +66,26 @@ pub async fn run(
     )
 }
 
+/// A connection and `channels` confirm-mode channels on it (the connection must be kept: its
+/// drop closes the channels).
+pub async fn connect(
+    url: &str,
+    channels: usize,
+) -> anyhow::Result<(lapin::Connection, Vec<lapin::Channel>)> {
+    use lapin::options::ConfirmSelectOptions;
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let mut chans = Vec::new();
+    for _ in 0..channels.max(1) {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        chans.push(ch);
+    }
+    Ok((conn, chans))
+}
+
 /// Publishes one message as hookbridge does and waits for its confirm: `None` if the publish
 /// itself failed, else whether the broker acknowledged it (a `basic.return` is not an ack).
-async fn publish(ch: &lapin::Channel, exchange: &str, id: &str, body: &[u8]) -> Option<bool> {
+pub async fn publish(ch: &lapin::Channel, exchange: &str, id: &str, body: &[u8]) -> Option<bool> {
     use lapin::options::BasicPublishOptions;
     let props = lapin::BasicProperties::default()
         .with_message_id(id.into())
