@@ -190,7 +190,7 @@ impl AddrText {
         }
     }
 
-    /// Fixed text (`unknown`); longer than the inline room, it goes through `String`.
+    /// Fixed text: `unknown`, for a client behind an unreadable forwarding chain (rare).
     pub fn text(text: &str) -> Self {
         Self::Formatted(text.to_owned())
     }

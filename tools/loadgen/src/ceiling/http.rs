@@ -4,9 +4,9 @@
 //! signature check" that hookbridge's CPU per request is set beside. With a [`Publish`] target
 //! it then publishes the body with the bare broker client (or appends it durably to a file)
 //! and answers only once the broker confirmed it (the file synced; 503 otherwise): the floor
-//! of a sink path in one process, loaded the
-//! same way and at the same time as hookbridge (`bench/interleaved.sh`), so the broker and the
-//! load generator share their core exactly as they do while hookbridge is measured.
+//! of a sink path in one process, loaded the same way and at the same time as hookbridge
+//! (`bench/interleaved.sh`), so the broker and the load generator share their core exactly as
+//! they do while hookbridge is measured.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
