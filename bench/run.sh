@@ -10,6 +10,13 @@
 #                 (`hookbridge-loadgen http-ceiling --verify-with bench/hookbridge-file.toml`)
 #               + the bare broker client's CPU per message for the path's sink (0 for the file sink)
 #
+# and beside it the one-process floor: the same server publishing each verified body with the
+# bare client and answering once confirmed (`--publish-kafka`, `--publish-rabbitmq`), or
+# appending it durably (`--publish-file`: group commit, a write and an fdatasync per batch),
+# loaded the same way, so that the broker shares the load core with the load generator as it
+# does while hookbridge runs. The targets table judges broker paths against the one-process
+# floor and file paths against the sink-less floor the issue set.
+#
 # Then the fixed-rate p99 runs (file, spool, Kafka at 2,000 req/s, and the Kafka path's
 # one-process floor at the same rate), the RSS run (1,000 keep-alive connections), the
 # docs-style Python baseline, and instructions per request under callgrind
@@ -208,6 +215,36 @@ for r in $(seq 1 "$ROUNDS"); do
     all_2xx floor-verify-${s%%:*}-r$r
   done
   stop
+  # The one-process floors: the same server, then the bare client's confirmed publish (or, for
+  # the file sink, the synced append), loaded the way hookbridge is, while the broker shares the
+  # load core with the load generator as it does while hookbridge runs.
+  start floor1-file-r$r $P_FLOOR "$LG" http-ceiling --listen 127.0.0.1:$P_FLOOR \
+    --verify-with bench/hookbridge-file.toml --publish-file "$BENCH_DIR/floor-append-r$r.jsonl"
+  for s in hmac:hmac-sha256 standard:standard-webhooks cobo:cobo-waas2; do
+    load floor1-file-${s%%:*}-r$r "http://127.0.0.1:$P_FLOOR/hooks/${s%%:*}" "${s#*:}" $CONNS
+    all_2xx floor1-file-${s%%:*}-r$r
+  done
+  stop
+  BROKER_PID=$TANSU_PID
+  start floor1-kafka-r$r $P_FLOOR "$LG" http-ceiling --listen 127.0.0.1:$P_FLOOR \
+    --verify-with bench/hookbridge-file.toml --publish-kafka 127.0.0.1:9092 --topic "hookbridge-bench.$BENCH_RUN.floor"
+  for s in standard:standard-webhooks cobo:cobo-waas2; do
+    load floor1-kafka-${s%%:*}-r$r "http://127.0.0.1:$P_FLOOR/hooks/${s%%:*}" "${s#*:}" $CONNS
+    all_2xx floor1-kafka-${s%%:*}-r$r
+  done
+  stop
+  BROKER_PID=$RABBIT_PID
+  on_load "$LG" amqp-bind --exchange hookbridge-floor --queue "hookbridge-floor-$BENCH_RUN"
+  start floor1-rabbitmq-r$r $P_FLOOR "$LG" http-ceiling --listen 127.0.0.1:$P_FLOOR \
+    --verify-with bench/hookbridge-file.toml --publish-rabbitmq amqp://guest:guest@127.0.0.1:5672/%2f \
+    --exchange hookbridge-floor --channels 8
+  for s in standard:standard-webhooks cobo:cobo-waas2; do
+    load floor1-rabbitmq-${s%%:*}-r$r "http://127.0.0.1:$P_FLOOR/hooks/${s%%:*}" "${s#*:}" $CONNS
+    all_2xx floor1-rabbitmq-${s%%:*}-r$r
+  done
+  stop
+  on_load "$LG" amqp-bind --exchange hookbridge-floor --queue "hookbridge-floor-$BENCH_RUN" --delete
+  BROKER_PID=""
   # The same in-flight count as hookbridge's 64 connections; channels as bench/hookbridge-rabbitmq.toml.
   BROKER_PID=$TANSU_PID
   client floor-kafka-r$r "$LG" ceiling-kafka --topic "hookbridge-bench.$BENCH_RUN.floor" \
@@ -297,6 +334,10 @@ stop
 # rdkafka, answering once acked): what this machine's latency is without hookbridge.
 start floor-kafka-fixed $P_FLOOR "$LG" http-ceiling --listen 127.0.0.1:$P_FLOOR \
   --verify-with bench/hookbridge-file.toml --publish-kafka 127.0.0.1:9092 --topic "hookbridge-bench.$BENCH_RUN.floor"
+# Warmed first, as hookbridge is ready before its run: the producer connects and gets its
+# idempotent producer ID on its first publish, which would otherwise land in this run's p99.
+on_load "$LG" run --quiet --url http://127.0.0.1:$P_FLOOR/hooks/cobo --scheme cobo-waas2 --connections $CONNS \
+  --events 2000 --id-prefix "warm-$BENCH_RUN" --out "$BENCH_DIR/floor-warm" >/dev/null
 L_EVENTS=$((FIXED_RATE * SECS)) L_SECS=$((SECS + 5)) \
   load floor-kafka-2000rps http://127.0.0.1:$P_FLOOR/hooks/cobo cobo-waas2 $CONNS --rate $FIXED_RATE
 all_2xx floor-kafka-2000rps warn

@@ -216,7 +216,7 @@ async fn kafka(
         .set("bootstrap.servers", brokers)
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("linger.ms", "1")
+        .set("linger.ms", "0")
         .create()?;
     loop {
         let msg = consumer.recv().await?;

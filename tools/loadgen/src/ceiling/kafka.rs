@@ -41,7 +41,7 @@ pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "1")
+        .set("linger.ms", "0")
         .set("partitioner", "murmur2_random")
         .create()?)
 }
