@@ -350,13 +350,30 @@ async fn broker_stopped_gives_503_and_recovers_without_restart() {
         wait_ready(&app, Duration::from_secs(30)).await,
         "sink did not recover"
     );
-    assert_eq!(post_cobo(&app, "after-restart").await.status, 200);
+    // Ready means a metadata request was answered. The first publish after the restart can
+    // still meet the producer re-establishing itself with the new broker process (a reconnect
+    // backoff, its idempotent producer ID) past the ack deadline on a loaded machine: a 503,
+    // which the provider retries (seen once in CI). What is asserted is recovery without a
+    // restart of hookbridge: a 200 within a few provider-like retries.
+    let mut posts = 0;
+    let mut status = 0;
+    while posts < 5 && status != 200 {
+        if posts > 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        posts += 1;
+        status = post_cobo(&app, "after-restart").await.status;
+    }
+    assert_eq!(status, 200, "no 200 in {posts} tries after the restart");
 
     let topic = format!("{prefix}.cobo");
-    let records =
-        tokio::task::spawn_blocking(move || consume(&brokers, &topic, 2, Duration::from_secs(30)))
-            .await
-            .unwrap();
+    // A 503'd try may still have landed: every post may be on the topic.
+    let want = 1 + posts;
+    let records = tokio::task::spawn_blocking(move || {
+        consume(&brokers, &topic, want, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
     let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
     assert!(
         keys.contains(&"before-stop") && keys.contains(&"after-restart"),
