@@ -203,6 +203,19 @@ on_load "$(tansu_bin)" topic create "hookbridge-bench.$BENCH_RUN.floor" --partit
 # Bare-client messages per round: about SECS seconds at this machine's rates.
 KAFKA_MSGS=$((EVENTS / 2)); RABBIT_MSGS=$((EVENTS / 4))
 
+# floor1 SINK "PATH:SCHEME ..." PUBLISH-ARGS...: round $r's one-process floor for SINK (the
+# floor server with the given --publish-* arguments), loaded on each path.
+floor1() {
+  local sink=$1 paths=$2 s; shift 2
+  start floor1-$sink-r$r $P_FLOOR "$LG" http-ceiling --listen 127.0.0.1:$P_FLOOR \
+    --verify-with bench/hookbridge-file.toml "$@"
+  for s in $paths; do
+    load floor1-$sink-${s%%:*}-r$r "http://127.0.0.1:$P_FLOOR/hooks/${s%%:*}" "${s#*:}" $CONNS
+    all_2xx floor1-$sink-${s%%:*}-r$r
+  done
+  stop
+}
+
 for r in $(seq 1 "$ROUNDS"); do
   log "round $r/$ROUNDS: floors (server side on CPU $SERVER_CPU)"
   start floor-http-r$r $P_FLOOR "$LG" http-ceiling --listen 127.0.0.1:$P_FLOOR
@@ -218,31 +231,15 @@ for r in $(seq 1 "$ROUNDS"); do
   # The one-process floors: the same server, then the bare client's confirmed publish (or, for
   # the file sink, the synced append), loaded the way hookbridge is, while the broker shares the
   # load core with the load generator as it does while hookbridge runs.
-  start floor1-file-r$r $P_FLOOR "$LG" http-ceiling --listen 127.0.0.1:$P_FLOOR \
-    --verify-with bench/hookbridge-file.toml --publish-file "$BENCH_DIR/floor-append-r$r.jsonl"
-  for s in hmac:hmac-sha256 standard:standard-webhooks cobo:cobo-waas2; do
-    load floor1-file-${s%%:*}-r$r "http://127.0.0.1:$P_FLOOR/hooks/${s%%:*}" "${s#*:}" $CONNS
-    all_2xx floor1-file-${s%%:*}-r$r
-  done
-  stop
+  floor1 file "hmac:hmac-sha256 standard:standard-webhooks cobo:cobo-waas2" \
+    --publish-file "$BENCH_DIR/floor-append-r$r.jsonl"
   BROKER_PID=$TANSU_PID
-  start floor1-kafka-r$r $P_FLOOR "$LG" http-ceiling --listen 127.0.0.1:$P_FLOOR \
-    --verify-with bench/hookbridge-file.toml --publish-kafka 127.0.0.1:9092 --topic "hookbridge-bench.$BENCH_RUN.floor"
-  for s in standard:standard-webhooks cobo:cobo-waas2; do
-    load floor1-kafka-${s%%:*}-r$r "http://127.0.0.1:$P_FLOOR/hooks/${s%%:*}" "${s#*:}" $CONNS
-    all_2xx floor1-kafka-${s%%:*}-r$r
-  done
-  stop
+  floor1 kafka "standard:standard-webhooks cobo:cobo-waas2" \
+    --publish-kafka 127.0.0.1:9092 --topic "hookbridge-bench.$BENCH_RUN.floor"
   BROKER_PID=$RABBIT_PID
   on_load "$LG" amqp-bind --exchange hookbridge-floor --queue "hookbridge-floor-$BENCH_RUN"
-  start floor1-rabbitmq-r$r $P_FLOOR "$LG" http-ceiling --listen 127.0.0.1:$P_FLOOR \
-    --verify-with bench/hookbridge-file.toml --publish-rabbitmq amqp://guest:guest@127.0.0.1:5672/%2f \
-    --exchange hookbridge-floor --channels 8
-  for s in standard:standard-webhooks cobo:cobo-waas2; do
-    load floor1-rabbitmq-${s%%:*}-r$r "http://127.0.0.1:$P_FLOOR/hooks/${s%%:*}" "${s#*:}" $CONNS
-    all_2xx floor1-rabbitmq-${s%%:*}-r$r
-  done
-  stop
+  floor1 rabbitmq "standard:standard-webhooks cobo:cobo-waas2" \
+    --publish-rabbitmq amqp://guest:guest@127.0.0.1:5672/%2f --exchange hookbridge-floor --channels 8
   on_load "$LG" amqp-bind --exchange hookbridge-floor --queue "hookbridge-floor-$BENCH_RUN" --delete
   BROKER_PID=""
   # The same in-flight count as hookbridge's 64 connections; channels as bench/hookbridge-rabbitmq.toml.

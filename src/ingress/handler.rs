@@ -144,11 +144,13 @@ struct AuditCtx {
 impl AuditCtx {
     /// Client address, peer address and latency so far (µs), as the audit line writes them.
     fn fields(&self) -> (audit::AddrText, audit::AddrText, u64) {
-        let client = match self.client {
-            Some(client::Client::Addr(ip)) => audit::AddrText::ip(ip),
-            Some(client::Client::Unknown) => audit::AddrText::text("unknown"),
-            None => audit::AddrText::NONE,
-        };
+        let client = self
+            .client
+            .map_or(audit::AddrText::NONE, |c| match c.addr() {
+                Some(ip) => audit::AddrText::ip(ip),
+                // The client's own text (`unknown`): rare, an unreadable forwarding chain.
+                None => audit::AddrText::text(&c.to_string()),
+            });
         (
             client,
             self.peer

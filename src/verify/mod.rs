@@ -612,7 +612,6 @@ fn dedup_capped<T: PartialEq>(list: &mut Vec<T>, header: &'static str) -> Result
     Ok(())
 }
 
-/// Label for the n-th key of a list (`key#1`, …) when it has no name of its own.
 /// A received hex signature as bytes: what `hex::decode` accepts (either case, even length),
 /// through `decode_to_slice`'s plain loop. `hex::decode` collects through a `Result` iterator
 /// adapter: about 2,400 instructions for a 32-byte MAC on every HMAC request, under callgrind.
@@ -623,6 +622,7 @@ fn hex_bytes(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Label for the n-th key of a list (`key#1`, …) when it has no name of its own.
 fn key_label(index: usize) -> String {
     format!("key#{}", index + 1)
 }

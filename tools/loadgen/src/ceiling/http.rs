@@ -71,16 +71,20 @@ impl Publisher {
         })
     }
 
-    /// Publishes `body` keyed by `id` and waits for the broker: whether it was acknowledged.
-    async fn publish(&self, n: usize, id: &str, body: &Bytes) -> bool {
+    /// Publishes `body`, the server's `n`-th, and waits for the broker (or the sync): whether
+    /// it was acknowledged. A message gets a distinct key, as the provider's event IDs are.
+    async fn publish(&self, n: usize, body: &Bytes) -> bool {
         match self {
             Self::File(appender) => appender.append(body.clone()).await,
-            Self::Kafka { producer, topic } => super::kafka::send(producer, topic, id, body).await,
+            Self::Kafka { producer, topic } => {
+                super::kafka::send(producer, topic, &format!("floor-{n}"), body).await
+            }
             Self::Rabbitmq {
                 channels, exchange, ..
             } => {
                 let ch = &channels[n % channels.len()];
-                super::rabbitmq::publish(ch, exchange, id, body).await == Some(true)
+                super::rabbitmq::publish(ch, exchange, &format!("floor-{n}"), body).await
+                    == Some(true)
             }
         }
     }
@@ -155,13 +159,8 @@ impl Floor {
             (_, false) => StatusCode::UNAUTHORIZED,
             (None, true) => StatusCode::OK,
             (Some(p), true) => {
-                // A distinct key per message, as the provider's event IDs are.
                 let n = self.published.fetch_add(1, Ordering::Relaxed);
-                let key = match p {
-                    Publisher::File(_) => String::new(),
-                    _ => format!("floor-{n}"),
-                };
-                if p.publish(n, &key, &body).await {
+                if p.publish(n, &body).await {
                     StatusCode::OK
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
